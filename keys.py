@@ -1,0 +1,46 @@
+"""Every Redis key the service uses is named here, and nowhere else.
+
+    {prefix}:queue               list    jobs waiting for a worker (web RPUSHes, workers pop from the left)
+    {prefix}:inflight:{worker}   list    jobs one worker has taken and not yet answered
+    {prefix}:workers             set     ids of the workers that have registered
+    {prefix}:heartbeat:{worker}  string  exists while the worker is alive (refreshed, with a TTL)
+    {prefix}:result:{job id}     string  the JSON result of one job, SET ... EX RESULT_TTL, read with GETDEL
+
+The prefix (KEY_PREFIX) lets several deployments, or several test runs, share one Redis.
+"""
+import settings
+
+
+def _k(*parts, prefix=None):
+    return ":".join((prefix or settings.KEY_PREFIX,) + parts)
+
+
+def queue(prefix=None):
+    return _k("queue", prefix=prefix)
+
+
+def inflight(worker_id, prefix=None):
+    return _k("inflight", worker_id, prefix=prefix)
+
+
+def workers(prefix=None):
+    return _k("workers", prefix=prefix)
+
+
+def heartbeat(worker_id, prefix=None):
+    return _k("heartbeat", worker_id, prefix=prefix)
+
+
+def result(job_id, prefix=None):
+    return _k("result", job_id, prefix=prefix)
+
+
+def result_pattern(prefix=None):
+    """Glob matching every result key (for the keyspace-notification subscription)."""
+    return _k("result", "*", prefix=prefix)
+
+
+def job_id_from_result(key, prefix=None):
+    """The job id at the end of a result key, or None if the key is not one."""
+    head = _k("result", "", prefix=prefix)
+    return key[len(head):] if key.startswith(head) else None

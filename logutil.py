@@ -1,0 +1,59 @@
+"""One log format for every process: the web server, the model workers, the launcher and the clients.
+
+    log("job.pushed", id=job_id, queue=12)
+
+writes one line per event to stderr:
+
+    2026-11-23T19:04:05.123Z myhost run_web_server.py 4242 INFO job.pushed id=5f0c... queue=12
+
+UTC time with milliseconds, server name (SERVER_NAME or the host name), main script, pid, level, action,
+then key=value fields. The web server and the worker both log the request id as `id=`, so
+`grep id=<id>` over all logs shows one request's whole path. LOG_FORMAT=json writes the same as JSON lines.
+"""
+import json
+import os
+import socket
+import sys
+import threading
+import time
+
+import settings
+
+LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40}
+_lock = threading.Lock()
+_server = settings.SERVER_NAME or socket.gethostname()
+_script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
+_threshold = LEVELS.get(settings.LOG_LEVEL, 20)
+
+
+def _timestamp(now):
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + ".%03dZ" % (int(now * 1000) % 1000)
+
+
+def _text_value(value):
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    # Quote values with spaces or quotes so a line always splits back into its fields.
+    if not text or any(c in text for c in ' "='):
+        text = json.dumps(text)
+    return text
+
+
+def format_line(action, level="INFO", now=None, **fields):
+    now = time.time() if now is None else now
+    if settings.LOG_FORMAT == "json":
+        record = {"ts": _timestamp(now), "server": _server, "script": _script, "pid": os.getpid(),
+                  "level": level, "action": action}
+        record.update(fields)
+        return json.dumps(record, default=str)
+    head = f"{_timestamp(now)} {_server} {_script} {os.getpid()} {level} {action}"
+    return " ".join([head] + [f"{k}={_text_value(v)}" for k, v in fields.items()])
+
+
+def log(action, level="INFO", **fields):
+    """Write one event. `level` is DEBUG, INFO, WARNING or ERROR; LOG_LEVEL hides the ones below it."""
+    if LEVELS.get(level, 20) < _threshold:
+        return
+    line = format_line(action, level, **fields)
+    with _lock:
+        sys.stderr.write(line + "\n")
+        sys.stderr.flush()
