@@ -23,6 +23,8 @@ LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40}
 _lock = threading.Lock()
 _server = settings.SERVER_NAME or socket.gethostname()
 _script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
+if _script == "__main__.py":  # `python -m gunicorn ...`: name the package that runs
+    _script = os.path.basename(os.path.dirname(sys.argv[0]))
 _threshold = LEVELS.get(settings.LOG_LEVEL, 20)
 
 

@@ -1,0 +1,145 @@
+"""Job → Redis → worker: every operation on the queue, in one place.
+
+The web server pushes with push(); a worker takes a batch with take_batch(), answers it with complete(),
+and keeps itself (and dead peers) in order with beat(). Each step that must not be split is one Redis
+transaction or Lua script, because with several web servers and several workers anything split in two
+is a race: the course's LRANGE + LTRIM pair lets two workers read the same jobs, and the second LTRIM then
+drops jobs that nobody ran.
+
+Life of a job:  queue --take_batch--> inflight:{worker} --complete--> result:{id} (deleted from inflight)
+                                            \--beat() of a live worker, when {worker} is dead--> back to queue
+"""
+import time
+
+import redis
+
+import keys
+import settings
+
+# Refuse the job when the queue is full, else append it: one atomic step, so MAX_QUEUE_LENGTH holds
+# under any number of web servers.
+_PUSH = """
+if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[2]) then return -1 end
+return redis.call('RPUSH', KEYS[1], ARGV[1])
+"""
+
+# Move up to ARGV[1] jobs from the head of the queue to the worker's in-flight list, atomically.
+_TAKE = """
+local jobs = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
+if #jobs > 0 then
+  redis.call('LTRIM', KEYS[1], #jobs, -1)
+  redis.call('RPUSH', KEYS[2], unpack(jobs))
+end
+return jobs
+"""
+
+# Refresh this worker's heartbeat, then put the in-flight jobs of every worker whose heartbeat has
+# expired back at the head of the queue (oldest first) and forget that worker. Returns jobs put back.
+_BEAT = """
+redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
+redis.call('SADD', KEYS[1], ARGV[1])
+local requeued = 0
+for _, worker in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if redis.call('EXISTS', ARGV[3] .. worker) == 0 then
+    while redis.call('LMOVE', ARGV[4] .. worker, KEYS[3], 'RIGHT', 'LEFT') do
+      requeued = requeued + 1
+    end
+    redis.call('SREM', KEYS[1], worker)
+  end
+end
+return requeued
+"""
+
+
+def connect(url=None, **options):
+    """A Redis client for REDIS_URL (redis://, rediss://, with password) that fails fast when Redis is down."""
+    url = url or settings.REDIS_URL or f"redis://127.0.0.1:{settings.EMBEDDED_REDIS_PORT}/0"
+    options.setdefault("socket_connect_timeout", settings.REDIS_CONNECT_TIMEOUT)
+    # One quick retry covers a pooled connection that went stale when Redis restarted; more would turn
+    # an outage into a slow answer instead of a fast 503.
+    options.setdefault("retry", redis.retry.Retry(redis.backoff.NoBackoff(), 1))
+    return redis.Redis.from_url(url, **options)
+
+
+class JobQueue:
+    def __init__(self, client, prefix=None):
+        self.redis = client
+        self.prefix = prefix or settings.KEY_PREFIX
+        self.queue_key = keys.queue(self.prefix)
+        self._push = client.register_script(_PUSH)
+        self._take = client.register_script(_TAKE)
+        self._beat = client.register_script(_BEAT)
+
+    # --- web server side ---------------------------------------------------------------------------
+    def push(self, job_text, max_length=None):
+        """Append a job. Returns the queue length after it, or None if the queue is full."""
+        max_length = settings.MAX_QUEUE_LENGTH if max_length is None else max_length
+        length = self._push(keys=[self.queue_key], args=[job_text, max_length])
+        return None if length < 0 else length
+
+    def withdraw(self, job_text):
+        """Take a job back off the queue if no worker has it yet (the client gave up). True if removed."""
+        return self.redis.lrem(self.queue_key, 1, job_text) > 0
+
+    def length(self):
+        return self.redis.llen(self.queue_key)
+
+    def live_workers(self):
+        members = [m.decode() for m in self.redis.smembers(keys.workers(self.prefix))]
+        if not members:
+            return 0
+        return self.redis.exists(*[keys.heartbeat(m, self.prefix) for m in members])
+
+    # --- worker side -------------------------------------------------------------------------------
+    def take_batch(self, worker_id, batch_size, block_timeout, wait_ms=0.0):
+        """Wait up to block_timeout s for a job, then take up to batch_size jobs into worker_id's
+        in-flight list. With wait_ms > 0, keep waiting that long for the batch to fill. Returns raw jobs."""
+        inflight = keys.inflight(worker_id, self.prefix)
+        first = self.redis.blmove(self.queue_key, inflight, block_timeout, "LEFT", "RIGHT")
+        if first is None:
+            return []
+        jobs = [first]
+        deadline = time.monotonic() + wait_ms / 1000.0
+        while True:
+            if len(jobs) < batch_size:
+                jobs += self._take(keys=[self.queue_key, inflight], args=[batch_size - len(jobs)])
+            remaining = deadline - time.monotonic()
+            if len(jobs) >= batch_size or remaining <= 0:
+                return jobs
+            more = self.redis.blmove(self.queue_key, inflight, max(remaining, 0.001), "LEFT", "RIGHT")
+            if more is None:
+                return jobs
+            jobs.append(more)
+
+    def complete(self, worker_id, results, ttl=None):
+        """Write every result (job id → JSON) with a TTL and empty the in-flight list, in one transaction."""
+        ttl = settings.RESULT_TTL if ttl is None else ttl
+        with self.redis.pipeline(transaction=True) as pipe:
+            for job_id, text in results.items():
+                pipe.set(keys.result(job_id, self.prefix), text, ex=ttl)
+            pipe.delete(keys.inflight(worker_id, self.prefix))
+            pipe.execute()
+
+    def return_inflight(self, worker_id):
+        """Put this worker's untaken in-flight jobs back at the head of the queue. Returns how many."""
+        inflight = keys.inflight(worker_id, self.prefix)
+        moved = 0
+        while self.redis.lmove(inflight, self.queue_key, "RIGHT", "LEFT") is not None:
+            moved += 1
+        return moved
+
+    def beat(self, worker_id, ttl=None):
+        """Refresh worker_id's heartbeat and requeue dead workers' jobs. Returns the number requeued."""
+        ttl = settings.HEARTBEAT_TTL if ttl is None else ttl
+        return self._beat(
+            keys=[keys.workers(self.prefix), keys.heartbeat(worker_id, self.prefix), self.queue_key],
+            args=[worker_id, int(ttl), keys.heartbeat("", self.prefix), keys.inflight("", self.prefix)])
+
+    def retire(self, worker_id):
+        """A worker leaving cleanly: return its jobs, drop its heartbeat and its registration."""
+        moved = self.return_inflight(worker_id)
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(keys.heartbeat(worker_id, self.prefix))
+            pipe.srem(keys.workers(self.prefix), worker_id)
+            pipe.execute()
+        return moved

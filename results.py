@@ -1,0 +1,132 @@
+"""Result → response: how a waiting web request learns that its result is ready.
+
+One listener thread per web process holds one pub/sub connection subscribed to the keyspace
+notifications of every result key (`__keyspace@<db>__:<prefix>:result:*`). A request registers its job id
+before it pushes the job, then sleeps on an Event; the listener sets that Event when the worker's SET of
+`result:<id>` is announced, and the request reads-and-deletes the result with GETDEL.
+
+Pub/sub drops events while the subscriber is disconnected, and a managed Redis may refuse CONFIG, so
+every request also looks for its result every POLL_INTERVAL seconds on its own (the backup), and the
+listener wakes every waiting request once each time it (re)subscribes.
+"""
+import os
+import threading
+import time
+
+import redis
+
+import keys
+import settings
+from logutil import log
+
+NEEDED_FLAGS = "K$"  # K: keyspace channel; $: string commands (SET). The smallest class that covers SET.
+
+
+def enable_notifications(client):
+    """Turn on the keyspace events result keys need, keeping flags others set. False if CONFIG is refused."""
+    try:
+        current = client.config_get("notify-keyspace-events").get("notify-keyspace-events", "")
+        if isinstance(current, bytes):
+            current = current.decode()
+        missing = "".join(f for f in NEEDED_FLAGS if f not in current and not (f == "$" and "A" in current))
+        if missing:
+            client.config_set("notify-keyspace-events", current + missing)
+        log("notifications.enabled", flags=current + missing)
+        return True
+    except redis.ResponseError as exc:
+        log("notifications.unavailable", level="WARNING", error=str(exc),
+            fallback=f"polling every {settings.POLL_INTERVAL}s")
+        return False
+
+
+class ResultWaiter:
+    def __init__(self, client, prefix=None, notifications=None, poll_interval=None):
+        self.redis = client
+        self.prefix = prefix or settings.KEY_PREFIX
+        self.notifications = settings.NOTIFICATIONS if notifications is None else notifications
+        self.poll_interval = settings.POLL_INTERVAL if poll_interval is None else poll_interval
+        self.listening = False  # True while subscribed: requests are woken by notifications
+        self.config_ok = None   # False when CONFIG was refused: events come only if an admin enabled them
+        self._waiting = {}      # job id → threading.Event
+        self._lock = threading.Lock()
+        self._pid = None
+
+    def register(self, job_id):
+        """Call before pushing the job, so its notification cannot come before anyone listens for it."""
+        self._ensure_listener()
+        event = threading.Event()
+        with self._lock:
+            self._waiting[job_id] = event
+        return event
+
+    def unregister(self, job_id):
+        with self._lock:
+            self._waiting.pop(job_id, None)
+
+    def wait(self, job_id, event, deadline):
+        """Sleep until notified (or POLL_INTERVAL passes), then GETDEL; repeat until `deadline`
+        (time.monotonic()). Returns the result bytes, or None on timeout. Redis errors propagate."""
+        key = keys.result(job_id, self.prefix)
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            event.wait(min(self.poll_interval, remaining))
+            event.clear()
+            value = self.redis.getdel(key)
+            if value is not None:
+                return value
+
+    # --- the listener thread -----------------------------------------------------------------------
+    def _ensure_listener(self):
+        # Started in the process that serves (after gunicorn forks), once per process.
+        if not self.notifications or self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._pid != os.getpid():
+                self._pid = os.getpid()
+                threading.Thread(target=self._listen, name="result-listener", daemon=True).start()
+
+    def _wake_all(self):
+        with self._lock:
+            for event in self._waiting.values():
+                event.set()
+
+    def _listen(self):
+        kwargs = self.redis.connection_pool.connection_kwargs
+        channel = f"__keyspace@{kwargs.get('db', 0)}__:{keys.result_pattern(self.prefix)}"
+        prefix = f"__keyspace@{kwargs.get('db', 0)}__:"
+        # Its own connection with no read timeout: an idle subscriber sends Redis nothing.
+        client = redis.Redis(connection_pool=redis.ConnectionPool(
+            connection_class=self.redis.connection_pool.connection_class,
+            **dict(kwargs, socket_timeout=None, socket_keepalive=True)))
+        backoff = 0.1
+        while True:
+            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            try:
+                self.config_ok = enable_notifications(client)
+                pubsub.psubscribe(channel)
+                pubsub.get_message(timeout=1.0)  # wait for the subscription to be confirmed
+                self.listening, backoff = True, 0.1
+                log("listener.subscribed", channel=channel)
+                self._wake_all()  # anything set while we were not subscribed is fetched now
+                for message in pubsub.listen():
+                    if message.get("type") != "pmessage" or message.get("data") != b"set":
+                        continue
+                    job_id = keys.job_id_from_result(message["channel"].decode()[len(prefix):], self.prefix)
+                    with self._lock:
+                        event = self._waiting.get(job_id)
+                    if event is not None:
+                        event.set()
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                if self.listening:
+                    log("listener.disconnected", level="WARNING", error=str(exc), fallback="polling")
+                self.listening = False
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            except Exception as exc:  # never let the listener die: polling alone would hide it
+                self.listening = False
+                log("listener.error", level="ERROR", error=repr(exc))
+                time.sleep(1.0)
+            finally:
+                pubsub.close()

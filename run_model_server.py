@@ -1,0 +1,183 @@
+"""Model worker: Redis queue → batch → model → results.
+
+Loop: take up to BATCH_SIZE jobs in one atomic step (jobqueue.take_batch, blocking while the queue is
+empty), classify them in one model call, write every result with SET ... EX RESULT_TTL and empty the
+in-flight list (jobqueue.complete). A heartbeat thread keeps this worker's heartbeat key alive and puts
+the in-flight jobs of dead workers back on the queue.
+
+SIGTERM / SIGINT: finish the batch in hand, write its results, return untaken jobs, exit 0.
+"""
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+
+import numpy as np
+import redis
+
+import job as jobs
+import models
+import settings
+from jobqueue import JobQueue, connect
+from logutil import log
+
+REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+
+
+class Interrupted(Exception):
+    """Raised by the signal handler to leave a blocking pop; never while a batch is being processed."""
+
+
+class Worker:
+    def __init__(self, model, client=None):
+        self.model = model
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        # The read timeout must outlast the blocking pop.
+        self.queue = JobQueue(client or connect(socket_timeout=settings.BLOCK_TIMEOUT + 10))
+        self.stopping = threading.Event()
+        self._blocked = False  # True only inside take_batch, where a signal may interrupt
+
+    # --- signals -----------------------------------------------------------------------------------
+    def _on_signal(self, signum, frame):
+        log("worker.stopping", worker=self.id, signal=signal.Signals(signum).name)
+        self.stopping.set()
+        if self._blocked:
+            raise Interrupted()
+
+    def install_signal_handlers(self):
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    # --- heartbeat ---------------------------------------------------------------------------------
+    def _heartbeat(self):
+        hb_queue = JobQueue(connect(socket_timeout=5), self.queue.prefix)
+        healthy = True
+        while not self.stopping.is_set():
+            try:
+                requeued = hb_queue.beat(self.id)
+                if requeued:
+                    log("worker.recovered", worker=self.id, requeued=requeued, reason="dead worker's jobs")
+                if not healthy:
+                    log("redis.back", worker=self.id)
+                healthy = True
+            except REDIS_ERRORS as exc:
+                if healthy:
+                    log("redis.down", level="WARNING", worker=self.id, error=str(exc))
+                healthy = False
+            self.stopping.wait(settings.HEARTBEAT_INTERVAL)
+
+    # --- the loop ----------------------------------------------------------------------------------
+    def run(self):
+        threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True).start()
+        log("worker.ready", worker=self.id, model=self.model.name, batch_size=settings.BATCH_SIZE,
+            batch_wait_ms=settings.BATCH_WAIT_MS)
+        backoff = 0.1
+        while not self.stopping.is_set():
+            try:
+                self._blocked = True
+                raws = self.queue.take_batch(self.id, settings.BATCH_SIZE, settings.BLOCK_TIMEOUT,
+                                             settings.BATCH_WAIT_MS)
+                self._blocked = False
+                backoff = 0.1
+            except Interrupted:
+                break
+            except REDIS_ERRORS as exc:
+                self._blocked = False
+                log("redis.unavailable", level="WARNING", worker=self.id, error=str(exc), retry_s=backoff)
+                self.stopping.wait(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            if raws:
+                self.process(raws)
+        self._blocked = False
+        self.shutdown()
+
+    def process(self, raws):
+        """Classify one batch and write its results. Bad entries get an error result (or a log line when
+        they carry no id); they never stop the rest of the batch."""
+        taken = time.time()
+        results, good = {}, []
+        for raw in raws:
+            try:
+                job, pixels = jobs.parse_job(raw, self.model.input_size)
+            except jobs.BadJob as exc:
+                log("job.bad", level="WARNING", worker=self.id, id=exc.job_id, error=str(exc))
+                if exc.job_id:
+                    results[exc.job_id] = jobs.make_result(exc.job_id, error=str(exc))
+                continue
+            if jobs.expired(job, taken):
+                log("job.expired", worker=self.id, id=job["id"], reason="its client stopped waiting")
+                continue
+            good.append((job, pixels))
+        if good:
+            started = time.perf_counter()
+            try:
+                probabilities = self.model.predict(np.stack([pixels for _, pixels in good]))
+            except Exception as exc:  # a model failure answers the batch with an error, not a dead worker
+                log("batch.failed", level="ERROR", worker=self.id, error=repr(exc))
+                probabilities = None
+            inference_ms = round((time.perf_counter() - started) * 1000, 2)
+            for i, (job, _) in enumerate(good):
+                if probabilities is None:
+                    results[job["id"]] = jobs.make_result(job["id"], error="the model failed on this batch")
+                    continue
+                queue_ms = round((taken - job.get("enqueued", taken)) * 1000, 2)
+                results[job["id"]] = jobs.make_result(
+                    job["id"], model=self.model.name, batch=len(good), queue_ms=queue_ms,
+                    inference_ms=inference_ms,
+                    predictions=jobs.top_predictions(probabilities[i], self.model.labels))
+                log("job.done", worker=self.id, id=job["id"], batch=len(good), queue_ms=queue_ms,
+                    inference_ms=inference_ms)
+        self._write(results)
+
+    def _write(self, results):
+        # Results are worth a retry while their clients may still wait; the in-flight list keeps the jobs
+        # safe meanwhile (a restarted Redis has lost them anyway, and their clients got a 503).
+        give_up = time.monotonic() + settings.REQUEST_TIMEOUT
+        delay = 0.1
+        while True:
+            try:
+                self.queue.complete(self.id, results)
+                return
+            except REDIS_ERRORS as exc:
+                if time.monotonic() > give_up:
+                    log("results.lost", level="ERROR", worker=self.id, jobs=len(results), error=str(exc))
+                    return
+                log("redis.unavailable", level="WARNING", worker=self.id, error=str(exc), retry_s=delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def shutdown(self):
+        self.stopping.set()
+        try:
+            self.queue.redis.connection_pool.disconnect()  # a pop cut short leaves its connection unusable
+            returned = self.queue.retire(self.id)
+            log("worker.stopped", worker=self.id, returned=returned)
+        except REDIS_ERRORS as exc:
+            log("worker.stopped", level="WARNING", worker=self.id, error=f"could not return jobs: {exc}")
+
+
+def main():
+    # Handlers first: a SIGTERM during the (slow) model load must still end cleanly.
+    stop_early = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop_early.set())
+    signal.signal(signal.SIGINT, lambda *_: stop_early.set())
+    try:
+        model = models.load_model()
+    except models.ModelUnavailable as exc:
+        print(f"run_model_server: {exc}", file=sys.stderr)
+        return 1
+    worker = Worker(model)
+    worker.install_signal_handlers()
+    if stop_early.is_set():
+        log("worker.stopped", reason="signal during model load")
+        return 0
+    worker.run()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,145 @@
+"""Web server: upload → job → Redis, then result → response.
+
+POST /predict takes a multipart field `image`, prepares it (helpers.prepare_image), pushes a job onto the
+Redis queue (jobqueue.JobQueue.push), waits for the worker's result (results.ResultWaiter) and answers in
+the course's shape: {"success": true, "predictions": [{"label": "castle", "probability": 0.92}, ...]}.
+
+Run it for real under gunicorn (`gunicorn run_web_server:app`, settings in gunicorn.conf.py), or as the
+course does, `python run_web_server.py` (Flask's own threaded server).
+"""
+import json
+import time
+
+import redis
+from flask import Flask, jsonify, request
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from werkzeug.exceptions import HTTPException
+
+import job as jobs
+import models
+import settings
+from helpers import BadImage, prepare_image
+from jobqueue import JobQueue, connect
+from logutil import log
+from results import ResultWaiter
+
+app = Flask(__name__)
+# Werkzeug refuses a larger body before reading it, so nothing over the cap is ever decoded.
+app.config["MAX_CONTENT_LENGTH"] = settings.MAX_UPLOAD_BYTES
+
+queue = JobQueue(connect(socket_timeout=5))
+waiter = ResultWaiter(queue.redis)
+INPUT_SIZE = models.input_size()
+
+REQUESTS = Counter("predict_requests_total", "POST /predict answers, by HTTP status", ["status"])
+LATENCY = Histogram("predict_seconds", "Time to answer a successful POST /predict",
+                    buckets=(.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
+
+
+def error(status, message, **headers):
+    REQUESTS.labels(str(status)).inc()
+    response = jsonify(success=False, error=message)
+    response.status_code = status
+    response.headers.update(headers)
+    return response
+
+
+@app.get("/")
+def index():
+    return jsonify(service="Keras + Redis image classifier",
+                   usage="curl -F image=@castle_image.jpg http://HOST:PORT/predict",
+                   endpoints={"POST /predict": "classify an image (multipart field 'image')",
+                              "GET /healthz": "Redis, queue length and live workers",
+                              "GET /metrics": "Prometheus metrics"})
+
+
+@app.post("/predict")
+def predict():
+    started = time.monotonic()
+    upload = request.files.get("image")
+    if upload is None:
+        return error(400, "no file in the multipart field 'image' (try: curl -F image=@photo.jpg ...)")
+    try:
+        pixels = prepare_image(upload.read(), INPUT_SIZE)
+    except BadImage as exc:
+        log("request.rejected", level="WARNING", status=exc.status, error=str(exc))
+        return error(exc.status, str(exc))
+    prepared = time.monotonic()
+
+    job_id = jobs.new_id()
+    job_text = jobs.make_job(job_id, pixels, settings.REQUEST_TIMEOUT)
+    event = waiter.register(job_id)  # listen before pushing: the answer may come back at once
+    try:
+        length = queue.push(job_text)
+        if length is None:
+            log("request.refused", level="WARNING", id=job_id, reason="queue full")
+            return error(503, f"the queue is full ({settings.MAX_QUEUE_LENGTH} jobs); try again shortly",
+                         **{"Retry-After": "1"})
+        log("job.pushed", id=job_id, queue=length)
+        raw = waiter.wait(job_id, event, started + settings.REQUEST_TIMEOUT)
+        if raw is None:
+            # Take the job back if no worker has it; if one has, its result expires after RESULT_TTL.
+            withdrawn = queue.withdraw(job_text)
+            log("request.timeout", level="WARNING", id=job_id, withdrawn=withdrawn)
+            return error(504, f"no result within REQUEST_TIMEOUT ({settings.REQUEST_TIMEOUT:g}s): "
+                              "are the model workers running?")
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        log("request.redis_down", level="ERROR", id=job_id, error=str(exc))
+        return error(503, "the queue (Redis) is unavailable; try again shortly", **{"Retry-After": "2"})
+    finally:
+        waiter.unregister(job_id)
+
+    result = json.loads(raw)
+    if "error" in result:
+        log("request.failed", level="ERROR", id=job_id, error=result["error"])
+        return error(500, f"the worker could not classify the image: {result['error']}")
+    total = time.monotonic() - started
+    REQUESTS.labels("200").inc()
+    LATENCY.observe(total)
+    log("request.done", id=job_id, model=result.get("model"), ms=round(total * 1000, 1))
+    return jsonify(success=True, id=job_id, model=result.get("model"), predictions=result["predictions"],
+                   timings={"prepare_ms": round((prepared - started) * 1000, 2),
+                            "queue_ms": result.get("queue_ms"),
+                            "inference_ms": result.get("inference_ms"),
+                            "batch": result.get("batch"),
+                            "total_ms": round(total * 1000, 2)})
+
+
+@app.get("/healthz")
+def healthz():
+    status = {"redis": "ok", "model": settings.MODEL,
+              "notifications": "on" if waiter.listening else "off (polling every %gs)" % waiter.poll_interval}
+    try:
+        status["queue_length"] = queue.length()
+        status["live_workers"] = queue.live_workers()
+    except redis.RedisError as exc:
+        status["redis"] = f"down: {exc}"
+        return jsonify(ok=False, **status), 503
+    ok = status["live_workers"] > 0
+    if not ok:
+        status["problem"] = "no live model worker"
+    return jsonify(ok=ok, **status), 200 if ok else 503
+
+
+@app.get("/metrics")
+def metrics():
+    return generate_latest(), 200, {"Content-Type": CONTENT_TYPE_LATEST}
+
+
+@app.errorhandler(HTTPException)
+def http_error(exc):
+    # 404, 405, 413 ... as JSON like every other answer, not Werkzeug's HTML page.
+    if exc.code == 413:
+        return error(413, f"upload larger than MAX_UPLOAD_BYTES ({settings.MAX_UPLOAD_BYTES} bytes)")
+    return error(exc.code, exc.description)
+
+
+@app.errorhandler(Exception)
+def unexpected(exc):
+    log("request.crashed", level="ERROR", error=repr(exc))
+    return error(500, "internal error (logged on the server)")
+
+
+if __name__ == "__main__":
+    log("web.start", host=settings.HOST, port=settings.PORT, server="flask")
+    app.run(host=settings.HOST, port=settings.PORT, threaded=True)

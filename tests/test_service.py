@@ -1,0 +1,138 @@
+"""The service end to end over HTTP: web servers, Redis and workers as real processes."""
+import collections
+import concurrent.futures
+import os
+import re
+import time
+
+import pytest
+import requests
+
+from conftest import CASTLE, RedisServer, grey_png, standin_label
+
+
+def post_image(url, data, name="image.png", timeout=60):
+    return requests.post(url + "/predict", files={"image": (name, data)}, timeout=timeout)
+
+
+def test_castle_round_trip_in_the_course_shape(service):
+    if not os.path.exists(CASTLE):
+        pytest.skip(f"{CASTLE} not found")
+    service.start_worker()
+    url, _ = service.start_web()
+    with open(CASTLE, "rb") as f:
+        response = post_image(url, f.read(), "castle_image.jpg")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["success"] is True
+    assert len(body["predictions"]) == 5
+    assert all(set(p) == {"label", "probability"} for p in body["predictions"])
+    probabilities = [p["probability"] for p in body["predictions"]]
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert body["model"] == "standin"
+
+    health = requests.get(url + "/healthz", timeout=5)
+    assert health.status_code == 200
+    assert health.json()["live_workers"] == 1 and health.json()["redis"] == "ok"
+    # The result was read and deleted; only the live worker's registration and heartbeat remain.
+    assert [k.split(":")[1] for k in service.keys()] == ["heartbeat", "workers"]
+
+
+def test_two_web_servers_two_workers_200_concurrent_requests(service):
+    workers = [service.start_worker(BATCH_SIZE=8), service.start_worker(BATCH_SIZE=8)]
+    urls = [service.start_web()[0], service.start_web()[0]]
+    levels = list(range(200))
+
+    def one(level):
+        return level, post_image(urls[level % 2], grey_png(level))
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=200) as pool:
+        answers = list(pool.map(one, levels))
+
+    for level, response in answers:
+        assert response.status_code == 200, response.text
+        assert response.json()["predictions"][0]["label"] == standin_label(level)
+    ids = [response.json()["id"] for _, response in answers]
+    assert len(set(ids)) == 200
+
+    # Every job ran exactly once, on one worker or the other, and both workers took a share.
+    done = collections.Counter()
+    per_worker = []
+    for worker in workers:
+        found = re.findall(r"job\.done .*?id=(\w+)", worker.log_text())
+        per_worker.append(len(found))
+        done.update(found)
+    assert set(done) == set(ids) and set(done.values()) == {1}
+    assert all(n > 0 for n in per_worker), per_worker
+
+    assert service.redis_server.client().llen(f"{service.prefix}:queue") == 0
+    for worker in workers:
+        assert worker.stop() == 0
+    assert service.keys() == []  # results were read and deleted; workers unregistered on exit
+
+
+@pytest.mark.parametrize("how", ["config refused", "notifications off"])
+def test_requests_complete_by_polling_without_notifications(service, tmp_path, how):
+    if how == "config refused":  # like a managed Redis that does not allow CONFIG
+        server = RedisServer(tmp_path, "--rename-command", "CONFIG", "").start()
+        service.redis_server = server
+        service.env["REDIS_URL"] = server.url
+        env = {}
+    else:
+        server, env = None, {"NOTIFICATIONS": "0"}
+    try:
+        service.start_worker()
+        url, web = service.start_web(POLL_INTERVAL="0.2", **env)
+        for level in (3, 30, 130):
+            response = post_image(url, grey_png(level))
+            assert response.status_code == 200, response.text
+            assert response.json()["predictions"][0]["label"] == standin_label(level)
+        if how == "config refused":
+            assert "notifications.unavailable" in web.log_text()
+        else:
+            assert "off (polling" in requests.get(url + "/healthz", timeout=5).json()["notifications"]
+    finally:
+        service.stop_all()
+        if server:
+            server.stop()
+
+
+def test_redis_outage_answers_503_then_recovers_without_restarts(service, tmp_path):
+    server = RedisServer(tmp_path).start()
+    service.redis_server = server
+    service.env["REDIS_URL"] = server.url
+    try:
+        service.start_worker()
+        url, _ = service.start_web()
+        assert post_image(url, grey_png(7)).status_code == 200
+
+        server.stop()
+        started = time.monotonic()
+        response = post_image(url, grey_png(8))
+        assert response.status_code == 503, response.text
+        assert time.monotonic() - started < 3
+        assert "Redis" in response.json()["error"]
+        assert requests.get(url + "/healthz", timeout=5).status_code == 503
+
+        server.start()
+        deadline = time.monotonic() + 20
+        while requests.get(url + "/healthz", timeout=5).status_code != 200:  # worker re-registers by itself
+            assert time.monotonic() < deadline, "worker did not come back after Redis returned"
+            time.sleep(0.2)
+        response = post_image(url, grey_png(9))
+        assert response.status_code == 200, response.text
+        assert response.json()["predictions"][0]["label"] == standin_label(9)
+    finally:
+        service.stop_all()
+        server.stop()
+
+
+def test_no_worker_means_504_after_request_timeout_and_nothing_left(service):
+    url, _ = service.start_web(REQUEST_TIMEOUT="1")
+    started = time.monotonic()
+    response = post_image(url, grey_png(1))
+    assert response.status_code == 504
+    assert "REQUEST_TIMEOUT" in response.json()["error"]
+    assert 1 <= time.monotonic() - started < 5
+    assert service.keys() == []  # the job was taken back off the queue
+    assert requests.get(url + "/healthz", timeout=5).status_code == 503
