@@ -1,0 +1,81 @@
+"""Client: send one image to POST /predict and print the top-5 classes, as the course's simple_request.py.
+
+    python simple_request.py                      # castle_image.jpg, http://127.0.0.1:$PORT/predict
+    python simple_request.py photo.jpg --url http://host:5000/predict
+
+Where it sits: *client* → web server → Redis → worker → back. Prints `1. castle: 0.9246` lines and
+exits 0; when the server is down, answers an error, or the image is missing, prints one clear line on
+stderr and exits 1 (never a traceback).
+"""
+import argparse
+import os
+import sys
+
+import requests
+
+import settings
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+# The course's image, looked for where the user runs the command, then next to the repository (it is
+# not copied into the repo).
+DEFAULT_IMAGES = ["castle_image.jpg", os.path.join(HERE, "..", "shared", "castle_image.jpg")]
+
+
+def default_image():
+    for path in DEFAULT_IMAGES:
+        if os.path.isfile(path):
+            return path
+    return DEFAULT_IMAGES[0]
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("image", nargs="?", default=None,
+                        help="image file to classify (default: castle_image.jpg here, else ../shared/)")
+    parser.add_argument("--url", default=f"http://127.0.0.1:{settings.PORT}/predict",
+                        help="the service's predict endpoint (default: %(default)s, PORT from settings)")
+    parser.add_argument("--timeout", type=float, default=settings.REQUEST_TIMEOUT + 10,
+                        help="seconds to wait for the answer (default: REQUEST_TIMEOUT + 10)")
+    return parser.parse_args(argv)
+
+
+def fail(message):
+    print(f"simple_request: {message}", file=sys.stderr)
+    return 1
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    path = args.image or default_image()
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        return fail(f"cannot read the image {path}: {exc.strerror}")
+
+    try:
+        response = requests.post(args.url, files={"image": (os.path.basename(path), data)},
+                                 timeout=args.timeout)
+    except requests.ConnectionError:
+        return fail(f"cannot connect to {args.url}: is the server running? (start it with `make run`)")
+    except requests.Timeout:
+        return fail(f"no answer from {args.url} within {args.timeout:g}s")
+    except requests.RequestException as exc:
+        return fail(f"request to {args.url} failed: {exc}")
+
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    if response.status_code != 200 or not body.get("success"):
+        # The service explains its errors in the JSON "error" field; anything else is shown as received.
+        reason = body.get("error") or response.text.strip()[:200] or response.reason
+        return fail(f"the server answered {response.status_code}: {reason}")
+
+    for i, prediction in enumerate(body["predictions"]):
+        print(f"{i + 1}. {prediction['label']}: {prediction['probability']:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
