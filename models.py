@@ -189,8 +189,8 @@ def resnet50_weights():
 
 
 def _load_resnet50():
+    _tensorflow()  # before keras runs anything, so the thread settings still apply
     path = resnet50_weights()
-    _tensorflow()
     import keras
     model = keras.applications.ResNet50(weights=None)
     try:
