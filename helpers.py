@@ -28,7 +28,7 @@ def _to_rgb(image):
         # 16-bit and 32-bit greyscale: scale to 0..255 instead of clipping everything to white.
         values = np.asarray(image, dtype=np.float64)
         top = 65535.0 if image.mode.startswith("I;16") else max(float(values.max()), 1.0)
-        grey = np.clip(values / top * 255.0, 0, 255).astype(np.uint8)
+        grey = np.clip(np.rint(values / top * 255.0), 0, 255).astype(np.uint8)
         return Image.fromarray(grey, "L").convert("RGB")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")

@@ -1,0 +1,215 @@
+"""Faults: killed workers, dead workers, a Redis outage, a full queue, clients that leave, junk on the queue.
+
+Each test runs the real processes and checks what a user would: every request gets its own correct answer
+or a clear error, nothing is answered twice, nothing piles up in Redis.
+"""
+import concurrent.futures
+import json
+import re
+import signal
+import threading
+import time
+
+import requests
+
+from conftest import grey_png, standin_label
+
+
+def post(url, level, timeout=60):
+    return requests.post(url + "/predict", files={"image": ("g.png", grey_png(level))}, timeout=timeout)
+
+
+def worker_id(proc):
+    return re.search(r"worker\.ready worker=(\S+)", proc.log_text()).group(1)
+
+
+def wait_until(condition, timeout=20, step=0.02):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(step)
+
+
+def result_keys(service):
+    return [k for k in service.keys() if ":result:" in k]
+
+
+def test_sigkill_mid_batch_loses_nothing_and_answers_nothing_twice(service):
+    slow = dict(STANDIN_LATENCY_MS=150, BATCH_SIZE=4)
+    victim, survivor = service.start_worker(**slow), service.start_worker(**slow)
+    url, _ = service.start_web()
+    client = service.redis_server.client()
+    inflight = f"{service.prefix}:inflight:{worker_id(victim)}"
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=100) as pool:
+        futures = {pool.submit(post, url, level % 256): level % 256 for level in range(200)}
+        wait_until(lambda: "job.done" in victim.log_text() and client.llen(inflight) > 0)
+        victim.popen.send_signal(signal.SIGKILL)  # mid-batch: its in-flight list holds jobs
+        answers = [(futures[f], f.result()) for f in concurrent.futures.as_completed(futures)]
+
+    for level, response in answers:
+        assert response.status_code == 200, response.text
+        assert response.json()["predictions"][0]["label"] == standin_label(level)
+    assert len({response.json()["id"] for _, response in answers}) == 200
+    assert re.search(r"worker\.recovered .*requeued=[1-9]", survivor.log_text())
+    # A job answered twice would leave a second result nobody reads: there is none, and nothing in flight.
+    assert result_keys(service) == [] and client.llen(inflight) == 0
+    assert client.llen(f"{service.prefix}:queue") == 0
+
+
+def test_all_workers_dead_504_then_recovery_and_abandoned_jobs_dropped(service):
+    url, _ = service.start_web(REQUEST_TIMEOUT="2")
+    doomed = service.start_worker(STANDIN_LATENCY_MS=60_000)  # takes a job and never finishes it
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        futures = [pool.submit(post, url, level) for level in (1, 2, 3, 4)]
+        wait_until(lambda: "job.pushed" in open(service.procs[0].log_path).read())
+        time.sleep(0.5)
+        doomed.popen.send_signal(signal.SIGKILL)
+        statuses = [f.result().status_code for f in futures]
+    assert statuses == [504] * 4
+    # The dead worker's in-flight job is still in Redis; the web server took the rest back off the queue.
+    assert any(":inflight:" in k for k in service.keys())
+    assert service.redis_server.client().llen(f"{service.prefix}:queue") == 0
+
+    fresh = service.start_worker()
+    response = post(url, 5)
+    assert response.status_code == 200 and response.json()["predictions"][0]["label"] == standin_label(5)
+    # The fresh worker put the dead one's job back, found its client gone (deadline passed) and dropped it.
+    wait_until(lambda: "job.expired" in fresh.log_text())
+    assert not any(":inflight:" in k or ":result:" in k for k in service.keys())
+
+
+def test_redis_down_for_10s_under_load(service, tmp_path):
+    from conftest import RedisServer
+    server = RedisServer(tmp_path).start()
+    service.redis_server = server
+    service.env["REDIS_URL"] = server.url
+    try:
+        service.start_worker()
+        url, web = service.start_web()
+        outcomes, stop = [], threading.Event()
+
+        def load():
+            level = 0
+            while not stop.is_set():
+                started = time.monotonic()
+                status = post(url, level % 256, timeout=40).status_code
+                outcomes.append((status, time.monotonic() - started, started))
+                level += 1
+
+        threads = [threading.Thread(target=load) for _ in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(1.5)
+        server.stop()
+        down_at = time.monotonic()
+        time.sleep(10)
+        server.start()
+        up_at = time.monotonic()
+        time.sleep(3)
+        stop.set()
+        for t in threads:
+            t.join(60)
+
+        statuses = {status for status, _, _ in outcomes}
+        assert statuses <= {200, 503}, statuses  # never a 500, never a hang
+        during = [(s, took) for s, took, started in outcomes if down_at + 0.5 < started < up_at - 0.5]
+        assert during and all(s == 503 and took < 3 for s, took in during)
+        # Back by themselves: requests made well after Redis returned succeed.
+        response = post(url, 77)
+        assert response.status_code == 200, response.text
+        assert response.json()["predictions"][0]["label"] == standin_label(77)
+        assert "Traceback" not in web.log_text()
+    finally:
+        service.stop_all()
+        server.stop()
+
+
+def test_full_queue_answers_503_with_retry_after_and_enqueues_nothing(service):
+    url, _ = service.start_web(MAX_QUEUE_LENGTH="3", REQUEST_TIMEOUT="5")  # no worker: the queue fills
+    client = service.redis_server.client()
+    queue = f"{service.prefix}:queue"
+    with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
+        waiting = [pool.submit(post, url, level) for level in (1, 2, 3)]
+        wait_until(lambda: client.llen(queue) == 3)
+        response = post(url, 4)
+        assert response.status_code == 503
+        assert response.headers["Retry-After"] and "full" in response.json()["error"]
+        assert client.llen(queue) == 3
+        assert [f.result().status_code for f in waiting] == [504] * 3
+    assert client.llen(queue) == 0
+
+
+def test_clients_that_leave_and_time_out_leave_no_keys_behind(service):
+    client = service.redis_server.client()
+    before = client.dbsize()
+    service.start_worker(BATCH_SIZE=16, RESULT_TTL=2)  # results nobody collects expire after 2 s
+    url, _ = service.start_web(REQUEST_TIMEOUT="1")
+    slow_url, _ = service.start_web(REQUEST_TIMEOUT="0.05")  # gives up before any answer
+
+    def one(i):
+        try:
+            if i % 10 == 0:   # abandoned: the client hangs up almost at once
+                return post(url, i % 256, timeout=0.01).status_code
+            if i % 10 == 1:   # the server gives up first: 504
+                return post(slow_url, i % 256).status_code
+            return post(url, i % 256).status_code
+        except requests.exceptions.Timeout:
+            return "left"
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=32) as pool:
+        outcomes = list(pool.map(one, range(1000)))
+    assert outcomes.count("left") > 0 and set(outcomes) <= {200, 504, "left"}
+    assert outcomes.count(200) >= 700
+    time.sleep(2.5)  # RESULT_TTL
+    service.stop_all()
+    assert service.keys() == [] and client.dbsize() <= before
+
+
+def test_junk_on_the_queue_is_answered_or_dropped_and_the_worker_lives(service):
+    worker = service.start_worker()
+    url, _ = service.start_web()
+    client = service.redis_server.client()
+    queue = f"{service.prefix}:queue"
+    junk = [
+        b"not json at all",
+        b"\xff\xfe\x00binary",
+        json.dumps([1, 2, 3]),
+        json.dumps({"shape": [224, 224, 3]}),  # no id
+        json.dumps({"id": "wrongdtype", "shape": [224, 224, 3], "dtype": "float32", "image": ""}),
+        json.dumps({"id": "wrongshape", "shape": [2, 2, 3], "dtype": "uint8", "image": "AAAAAAAAAAAAAAAA"}),
+        json.dumps({"id": "shortdata", "shape": [224, 224, 3], "dtype": "uint8", "image": "AAAA"}),
+        json.dumps({"id": "notbase64", "shape": [224, 224, 3], "dtype": "uint8", "image": "%%%"}),
+    ]
+    client.rpush(queue, *junk)
+    response = post(url, 99)
+    assert response.status_code == 200 and response.json()["predictions"][0]["label"] == standin_label(99)
+    wait_until(lambda: client.llen(queue) == 0)
+    for job_id in ("wrongdtype", "wrongshape", "shortdata", "notbase64"):
+        result = json.loads(client.get(f"{service.prefix}:result:{job_id}"))
+        assert "error" in result
+        assert 0 < client.ttl(f"{service.prefix}:result:{job_id}") <= 60
+    assert worker.log_text().count("job.bad") == len(junk)
+    assert worker.popen.poll() is None
+
+
+def test_sigterm_mid_batch_finishes_it_and_returns_untaken_work(service):
+    worker = service.start_worker(STANDIN_LATENCY_MS=1500, BATCH_SIZE=1)
+    url, _ = service.start_web()
+    client = service.redis_server.client()
+    inflight = f"{service.prefix}:inflight:{worker_id(worker)}"
+    with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
+        futures = [pool.submit(post, url, level) for level in (10, 11, 12)]
+        wait_until(lambda: client.llen(inflight) == 1)
+        worker.signal(signal.SIGTERM)
+        assert worker.popen.wait(15) == 0
+        # The batch in hand was finished and answered; the two untaken jobs wait on the queue.
+        wait_until(lambda: any(f.done() for f in futures), timeout=5)
+        answered = [f.result() for f in futures if f.done()]
+        assert len(answered) == 1 and answered[0].status_code == 200
+        assert client.llen(queue := f"{service.prefix}:queue") == 2 and not client.exists(inflight)
+        assert f"{service.prefix}:workers" not in service.keys()
+        service.start_worker()  # a new worker serves what was left
+        assert sorted(f.result().json()["predictions"][0]["label"] for f in futures) == \
+            sorted(standin_label(level) for level in (10, 11, 12))
+    assert client.llen(queue) == 0
