@@ -60,6 +60,8 @@ class RedisServer:
             try:
                 redis.Redis(port=self.port, socket_connect_timeout=0.2).ping()
                 return self
+            except (redis.AuthenticationError, redis.ResponseError):
+                return self  # it answers; it wants a password
             except redis.ConnectionError:
                 time.sleep(0.05)
         raise RuntimeError("redis-server did not start")
