@@ -224,6 +224,8 @@ def load_model(name=None):
             model = _load_resnet50()
             log("model.chosen", model="resnet50", reason="MODEL=auto and ResNet50 weights are available")
         except ModelUnavailable as exc:
+            if settings.RESNET50_WEIGHTS:  # a file named on purpose but missing is a mistake to report, not hide
+                raise
             log("model.chosen", model="efficientnet_lite0",
                 reason=f"MODEL=auto: {exc}")
             model = _load_efficientnet_lite0()

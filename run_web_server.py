@@ -8,11 +8,13 @@ Run it for real under gunicorn (`gunicorn run_web_server:app`, settings in gunic
 course does, `python run_web_server.py` (Flask's own threaded server).
 """
 import json
+import os
 import time
 
 import redis
 from flask import Flask, jsonify, request
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
+from prometheus_client import REGISTRY, CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import multiprocess
 from werkzeug.exceptions import HTTPException
 
 import job as jobs
@@ -123,7 +125,11 @@ def healthz():
 
 @app.get("/metrics")
 def metrics():
-    return generate_latest(), 200, {"Content-Type": CONTENT_TYPE_LATEST}
+    registry = REGISTRY
+    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:  # several gunicorn processes: add them all up
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+    return generate_latest(registry), 200, {"Content-Type": CONTENT_TYPE_LATEST}
 
 
 @app.errorhandler(HTTPException)

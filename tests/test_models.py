@@ -221,3 +221,9 @@ def test_auto_falls_back_to_lite0_and_says_why(no_resnet50_download, monkeypatch
     assert model.name == "efficientnet_lite0"
     chosen = [line for line in capsys.readouterr().err.splitlines() if " model.chosen " in line]
     assert len(chosen) == 1 and "model=efficientnet_lite0" in chosen[0] and "RESNET50_WEIGHTS" in chosen[0]
+
+
+def test_auto_does_not_hide_a_missing_weights_file(monkeypatch, tmp_path):
+    monkeypatch.setattr(settings, "RESNET50_WEIGHTS", str(tmp_path / "typo.h5"))
+    with pytest.raises(models.ModelUnavailable, match="RESNET50_WEIGHTS=.*typo.h5 is not a file"):
+        models.load_model("auto")

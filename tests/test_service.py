@@ -38,6 +38,28 @@ def test_castle_round_trip_in_the_course_shape(service):
     assert [k.split(":")[1] for k in service.keys()] == ["heartbeat", "workers"]
 
 
+def test_castle_through_the_real_classifier(service):
+    """The whole path with the real model: upload → job → Redis → EfficientNet-Lite0 → result → response."""
+    if not os.path.exists(CASTLE):
+        pytest.skip(f"{CASTLE} not found")
+    service.start_worker(MODEL="efficientnet_lite0", BATCH_SIZE=4)
+    url, _ = service.start_web(MODEL="efficientnet_lite0")
+    with open(CASTLE, "rb") as f:
+        response = post_image(url, f.read(), "castle_image.jpg")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == "efficientnet_lite0"
+    assert body["predictions"][0]["label"] == "castle" and body["predictions"][0]["probability"] > 0.8
+
+
+def test_worker_without_its_weights_says_so_in_one_line(service):
+    worker = service.start_worker(wait=False, MODEL="resnet50", RESNET50_WEIGHTS="/nonexistent/weights.h5")
+    assert worker.popen.wait(120) == 1
+    output = worker.log_text().strip().splitlines()
+    assert "Traceback" not in worker.log_text()
+    assert "RESNET50_WEIGHTS" in output[-1] and "MODEL=efficientnet_lite0" in output[-1]
+
+
 def test_two_web_servers_two_workers_200_concurrent_requests(service):
     workers = [service.start_worker(BATCH_SIZE=8), service.start_worker(BATCH_SIZE=8)]
     urls = [service.start_web()[0], service.start_web()[0]]
@@ -136,3 +158,14 @@ def test_no_worker_means_504_after_request_timeout_and_nothing_left(service):
     assert 1 <= time.monotonic() - started < 5
     assert service.keys() == []  # the job was taken back off the queue
     assert requests.get(url + "/healthz", timeout=5).status_code == 503
+
+
+def test_metrics_add_up_over_web_processes(service):
+    service.start_worker()
+    url, _ = service.start_web(processes=2)
+    for level in range(6):
+        assert post_image(url, grey_png(level)).status_code == 200
+    assert post_image(url, b"").status_code == 400
+    text = requests.get(url + "/metrics", timeout=5).text
+    assert 'predict_requests_total{status="200"} 6.0' in text
+    assert 'predict_requests_total{status="400"} 1.0' in text
