@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run test bench docs clean
+.PHONY: run redis test bench docs clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +13,9 @@ $(VENV)/.installed: requirements.txt
 
 run: $(VENV)/.installed
 	$(PY) launcher.py
+
+redis: $(VENV)/.installed
+	$(PY) launcher.py redis
 
 test: $(VENV)/.installed
 	$(PY) -m pytest

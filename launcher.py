@@ -5,6 +5,9 @@ Starts, under honcho (a Procfile-style process runner):
   web       gunicorn serving run_web_server:app on HOST:PORT (settings in gunicorn.conf.py)
   worker.N  WORKERS model workers (run_model_server.py)
 Ctrl-C or SIGTERM stops every one of them; if one dies, honcho stops the rest, so nothing is left behind.
+
+`python launcher.py redis` (`make redis`) runs only the embedded redis-server, in the foreground: shell 1 of
+the course's three-shell flow.
 """
 import os
 import shlex
@@ -40,7 +43,10 @@ def redis_command(port):
         "--appendonly", "no", "--protected-mode", "yes", "--loglevel", "warning"])
 
 
-def main():
+def main(argv):
+    if argv == ["redis"]:
+        command = shlex.split(redis_command(settings.EMBEDDED_REDIS_PORT))
+        os.execv(command[0], command)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if not port_free(settings.HOST, settings.PORT):
         print(f"launcher: port {settings.PORT} is in use; set PORT to another one", file=sys.stderr)
@@ -65,4 +71,4 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
