@@ -14,17 +14,21 @@ import urllib.parse
 import uuid
 
 
-def multipart(image_bytes, filename="image.jpg", field="image"):
-    """(body, content type) of a multipart/form-data upload with one file field, built once."""
-    boundary = uuid.uuid4().hex
+def multipart(image_bytes, filename="image.jpg", field="image", boundary=None):
+    """(body, content type) of a multipart/form-data upload with one file field."""
+    boundary = boundary or uuid.uuid4().hex
     head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{filename}\"\r\n"
             f"Content-Type: application/octet-stream\r\n\r\n").encode()
     body = head + image_bytes + f"\r\n--{boundary}--\r\n".encode()
     return body, f"multipart/form-data; boundary={boundary}"
 
 
-def run(url, body, content_type, total=None, duration=None, concurrency=1, timeout=60.0):
-    """Send POSTs from `concurrency` threads until `total` were started or `duration` s passed.
+def run(url, upload, total=None, duration=None, concurrency=1, timeout=60.0):
+    """Send POSTs of `upload` = (image bytes, file name) from `concurrency` threads until `total` were
+    started or `duration` s passed.
+
+    Each request gets a fresh multipart boundary, as real clients (requests, curl, browsers) send: the
+    server compiles a regex per new boundary (werkzeug), which a reused body would let it cache.
 
     Returns {"records": [...], "elapsed_s", "client_cpu_s"}; each record has start_s, latency_s, status
     ("ok", "HTTP 504", "connection error", "timeout") and the server's `timings` when it succeeded.
@@ -32,7 +36,6 @@ def run(url, body, content_type, total=None, duration=None, concurrency=1, timeo
     assert total or duration, "give a request count, a duration, or both"
     parts = urllib.parse.urlsplit(url)
     path = parts.path or "/predict"
-    headers = {"Content-Type": content_type, "Content-Length": str(len(body)), "Connection": "keep-alive"}
     records, lock = [], threading.Lock()
     started = [0]
     t0 = time.perf_counter()
@@ -54,7 +57,8 @@ def run(url, body, content_type, total=None, duration=None, concurrency=1, timeo
             try:
                 if conn is None:
                     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
-                conn.request("POST", path, body, headers)
+                body, content_type = multipart(*upload)
+                conn.request("POST", path, body, {"Content-Type": content_type, "Connection": "keep-alive"})
                 response = conn.getresponse()
                 data = response.read()
                 if response.status == 200:

@@ -34,6 +34,7 @@ import time
 import uuid
 
 import numpy as np
+import psutil
 import requests
 from PIL import Image
 
@@ -92,7 +93,9 @@ def summarize(result):
             "elapsed_s": round(result["elapsed_s"], 3),
             "requests_per_s": round(len(ok) / result["elapsed_s"], 1) if result["elapsed_s"] else None,
             "latency_ms": ms_stats([r["latency_s"] * 1000 for r in ok]),
-            "mean_batch": round(float(np.mean([r["timings"]["batch"] for r in ok])), 1) if ok else None}
+            "mean_batch": round(float(np.mean([r["timings"]["batch"] for r in ok])), 1) if ok else None,
+            "server_timings_p50_ms": {k: round(float(np.median([r["timings"][k] for r in ok])), 2) if ok else None
+                                      for k in ("prepare_ms", "queue_ms", "inference_ms", "total_ms")}}
 
 
 class RedisMeter:
@@ -136,7 +139,9 @@ class CpuMeter:
         self.stack = stack
 
     def _snapshot(self):
-        return {"client": time.process_time(),
+        busy = psutil.cpu_times()
+        return {"machine": busy.user + busy.nice + busy.system + busy.irq + busy.softirq + busy.steal,
+                "client": time.process_time(),
                 **{f"{p.name}-{i}": p.cpu_seconds() for i, p in enumerate(self.stack.procs)}}
 
     def start(self):
@@ -145,7 +150,10 @@ class CpuMeter:
     def stop(self):
         after, wall = self._snapshot(), time.monotonic() - self.t0
         # Fraction of one core each used; the machine has os.cpu_count() of them.
-        return {k: round((after[k] - self.before.get(k, 0.0)) / wall, 2) for k in after}
+        cores = {k: round((after[k] - self.before.get(k, 0.0)) / wall, 2) for k in after}
+        # What the rest of the machine used meanwhile (other users' tests...): says whether it was quiet.
+        cores["others"] = round(cores["machine"] - sum(v for k, v in cores.items() if k != "machine"), 2)
+        return cores
 
 
 def monitor_commands(port, seconds):
@@ -218,29 +226,31 @@ def section_model(args):
 def section_real(args, image_bytes, model):
     """Low load, Redis traffic, saturation, idle and polling mode: one Redis, one worker with the real
     model, web servers swapped between notification and polling modes."""
-    body, ctype = load.multipart(image_bytes, "castle_image.jpg")
+    upload = (image_bytes, "castle_image.jpg")
     out = {}
     with Stack(MODEL=args.model, BATCH_SIZE=args.batch_size) as stack:
         stack.start_worker(timeout=300)
         url, web = stack.start_web()
         predict = url + "/predict"
         meter, cpu = RedisMeter(stack.redis()), CpuMeter(stack)
-        load.run(predict, body, ctype, total=5, concurrency=1)  # first requests open connections, warm caches
+        load.run(predict, upload, total=5, concurrency=1)  # first requests open connections, warm caches
         sample = requests.post(predict, files={"image": ("castle_image.jpg", image_bytes)}, timeout=60).json()
         out["sample_predictions"] = sample["predictions"]  # sizes the course's result message
 
         # One request at a time.
         meter.start()
-        low = load.run(predict, body, ctype, total=args.low_n, concurrency=1)
+        cpu.start()
+        low = load.run(predict, upload, total=args.low_n, concurrency=1)
+        low_cpu = cpu.stop()
         out["redis_low_load"] = meter.stop(args.low_n)
-        out["low_load"] = low_load_report(low, model)
+        out["low_load"] = dict(low_load_report(low, model), cpu_cores=low_cpu)
 
         # Saturation: enough clients to keep full batches queued while the web server prepares the next.
         clients = 2 * args.batch_size
-        load.run(predict, body, ctype, total=clients, concurrency=clients)
+        load.run(predict, upload, total=clients, concurrency=clients)
         meter.start()
         cpu.start()
-        sat = load.run(predict, body, ctype, duration=args.duration, concurrency=clients)
+        sat = load.run(predict, upload, duration=args.duration, concurrency=clients)
         out["saturation_cpu_cores"] = cpu.stop()
         sat_summary = summarize(sat)
         out["redis_saturation"] = meter.stop(sat_summary["sent"])
@@ -263,9 +273,9 @@ def section_real(args, image_bytes, model):
         stack.stop(web)
         url, web = stack.start_web(NOTIFICATIONS=0, POLL_INTERVAL=0.25)
         predict = url + "/predict"
-        load.run(predict, body, ctype, total=3, concurrency=1)
+        load.run(predict, upload, total=3, concurrency=1)
         meter.start()
-        poll = load.run(predict, body, ctype, total=args.low_n, concurrency=1)
+        poll = load.run(predict, upload, total=args.low_n, concurrency=1)
         poll_redis = meter.stop(args.low_n)
         notif = out["low_load"]
         out["polling"] = {
@@ -299,7 +309,7 @@ def low_load_report(result, model):
 
 def section_scaling(args):
     """Fixed-latency stand-in, one batch per job: throughput should grow with the number of workers."""
-    body, ctype = load.multipart(tiny_png(), "grey.png")
+    upload = (tiny_png(), "grey.png")
     runs = []
     clients = 16
     with Stack(MODEL="standin", STANDIN_LATENCY_MS=args.scaling_latency_ms, BATCH_SIZE=1) as stack:
@@ -308,8 +318,8 @@ def section_scaling(args):
         for workers in (1, 2, 4):
             while stack.live_workers() < workers:
                 stack.start_worker()
-            load.run(predict, body, ctype, total=workers * 2, concurrency=clients)
-            s = summarize(load.run(predict, body, ctype, duration=args.duration / 2, concurrency=clients))
+            load.run(predict, upload, total=workers * 2, concurrency=clients)
+            s = summarize(load.run(predict, upload, duration=args.duration / 2, concurrency=clients))
             runs.append(dict(s, workers=workers,
                              ideal_requests_per_s=round(workers * 1000 / args.scaling_latency_ms, 1)))
     return {"standin_latency_ms": args.scaling_latency_ms, "batch_size": 1, "clients": clients, "runs": runs,
@@ -318,7 +328,7 @@ def section_scaling(args):
 
 def section_queue_path(args):
     """Instant stand-in and a 32x32 PNG: what the web server + Redis + worker path can carry."""
-    body, ctype = load.multipart(tiny_png(), "grey.png")
+    upload = (tiny_png(), "grey.png")
     out = {"image": "32x32 PNG", "clients": 32, "runs": []}
     for processes in (1, 2):
         with Stack(MODEL="standin", BATCH_SIZE=args.batch_size) as stack:
@@ -326,9 +336,9 @@ def section_queue_path(args):
             url, _ = stack.start_web(processes=processes)
             predict = url + "/predict"
             cpu = CpuMeter(stack)
-            load.run(predict, body, ctype, total=64, concurrency=out["clients"])
+            load.run(predict, upload, total=64, concurrency=out["clients"])
             cpu.start()
-            result = load.run(predict, body, ctype, duration=args.duration, concurrency=out["clients"])
+            result = load.run(predict, upload, duration=args.duration, concurrency=out["clients"])
             out["runs"].append(dict(summarize(result), web_processes=processes, cpu_cores=cpu.stop()))
     out["requests_per_s"] = out["runs"][0]["requests_per_s"]  # the default: WEB_PROCESSES=1
     out["best_requests_per_s"] = max(r["requests_per_s"] for r in out["runs"])
@@ -374,6 +384,7 @@ def print_table(r):
           f"{r['redis']['course_bytes_per_request']['bytes']}), {r['redis']['per_request_low_load']['commands']} commands")
     print(f"saturation: {sat['requests_per_s']} req/s with {sat['clients']} clients, mean batch "
           f"{sat['mean_batch']}, CPU cores used {sat.get('cpu_cores', r.get('saturation_cpu_cores'))}")
+    print(f"  server timings p50 at saturation: {sat['server_timings_p50_ms']}")
     print(f"scaling (standin {r['scaling']['standin_latency_ms']} ms, batch 1): " + ", ".join(
         f"{x['workers']} workers {x['requests_per_s']} req/s" for x in r["scaling"]["runs"]))
     print(f"queue path: " + ", ".join(f"{x['web_processes']} web process(es) {x['requests_per_s']} req/s"

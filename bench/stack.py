@@ -144,7 +144,7 @@ class Stack:
             try:
                 requests.get(url + "/", timeout=1)
                 return url, proc
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or too busy starting to answer
                 if proc.popen.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"web server did not start:\n{proc.log_text()[-2000:]}")
                 time.sleep(0.1)
