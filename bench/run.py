@@ -254,6 +254,12 @@ def section_real(args, image_bytes, model):
         out["saturation_cpu_cores"] = cpu.stop()
         sat_summary = summarize(sat)
         out["redis_saturation"] = meter.stop(sat_summary["sent"])
+        # CPU the whole path costs per request (client + web + Redis + worker), and the ceiling that puts on
+        # requests/s when they all share this machine's cores: the figure the ratio goal is up against.
+        ours = sum(v for k, v in out["saturation_cpu_cores"].items() if k not in ("machine", "others"))
+        cpu_ms = 1000 * ours / sat_summary["requests_per_s"] if sat_summary["requests_per_s"] else None
+        sat_summary.update(cpu_ms_per_request=round(cpu_ms, 2) if cpu_ms else None,
+                           cpu_bound_ceiling_rps=round(os.cpu_count() * 1000 / cpu_ms, 1) if cpu_ms else None)
         out["saturation"] = dict(sat_summary, clients=clients, model_images_per_s=model["images_per_s"],
                                  ratio_to_model=round(sat_summary["requests_per_s"] / model["images_per_s"], 3),
                                  client_cpu_s=round(sat["client_cpu_s"], 2))
@@ -384,7 +390,8 @@ def print_table(r):
           f"{r['redis']['course_bytes_per_request']['bytes']}), {r['redis']['per_request_low_load']['commands']} commands")
     print(f"saturation: {sat['requests_per_s']} req/s with {sat['clients']} clients, mean batch "
           f"{sat['mean_batch']}, CPU cores used {sat.get('cpu_cores', r.get('saturation_cpu_cores'))}")
-    print(f"  server timings p50 at saturation: {sat['server_timings_p50_ms']}")
+    print(f"  server timings p50 at saturation: {sat['server_timings_p50_ms']}; CPU per request "
+          f"{sat['cpu_ms_per_request']} ms → ceiling on {os.cpu_count()} cores {sat['cpu_bound_ceiling_rps']} req/s")
     print(f"scaling (standin {r['scaling']['standin_latency_ms']} ms, batch 1): " + ", ".join(
         f"{x['workers']} workers {x['requests_per_s']} req/s" for x in r["scaling"]["runs"]))
     print(f"queue path: " + ", ".join(f"{x['web_processes']} web process(es) {x['requests_per_s']} req/s"
