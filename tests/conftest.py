@@ -151,9 +151,9 @@ class Service:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
-                requests.get(url + "/", timeout=1)
+                requests.get(url + "/", timeout=2)
                 return url, proc
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # gunicorn binds before its workers boot
                 if proc.popen.poll() is not None:
                     raise RuntimeError(proc.log_text())
                 time.sleep(0.1)
