@@ -130,6 +130,14 @@ class Service:
                         HEARTBEAT_INTERVAL="0.5", HEARTBEAT_TTL="2", BLOCK_TIMEOUT="1",
                         PYTHONUNBUFFERED="1", LOG_LEVEL="INFO")
 
+    def use_own_redis(self, *redis_args):
+        """Switch this service to a redis-server of its own (to stop, restart or configure it);
+        stopped with the service."""
+        self.redis_server = RedisServer(self.tmp_path, *redis_args).start()
+        self.env["REDIS_URL"] = self.redis_server.url
+        self._own_redis = self.redis_server
+        return self.redis_server
+
     def _start(self, name, args, env):
         proc = Proc(name, args, dict(self.env, **{k: str(v) for k, v in env.items()}),
                     self.tmp_path / f"{name}-{len(self.procs)}.log")
@@ -165,6 +173,8 @@ class Service:
     def stop_all(self):
         for proc in self.procs:
             proc.stop()
+        if getattr(self, "_own_redis", None):
+            self._own_redis.stop()
 
 
 @pytest.fixture

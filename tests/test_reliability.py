@@ -79,50 +79,43 @@ def test_all_workers_dead_504_then_recovery_and_abandoned_jobs_dropped(service):
     assert not any(":inflight:" in k or ":result:" in k for k in service.keys())
 
 
-def test_redis_down_for_10s_under_load(service, tmp_path):
-    from conftest import RedisServer
-    server = RedisServer(tmp_path).start()
-    service.redis_server = server
-    service.env["REDIS_URL"] = server.url
-    try:
-        service.start_worker()
-        url, web = service.start_web()
-        outcomes, stop = [], threading.Event()
+def test_redis_down_for_10s_under_load(service):
+    server = service.use_own_redis()
+    service.start_worker()
+    url, web = service.start_web()
+    outcomes, stop = [], threading.Event()
 
-        def load():
-            level = 0
-            while not stop.is_set():
-                started = time.monotonic()
-                status = post(url, level % 256, timeout=40).status_code
-                outcomes.append((status, time.monotonic() - started, started))
-                level += 1
+    def load():
+        level = 0
+        while not stop.is_set():
+            started = time.monotonic()
+            status = post(url, level % 256, timeout=40).status_code
+            outcomes.append((status, time.monotonic() - started, started))
+            level += 1
 
-        threads = [threading.Thread(target=load) for _ in range(4)]
-        for t in threads:
-            t.start()
-        time.sleep(1.5)
-        server.stop()
-        down_at = time.monotonic()
-        time.sleep(10)
-        server.start()
-        up_at = time.monotonic()
-        time.sleep(3)
-        stop.set()
-        for t in threads:
-            t.join(60)
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(1.5)
+    server.stop()
+    down_at = time.monotonic()
+    time.sleep(10)
+    server.start()
+    up_at = time.monotonic()
+    time.sleep(3)
+    stop.set()
+    for t in threads:
+        t.join(60)
 
-        statuses = {status for status, _, _ in outcomes}
-        assert statuses <= {200, 503}, statuses  # never a 500, never a hang
-        during = [(s, took) for s, took, started in outcomes if down_at + 0.5 < started < up_at - 0.5]
-        assert during and all(s == 503 and took < 3 for s, took in during)
-        # Back by themselves: requests made well after Redis returned succeed.
-        response = post(url, 77)
-        assert response.status_code == 200, response.text
-        assert response.json()["predictions"][0]["label"] == standin_label(77)
-        assert "Traceback" not in web.log_text()
-    finally:
-        service.stop_all()
-        server.stop()
+    statuses = {status for status, _, _ in outcomes}
+    assert statuses <= {200, 503}, statuses  # never a 500, never a hang
+    during = [(s, took) for s, took, started in outcomes if down_at + 0.5 < started < up_at - 0.5]
+    assert during and all(s == 503 and took < 3 for s, took in during)
+    # Back by themselves: requests made well after Redis returned succeed.
+    response = post(url, 77)
+    assert response.status_code == 200, response.text
+    assert response.json()["predictions"][0]["label"] == standin_label(77)
+    assert "Traceback" not in web.log_text()
 
 
 def test_full_queue_answers_503_with_retry_after_and_enqueues_nothing(service):

@@ -13,7 +13,7 @@ import pytest
 import redis
 import requests
 
-from conftest import REPO, RedisServer, free_port, grey_png, standin_label
+from conftest import REPO, free_port, grey_png, standin_label
 
 
 def wait_for_health(url, timeout=60):
@@ -111,8 +111,8 @@ class TLSProxy:
 
 
 @pytest.fixture
-def tls_redis(tmp_path):
-    server = RedisServer(tmp_path, "--requirepass", "s3cret-for-tests").start()
+def tls_redis(service, tmp_path):
+    server = service.use_own_redis("--requirepass", "s3cret-for-tests")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
                     "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
@@ -120,7 +120,6 @@ def tls_redis(tmp_path):
     proxy = TLSProxy(server.port, str(cert), str(key))
     yield server, proxy, cert
     proxy.listener.close()
-    server.stop()
 
 
 def test_rediss_url_with_password(service, tls_redis):

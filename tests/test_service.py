@@ -8,7 +8,7 @@ import time
 import pytest
 import requests
 
-from conftest import CASTLE, RedisServer, grey_png, standin_label
+from conftest import CASTLE, grey_png, standin_label
 
 
 def post_image(url, data, name="image.png", timeout=60):
@@ -94,59 +94,46 @@ def test_two_web_servers_two_workers_200_concurrent_requests(service):
 
 
 @pytest.mark.parametrize("how", ["config refused", "notifications off"])
-def test_requests_complete_by_polling_without_notifications(service, tmp_path, how):
+def test_requests_complete_by_polling_without_notifications(service, how):
     if how == "config refused":  # like a managed Redis that does not allow CONFIG
-        server = RedisServer(tmp_path, "--rename-command", "CONFIG", "").start()
-        service.redis_server = server
-        service.env["REDIS_URL"] = server.url
+        service.use_own_redis("--rename-command", "CONFIG", "")
         env = {}
     else:
-        server, env = None, {"NOTIFICATIONS": "0"}
-    try:
-        service.start_worker()
-        url, web = service.start_web(POLL_INTERVAL="0.2", **env)
-        for level in (3, 30, 130):
-            response = post_image(url, grey_png(level))
-            assert response.status_code == 200, response.text
-            assert response.json()["predictions"][0]["label"] == standin_label(level)
-        if how == "config refused":
-            assert "notifications.unavailable" in web.log_text()
-        else:
-            assert "off (polling" in requests.get(url + "/healthz", timeout=5).json()["notifications"]
-    finally:
-        service.stop_all()
-        if server:
-            server.stop()
-
-
-def test_redis_outage_answers_503_then_recovers_without_restarts(service, tmp_path):
-    server = RedisServer(tmp_path).start()
-    service.redis_server = server
-    service.env["REDIS_URL"] = server.url
-    try:
-        service.start_worker()
-        url, _ = service.start_web()
-        assert post_image(url, grey_png(7)).status_code == 200
-
-        server.stop()
-        started = time.monotonic()
-        response = post_image(url, grey_png(8))
-        assert response.status_code == 503, response.text
-        assert time.monotonic() - started < 3
-        assert "Redis" in response.json()["error"]
-        assert requests.get(url + "/healthz", timeout=5).status_code == 503
-
-        server.start()
-        deadline = time.monotonic() + 20
-        while requests.get(url + "/healthz", timeout=5).status_code != 200:  # worker re-registers by itself
-            assert time.monotonic() < deadline, "worker did not come back after Redis returned"
-            time.sleep(0.2)
-        response = post_image(url, grey_png(9))
+        env = {"NOTIFICATIONS": "0"}
+    service.start_worker()
+    url, web = service.start_web(POLL_INTERVAL="0.2", **env)
+    for level in (3, 30, 130):
+        response = post_image(url, grey_png(level))
         assert response.status_code == 200, response.text
-        assert response.json()["predictions"][0]["label"] == standin_label(9)
-    finally:
-        service.stop_all()
-        server.stop()
+        assert response.json()["predictions"][0]["label"] == standin_label(level)
+    if how == "config refused":
+        assert "notifications.unavailable" in web.log_text()
+    else:
+        assert "off (polling" in requests.get(url + "/healthz", timeout=5).json()["notifications"]
+
+
+def test_redis_outage_answers_503_then_recovers_without_restarts(service):
+    server = service.use_own_redis()
+    service.start_worker()
+    url, _ = service.start_web()
+    assert post_image(url, grey_png(7)).status_code == 200
+
+    server.stop()
+    started = time.monotonic()
+    response = post_image(url, grey_png(8))
+    assert response.status_code == 503, response.text
+    assert time.monotonic() - started < 3
+    assert "Redis" in response.json()["error"]
+    assert requests.get(url + "/healthz", timeout=5).status_code == 503
+
+    server.start()
+    deadline = time.monotonic() + 20
+    while requests.get(url + "/healthz", timeout=5).status_code != 200:  # worker re-registers by itself
+        assert time.monotonic() < deadline, "worker did not come back after Redis returned"
+        time.sleep(0.2)
+    response = post_image(url, grey_png(9))
+    assert response.status_code == 200, response.text
+    assert response.json()["predictions"][0]["label"] == standin_label(9)
 
 
 def test_no_worker_means_504_after_request_timeout_and_nothing_left(service):
