@@ -26,3 +26,12 @@ clean:
 # Benchmarks against processes it starts itself; writes bench/results/latest.json (a few minutes).
 bench: $(VENV)/.installed
 	$(PY) bench/run.py
+
+# The write-up: docs/writeup.pdf from docs/writeup.md, the real source files, a live run of the service, the
+# tests and bench/results/latest.json when present (a few minutes). Needs Pango (docs/build.py installs it).
+$(VENV)/.docs-installed: $(VENV)/.installed docs/requirements.txt
+	$(PY) -m pip install --quiet -r docs/requirements.txt
+	touch $@
+
+docs: $(VENV)/.docs-installed
+	$(PY) docs/build.py
