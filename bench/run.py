@@ -206,6 +206,17 @@ def course_bytes_per_request(predictions, height=224, width=224, poll_s=0.25, la
             "formula": "RPUSH job + LRANGE reply job + SET result + GET result + polls x GET + DEL"}
 
 
+def model_input_size(name):
+    import models  # the web server's own table of input sizes (no TensorFlow import)
+    return models.input_size(name)
+
+
+def resized_jpeg(image_bytes, size):
+    out = io.BytesIO()
+    Image.open(io.BytesIO(image_bytes)).convert("RGB").resize((size[1], size[0])).save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
 def tiny_png():
     out = io.BytesIO()
     Image.new("RGB", (32, 32), (128, 128, 128)).save(out, "PNG")
@@ -263,6 +274,18 @@ def section_real(args, image_bytes, model):
         out["saturation"] = dict(sat_summary, clients=clients, model_images_per_s=model["images_per_s"],
                                  ratio_to_model=round(sat_summary["requests_per_s"] / model["images_per_s"], 3),
                                  client_cpu_s=round(sat["client_cpu_s"], 2))
+
+        # The same with the client resizing to the model's input before upload (a 224x224 JPEG): how much
+        # of the gap to the model's limit is the web server decoding and resizing large uploads.
+        small = (resized_jpeg(image_bytes, model_input_size(args.model)), "castle_224.jpg")
+        load.run(predict, small, total=clients, concurrency=clients)
+        cpu.start()
+        sat_small = load.run(predict, small, duration=args.duration, concurrency=clients)
+        small_cpu = cpu.stop()
+        s2 = summarize(sat_small)
+        out["saturation_client_resized"] = dict(
+            s2, clients=clients, upload_bytes=len(small[0]), cpu_cores=small_cpu,
+            ratio_to_model=round(s2["requests_per_s"] / model["images_per_s"], 3))
 
         # Idle: nothing but the service's own background traffic (heartbeats, blocking pops).
         time.sleep(min(2.0, args.idle_s))
@@ -392,6 +415,9 @@ def print_table(r):
           f"{sat['mean_batch']}, CPU cores used {sat.get('cpu_cores', r.get('saturation_cpu_cores'))}")
     print(f"  server timings p50 at saturation: {sat['server_timings_p50_ms']}; CPU per request "
           f"{sat['cpu_ms_per_request']} ms → ceiling on {os.cpu_count()} cores {sat['cpu_bound_ceiling_rps']} req/s")
+    small = r["saturation_client_resized"]
+    print(f"saturation, client resizes to 224x224 first ({small['upload_bytes']} bytes): {small['requests_per_s']} "
+          f"req/s, ratio {small['ratio_to_model']}")
     print(f"scaling (standin {r['scaling']['standin_latency_ms']} ms, batch 1): " + ", ".join(
         f"{x['workers']} workers {x['requests_per_s']} req/s" for x in r["scaling"]["runs"]))
     print(f"queue path: " + ", ".join(f"{x['web_processes']} web process(es) {x['requests_per_s']} req/s"
@@ -406,8 +432,12 @@ def main(argv=None):
     # SIGTERM as Ctrl-C: either way the stacks' `with` blocks stop every process started.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     image_path = args.image or default_image()
-    with open(image_path, "rb") as f:
-        image_bytes = f.read()
+    try:
+        with open(image_path, "rb") as f:
+            image_bytes = f.read()
+    except OSError as exc:
+        print(f"bench: cannot read the image {image_path}: {exc.strerror} (give one with --image)", file=sys.stderr)
+        return 2
     started = time.monotonic()
     load_before = os.getloadavg()
     r = {"when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -80,7 +80,8 @@ def test_quick_benchmark_writes_every_section(tmp_path):
     done = run(os.path.join("bench", "run.py"), "--quick", "--out", str(out), timeout=180)
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     r = json.loads(out.read_text())
-    for section in ("model", "low_load", "redis", "saturation", "idle", "polling", "scaling", "queue_path",
+    for section in ("model", "low_load", "redis", "saturation", "saturation_client_resized", "idle", "polling",
+                    "scaling", "queue_path",
                     "verdicts"):
         assert section in r, section
     assert r["model"]["batch_1_ms"] > 0 and r["model"]["images_per_s"] > 0
