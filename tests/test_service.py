@@ -3,12 +3,13 @@ import collections
 import concurrent.futures
 import os
 import re
+import sys
 import time
 
 import pytest
 import requests
 
-from conftest import CASTLE, grey_png, standin_label
+from conftest import CASTLE, free_port, grey_png, standin_label
 
 
 def post_image(url, data, name="image.png", timeout=60):
@@ -156,3 +157,21 @@ def test_metrics_add_up_over_web_processes(service):
     text = requests.get(url + "/metrics", timeout=5).text
     assert 'predict_requests_total{status="200"} 6.0' in text
     assert 'predict_requests_total{status="400"} 1.0' in text
+
+
+def test_course_style_flask_server_still_works(service):
+    """`python run_web_server.py`, the course's shell 3, serves the same API as gunicorn does."""
+    service.start_worker()
+    port = free_port()
+    web = service._start("flask", [sys.executable, "run_web_server.py"], {"PORT": port})
+    web.wait_for_log("web.start")
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            response = requests.post(f"http://127.0.0.1:{port}/predict",
+                                     files={"image": ("g.png", grey_png(64))}, timeout=30)
+            break
+        except requests.ConnectionError:
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+    assert response.status_code == 200 and response.json()["predictions"][0]["label"] == standin_label(64)

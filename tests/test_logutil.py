@@ -1,0 +1,34 @@
+"""One log format for every process: text lines that split back into fields, or JSON lines."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+from conftest import REPO
+
+TEXT_LINE = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) (\S+) (\S+) (\d+) (INFO|WARNING|ERROR|DEBUG) (\S+)(.*)$")
+
+
+def run_log(env, code):
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=dict(os.environ, **env),
+                          capture_output=True, text=True, check=True).stderr.strip().splitlines()
+
+
+def test_text_line_has_time_server_script_pid_level_action_and_fields():
+    code = "from logutil import log; log('job.pushed', id='abc123', queue=3, note='two words')"
+    (line,) = run_log({"SERVER_NAME": "web-a", "LOG_FORMAT": "text"}, code)
+    ts, server, script, pid, level, action, rest = TEXT_LINE.match(line).groups()
+    assert (server, script, level, action) == ("web-a", "-c", "INFO", "job.pushed")
+    assert rest == ' id=abc123 queue=3 note="two words"'
+
+
+def test_json_lines_and_level_filter():
+    code = ("from logutil import log; log('hidden', level='DEBUG'); "
+            "log('request.done', id='abc', ms=12.5); log('redis.down', level='WARNING', error='x')")
+    lines = run_log({"LOG_FORMAT": "json", "LOG_LEVEL": "INFO"}, code)
+    records = [json.loads(line) for line in lines]
+    assert [r["action"] for r in records] == ["request.done", "redis.down"]
+    assert records[0]["id"] == "abc" and records[0]["ms"] == 12.5 and records[0]["ts"].endswith("Z")
+    assert {"server", "script", "pid", "level"} <= set(records[0])
+
