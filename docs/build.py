@@ -109,14 +109,35 @@ def git_commit():
 
 # --- step 2: a live run of the real service --------------------------------------------------------
 
-def live_run(stress_requests, stress_spacing):
+# The course's settings, then as fast as the clients can send: (name, stress_test.py arguments).
+STRESS_RUNS = [("course settings", ["-n", "500", "--spacing", "0.05"]),
+               ("saturating", ["-n", "400", "--spacing", "0", "--concurrency", "64"])]
+
+
+def stress_run(name, extra, url, castle_found):
+    slug = name.replace(" ", "_")
+    report, plot = os.path.join(BUILD, f"stress_{slug}.json"), os.path.join(BUILD, f"stress_{slug}.png")
+    args = [sys.executable, "stress_test.py", *extra, "--url", url + "/predict", "--json", report, "--plot", plot,
+            "--no-progress"]
+    if castle_found:
+        args += ["--image", CASTLE]
+    say(f"live run: stress test, {name}: {' '.join(extra)}")
+    started = time.time()
+    done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=900)
+    shown = " ".join(["python"] + args[1:]).replace(BUILD + "/", "").replace(REPO + "/", "")
+    return {"name": name, "command": shown.replace(CASTLE, "castle_image.jpg"), "returncode": done.returncode,
+            "stdout": done.stdout, "stderr": done.stderr[-1500:], "report": report, "plot": plot,
+            "seconds": round(time.time() - started, 1)}
+
+
+def live_run(stress=True):
     """Real processes: castle through simple_request.py for every model whose weights are here, one request
     traced through the logs, and the stress test. Returns what the write-up shows."""
     from bench.stack import Stack
     import models
 
     out = {"when": now_utc(), "machine": machine(), "castle_found": os.path.exists(CASTLE), "castle": [],
-           "resnet50": None}
+           "resnet50": None, "loadavg_before": [round(x, 2) for x in os.getloadavg()]}
     path, why = models.find_resnet50_weights()  # never downloads
     out["resnet50"] = {"available": path is not None, "why_not": why, "weights": path}
     runs = ["efficientnet_lite0"] + (["resnet50"] if path else [])
@@ -144,21 +165,10 @@ def live_run(stress_requests, stress_spacing):
                             "worker_ready": next((line for line in worker.log_text().splitlines()
                                                   if "worker.ready" in line), None)}
                 out["castle"].append(entry)
-            if model == "efficientnet_lite0" and stress_requests:
-                say(f"live run: stress_test.py -n {stress_requests} --spacing {stress_spacing}")
-                report, plot = os.path.join(BUILD, "stress.json"), os.path.join(BUILD, "stress.png")
-                image = CASTLE if out["castle_found"] else None
-                args = [sys.executable, "stress_test.py", "-n", str(stress_requests), "--spacing", str(stress_spacing),
-                        "--url", url + "/predict", "--json", report, "--plot", plot, "--no-progress"]
-                if image:
-                    args += ["--image", image]
-                started = time.time()
-                done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=900)
-                out["stress"] = {"command": " ".join(["python"] + args[1:]).replace(REPO + "/", "")
-                                 .replace(BUILD + "/", "").replace(CASTLE, "castle_image.jpg"),
-                                 "returncode": done.returncode, "stdout": done.stdout, "report": report, "plot": plot,
-                                 "seconds": round(time.time() - started, 1), "model": "efficientnet_lite0",
-                                 "web_processes": 1, "workers": 1}
+            if model == "efficientnet_lite0" and stress:
+                out["stress"] = [stress_run(name, extra, url, out["castle_found"]) for name, extra in STRESS_RUNS]
+                out["stress_setup"] = {"model": model, "web_processes": 1, "workers": 1}
+    out["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     return out
 
 
@@ -254,17 +264,44 @@ def highlight(code, first_line=None):
     formatter = HtmlFormatter(nowrap=True)
     body = pyg(code, PythonLexer(), formatter).rstrip("\n").split("\n")
     if first_line is None:
-        return "\n".join(f'<span class="ln"></span>{line}' for line in body)
+        return "".join(f'<span class="line"><span class="ln"></span>{line}</span>' for line in body)
     width = len(str(first_line + len(body)))
-    return "\n".join(f'<span class="ln">{first_line + i:>{width}}</span>{line}' for i, line in enumerate(body))
+    return "".join(f'<span class="line"><span class="ln">{first_line + i:>{width}}</span>{line}</span>'
+                   for i, line in enumerate(body))
+
+
+def highlight_lua_constant(lines, first):
+    """A Python constant holding a Lua script: Python around it, Lua inside the triple quotes."""
+    from pygments import highlight as pyg
+    from pygments.formatters import HtmlFormatter
+    from pygments.lexers import LuaLexer, PythonLexer
+    opening = next(i for i, line in enumerate(lines) if '"""' in line)
+    closing = max(i for i, line in enumerate(lines) if '"""' in line)
+    parts = [(PythonLexer(), lines[:opening + 1]), (LuaLexer(), lines[opening + 1:closing]),
+             (PythonLexer(), lines[closing:])]
+    out = []
+    for lexer, chunk in parts:
+        if chunk:
+            out += pyg("\n".join(chunk), lexer, HtmlFormatter(nowrap=True)).rstrip("\n").split("\n")
+    width = len(str(first + len(out)))
+    return "".join(f'<span class="line"><span class="ln">{first + i:>{width}}</span>{line}</span>'
+                   for i, line in enumerate(out))
 
 
 def code_block(relpath, dotted, start_text=None, end_text=None):
     first, lines = extract(relpath, dotted, start_text, end_text)
     lines = dedent(lines)
     last = first + len(lines) - 1
+    if sum('"""' in line for line in lines) >= 2 and any("redis.call" in line for line in lines) \
+            and not any(line.lstrip().startswith("def ") for line in lines):
+        body = highlight_lua_constant(lines, first)
+        caption = (f'<span class="file">{html.escape(relpath)}</span>, lines {first}–{last}: '
+                   f'<code>{html.escape(dotted)}</code> (a Lua script run by Redis)')
+        return f'<figure class="code ours"><figcaption>{caption}</figcaption><pre class="highlight">{body}</pre></figure>'
+
     what = dotted + (" (excerpt)" if start_text or end_text else "")
-    caption = f'<span class="file">{html.escape(relpath)}</span>, lines {first}–{last}: <code>{html.escape(what)}</code>'
+    where = f"line {first}" if first == last else f"lines {first}–{last}"
+    caption = f'<span class="file">{html.escape(relpath)}</span>, {where}: <code>{html.escape(what)}</code>'
     return (f'<figure class="code ours"><figcaption>{caption}</figcaption>'
             f'<pre class="highlight">{highlight(chr(10).join(lines), first)}</pre></figure>')
 
@@ -297,7 +334,7 @@ def not_measured(what, how):
             f'<span class="how">To measure: {how}</span></div>')
 
 
-def provenance(when, mach, source):
+def provenance(when, mach, source, quick=False):
     m = mach or {}
     parts = [f"measured {esc(when)}" if when else "date not recorded"]
     if m:
@@ -305,7 +342,9 @@ def provenance(when, mach, source):
                                                      m.get("cpu"), m.get("memory"), m.get("platform")] if x)))
     else:
         parts.append("machine not recorded")
-    return f'<p class="provenance">Source: <code>{esc(source)}</code>; {"; ".join(parts)}.</p>'
+    warn = ('<br/><span class="bad">A --quick run (stand-in model, a handful of requests): these figures only '
+            'show that the benchmark works.</span>') if quick else ""
+    return f'<p class="provenance">Source: <code>{esc(source)}</code>; {"; ".join(parts)}.{warn}</p>'
 
 
 def table(header, rows, cls=""):
@@ -316,8 +355,18 @@ def table(header, rows, cls=""):
 
 class Results:
     def __init__(self, live, race, tests, bench, bench_path, meta):
+        self.errors = {name: value["error"] for name, value in (("live", live), ("race", race), ("tests", tests))
+                       if isinstance(value, dict) and "error" in value}
+        live, race, tests = [None if isinstance(v, dict) and "error" in v else v for v in (live, race, tests)]
         self.live, self.race, self.tests, self.bench, self.bench_path, self.meta = \
             live, race, tests, bench, bench_path, meta
+
+    def failed(self, name, what):
+        """The "not measured" box for a step that raised, with its error, or None."""
+        if name not in self.errors:
+            return None
+        return not_measured(f"{what} failed in this build: <code>{esc(self.errors[name][-600:])}</code>",
+                            "fix the error and run <code>make docs</code> again.")
 
     # section 1
     def gen_job_sizes(self):
@@ -338,6 +387,8 @@ class Results:
 
     # section 3
     def gen_castle(self):
+        if self.failed("live", "The live run"):
+            return self.failed("live", "The live run")
         live = self.live
         if not live:
             return not_measured("No live run in this build.", "<code>make docs</code> (without --fast).")
@@ -372,6 +423,8 @@ class Results:
 
     # section 4
     def gen_race(self):
+        if self.failed("race", "The race demonstration"):
+            return self.failed("race", "The race demonstration")
         race = self.race
         if not race:
             return not_measured("The race demonstration did not run in this build.",
@@ -398,6 +451,8 @@ class Results:
                 provenance(race["when"], race["machine"], "docs/race_demo.py, run by docs/build.py"))
 
     def gen_tests(self):
+        if self.failed("tests", "Running the tests"):
+            return self.failed("tests", "Running the tests")
         t = self.tests
         if not t:
             return not_measured("The tests were not run in this build.", "<code>make docs</code> or "
@@ -418,6 +473,8 @@ class Results:
 
     # section 5
     def _bench(self):
+        if self.bench and self.bench.get("quick"):
+            return self.bench, None
         if not self.bench:
             return None, not_measured(
                 "<code>bench/results/latest.json</code> was not there when this PDF was built, so there are no "
@@ -451,10 +508,18 @@ class Results:
                          f'inside the heartbeat script): the heartbeat every {idle["heartbeat_interval_s"]:g} s and a '
                          f'blocking pop that returns every {idle["block_timeout_s"]:g} s. The course\'s idle worker '
                          f'sends an LRANGE every 0.25 s: 4 commands per second per worker, forever.</p>')
+        nl, pl = (n["latency_ms"] or {}).get("p50"), (p["latency_ms"] or {}).get("p50")
+        summary = ""
+        if nl is not None and pl is not None:
+            summary = (f'<p>Median latency: <strong>{nl} ms</strong> with notifications, <strong>{pl} ms</strong> '
+                       f'polling every 0.25 s ({round(pl - nl, 1):+g} ms); Redis commands per request: '
+                       f'<strong>{n["commands_per_request"]}</strong> against <strong>{p["commands_per_request"]}</strong>. '
+                       f'Polling sends one more GETDEL for every 0.25 s a request waits, so the gap in commands grows '
+                       f'with the time spent in the queue; at one request at a time that time is short.</p>')
         return (table(["mode (one request at a time)", "p50 ms", "p95 ms", "max ms", "Redis commands / request"],
-                      rows) + '<p class="tablecap">Redis commands per request, by name (INFO commandstats; '
+                      rows) + summary + '<p class="tablecap">Redis commands per request, by name (INFO commandstats; '
                 "commands run inside Lua scripts count too):</p>" + by_name + idle_text +
-                provenance(b.get("when"), b.get("machine"), self.bench_path))
+                provenance(b.get("when"), b.get("machine"), self.bench_path, b.get("quick")))
 
     def gen_bench_summary(self):
         b, missing = self._bench()
@@ -475,6 +540,9 @@ class Results:
         if sat:
             rows.append(["saturation", f'{sat["requests_per_s"]} requests/s with {sat["clients"]} clients, mean batch '
                                        f'{sat["mean_batch"]}; {sat["ratio_to_model"]} of the model\'s own images/s'])
+            if sat.get("cpu_ms_per_request") is not None:
+                rows.append(["CPU per request at saturation", f'{sat["cpu_ms_per_request"]} ms (all processes) → at most '
+                                                               f'{sat.get("cpu_bound_ceiling_rps")} requests/s on these cores'])
         red = b.get("redis")
         if red:
             rows.append(["Redis bytes per request", f'{red["per_request_low_load"]["bytes"]:,} (course: '
@@ -492,36 +560,56 @@ class Results:
         if b.get("quick"):
             rows.insert(0, ['<span class="bad">quick run</span>', "the file comes from <code>--quick</code>: "
                                                                    "stand-in model, a handful of requests"])
-        return table(["figure", "measured"], rows, "kv") + provenance(b.get("when"), b.get("machine"), self.bench_path)
+        return table(["figure", "measured"], rows, "kv") + provenance(b.get("when"), b.get("machine"), self.bench_path,
+                                                                    b.get("quick"))
 
     # section 6
     def gen_stress(self):
+        if self.failed("live", "The live run"):
+            return self.failed("live", "The live run")
         live = self.live or {}
-        s = live.get("stress")
-        if not s or not os.path.exists(s.get("report", "")):
+        runs = [r for r in live.get("stress") or [] if os.path.exists(r.get("report", ""))]
+        if not runs:
             return not_measured("The stress test did not run in this build.", "<code>make docs</code>.")
-        with open(s["report"]) as f:
-            rep = json.load(f)
-        lat = rep["latency_ok"]
-        rows = [["sent", rep["sent"]], ["succeeded", rep["succeeded"]],
-                ["failed", f'{rep["failed"]}' + (f' ({esc(rep["failed_by_kind"])})' if rep["failed"] else "")],
-                ["elapsed", f'{rep["elapsed_s"]} s'], ["throughput", f'{rep["throughput_rps"]} succeeded requests/s'],
-                ["latency of succeeded requests", f'p50 {lat["p50_ms"]} ms, p95 {lat["p95_ms"]} ms, p99 {lat["p99_ms"]} '
-                                                  f'ms, max {lat["max_ms"]} ms, mean {lat["mean_ms"]} ms']]
-        stdout = s["stdout"].rstrip().replace(BUILD + "/", "").replace(REPO + "/", "")
-        out = [f'<pre class="console">$ {esc(s["command"])}\n{esc(stdout)}</pre>',
-               table(["", "value"], rows, "kv")]
-        if os.path.exists(s["plot"]):
-            out.append(f'<figure class="diagram plot"><img src="{s["plot"]}" alt="stress test plot"/>'
-                       f'<figcaption>The PNG written by <code>stress_test.py --plot</code> in this run: latency '
-                       f'histogram (left), latency by start time (right).</figcaption></figure>')
+        reports = []
+        for r in runs:
+            with open(r["report"]) as f:
+                reports.append(json.load(f))
+
+        def cells(fn):
+            return [fn(rep) for rep in reports]
+        lat = lambda key: cells(lambda rep: rep["latency_ok"][key])  # noqa: E731
+        rows = [["command"] + [f'<code>{esc(r["command"].split(" --url")[0].replace("python ", ""))}</code>' for r in runs],
+                ["sent"] + cells(lambda rep: rep["sent"]),
+                ["succeeded"] + cells(lambda rep: rep["succeeded"]),
+                ["failed"] + cells(lambda rep: f'{rep["failed"]}' + (f' {esc(rep["failed_by_kind"])}' if rep["failed"] else "")),
+                ["elapsed, s"] + cells(lambda rep: rep["elapsed_s"]),
+                ["throughput, succeeded requests/s"] + cells(lambda rep: rep["throughput_rps"]),
+                ["latency p50, ms"] + lat("p50_ms"), ["latency p95, ms"] + lat("p95_ms"),
+                ["latency p99, ms"] + lat("p99_ms"), ["latency max, ms"] + lat("max_ms")]
+        first = runs[0]
+        stdout = first["stdout"].rstrip().replace(BUILD + "/", "").replace(REPO + "/", "")
+        out = [f'<p class="tablecap">What the stress test printed ({esc(first["name"])}):</p>'
+               f'<pre class="console">$ {esc(first["command"])}\n{esc(stdout)}</pre>',
+               table([""] + [esc(r["name"]) for r in runs], rows, "kv")]
+        for r in runs:
+            if os.path.exists(r["plot"]):
+                out.append(f'<figure class="diagram plot"><img src="{r["plot"]}" alt="stress test plot"/>'
+                           f'<figcaption>{esc(r["name"])}: the PNG written by <code>stress_test.py --plot</code> in this '
+                           f'run, latency histogram (left) and latency by start time (right).</figcaption></figure>')
+        setup = live.get("stress_setup", {})
         out.append(provenance(live["when"], live["machine"],
-                              f'stress_test.py against 1 gunicorn web process and 1 {s["model"]} worker, started by '
-                              f'docs/build.py'))
+                              f'stress_test.py against {setup.get("web_processes", 1)} gunicorn web process and '
+                              f'{setup.get("workers", 1)} {setup.get("model", "?")} worker (BATCH_SIZE 32), started by '
+                              f'docs/build.py; client and service share the machine' +
+                              (f' (load average {live["loadavg_before"][0]} before the live run, '
+                               f'{live["loadavg_after"][0]} after)' if live.get("loadavg_after") else "")))
         return "\n".join(out)
 
     # section 7
     def gen_trace(self):
+        if self.failed("live", "The live run"):
+            return self.failed("live", "The live run")
         tr = (self.live or {}).get("trace")
         if not tr:
             return not_measured("No request was traced in this build.", "<code>make docs</code> (without --fast).")
@@ -674,8 +762,8 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--fast", action="store_true", help="reuse docs/build/{live,race,tests}.json; run nothing")
     p.add_argument("--no-tests", action="store_true", help="do not run the evidence tests")
-    p.add_argument("--stress-requests", type=int, default=500, help="stress test size (course: 500)")
-    p.add_argument("--stress-spacing", type=float, default=0.05, help="seconds between requests (course: 0.05)")
+    p.add_argument("--no-stress", action="store_true", help="skip the stress test runs in the live run")
+    p.add_argument("--bench", default=BENCH, help="benchmark result file (default: bench/results/latest.json)")
     p.add_argument("--out", default=os.path.join(DOCS, "writeup.pdf"))
     args = p.parse_args(argv)
     started = time.time()
@@ -691,7 +779,11 @@ def main(argv=None):
         if not skip:
             say(f"{name} ...")
             t = time.time()
-            value = fn()
+            try:
+                value = fn()
+            except Exception as exc:  # the write-up says what failed instead of showing stale or no numbers
+                say(f"{name} FAILED: {exc!r}")
+                value = {"error": f"{type(exc).__name__}: {str(exc)[-1500:]}", "when": now_utc(), "machine": machine()}
             with open(path, "w") as f:
                 json.dump(value, f, indent=1)
             say(f"{name}: {time.time() - t:.0f} s")
@@ -700,7 +792,7 @@ def main(argv=None):
                 return json.load(f)
         return None
 
-    live = step("live", lambda: live_run(args.stress_requests, args.stress_spacing), args.fast)
+    live = step("live", lambda: live_run(not args.no_stress), args.fast)
 
     def race():
         done = subprocess.run([sys.executable, os.path.join(DOCS, "race_demo.py")], capture_output=True, text=True,
@@ -712,11 +804,11 @@ def main(argv=None):
     tests = step("tests", run_tests, args.fast or args.no_tests)
 
     bench = None
-    if os.path.exists(BENCH):
-        with open(BENCH) as f:
+    if os.path.exists(args.bench):
+        with open(args.bench) as f:
             bench = json.load(f)
     meta = {"when": now_utc(), "commit": git_commit(), "machine": machine()}
-    results = Results(live, race_result, tests, bench, os.path.relpath(BENCH, REPO), meta)
+    results = Results(live, race_result, tests, bench, os.path.relpath(os.path.abspath(args.bench), REPO), meta)
 
     with open(os.path.join(DOCS, "writeup.md"), encoding="utf-8") as f:
         source = f.read()

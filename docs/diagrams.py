@@ -31,6 +31,7 @@ C = {
 }
 TEXT = "#1d2430"
 WIDTH = 6.7  # printed text width in inches (A4 minus margins)
+WHITE = dict(boxstyle="square,pad=0.15", facecolor="white", edgecolor="none")  # text laid over a line
 
 
 def canvas(width, height):
@@ -82,7 +83,7 @@ def architecture(path):
     web_x, web_w = 1.5, 1.2
     box(ax, web_x, 0.45, web_w, 2.75, "", "web")
     ax.text(web_x + web_w / 2, 3.0, "Web servers", ha="center", fontsize=8.5, weight="bold", color=TEXT)
-    ax.text(web_x + web_w / 2, 2.83, "gunicorn, run_web_server.py", ha="center", fontsize=6, color=TEXT)
+    ax.text(web_x + web_w / 2, 2.83, "run_web_server.py", ha="center", fontsize=6, color=TEXT)
     for i, y in enumerate((1.7, 0.55)):
         box(ax, web_x + 0.08, y, web_w - 0.16, 1.0,
             f"process {i + 1}\n\nrequest threads\n(one per request)\n+ result listener", "plain", size=6.3)
@@ -111,7 +112,7 @@ def architecture(path):
     arrow(ax, (wl, 2.55), (wr, 2.6), "1 push (Lua)", "web", size=6, offset=(0, 0.04))
     arrow(ax, (kr, 2.6), (kl, 2.45), "2 take batch", "worker", size=6, offset=(0, 0.05))
     arrow(ax, (kl, 2.0), (kr, 2.0), "kept in flight", "worker", size=5.5, dashed=True, offset=(0, 0.03))
-    arrow(ax, (kl, 1.85), (kr, 1.42), "3 results (MULTI)", "worker", size=6, offset=(0, -0.26))
+    arrow(ax, (kl, 1.85), (kr, 1.42), "3 results", "worker", size=6, offset=(0.02, -0.24))
     arrow(ax, (wr, 1.35), (wl, 1.1), "4 keyspace event", "redis", size=6, offset=(0, -0.3))
     arrow(ax, (wl, 1.55), (wr, 1.48), "5 GETDEL", "web", size=6, offset=(0, 0.04))
     arrow(ax, (kl, 0.8), (kr, 0.87), "beat()", "worker", size=6, offset=(0, 0.03))
@@ -276,11 +277,11 @@ def notify_vs_poll(path):
         ax.plot(t0 + scale * p, 1.2, marker="o", ms=4.5, color=C["web"][1] if not hit else C["good"][1],
                 mfc="white" if not hit else C["good"][1])
     ax.text(t0 + scale * 1.32, 1.2, "answered at the next poll, up to 0.25 s late;\n4 GETs a second while waiting",
-            fontsize=6.5, va="center", color=TEXT)
+            fontsize=6.5, va="center", color=TEXT, bbox=WHITE)
     ax.plot(t0 + scale * 1.0, 0.5, marker="o", ms=4.5, color=C["web"][1], mfc="white")
     ax.plot(xr + 0.02, 0.5, marker="o", ms=4.5, color=C["good"][1])
     ax.text(t0 + scale * 1.22, 0.5, "event: GETDEL at once; the backup GETDEL runs\nonly every POLL_INTERVAL "
-            "while no event came", fontsize=6.5, va="center", color=TEXT)
+            "while no event came", fontsize=6.5, va="center", color=TEXT, bbox=WHITE)
     ax.text(t0 - 0.02, 0.78, "open circle: a read that found nothing", fontsize=6, color="#666666")
     save(fig, path)
 
