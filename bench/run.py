@@ -427,10 +427,18 @@ def print_table(r):
         print(f"{name:<34}{v['value']:>12}  {v['goal']:<10}{'yes' if v['met'] else 'NO'}")
 
 
+def interrupt(signum, frame):
+    # Once: further SIGTERM/SIGINT wait for the clean-up already under way (bounded by Proc.stop's timeouts).
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt()
+
+
 def main(argv=None):
     args = parse_args(argv)
     # SIGTERM as Ctrl-C: either way the stacks' `with` blocks stop every process started.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, interrupt)
     image_path = args.image or default_image()
     try:
         with open(image_path, "rb") as f:

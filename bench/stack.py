@@ -4,6 +4,7 @@ Like tests/conftest.py (same commands, same settings), but without pytest and wi
 runs: Stack is a context manager that terminates everything it started (SIGTERM, then SIGKILL) on normal
 exit, on an exception and on Ctrl-C. Process output goes to log files in the stack's directory.
 """
+import atexit
 import os
 import signal
 import socket
@@ -18,6 +19,16 @@ import redis
 import requests
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_running = set()  # every Proc not yet stopped: the last-resort clean-up below kills what is left
+
+
+@atexit.register
+def _kill_leftovers():
+    for proc in list(_running):
+        try:
+            os.killpg(proc.popen.pid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def free_port():
@@ -32,11 +43,12 @@ def redis_server_binary():
 
 
 class Proc:
-    def __init__(self, name, args, env, log_path):
-        self.name, self.log_path = name, log_path
+    def __init__(self, name, args, env, log_path, stop_signal=signal.SIGTERM):
+        self.name, self.log_path, self.stop_signal = name, log_path, stop_signal
         self._log = open(log_path, "wb")
         self.popen = subprocess.Popen(args, env=env, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
                                       start_new_session=True)  # Ctrl-C in the terminal reaches only us
+        _running.add(self)
 
     def log_text(self):
         with open(self.log_path, encoding="utf-8", errors="replace") as f:
@@ -66,13 +78,14 @@ class Proc:
 
     def stop(self, timeout=15):
         if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
+            self.popen.send_signal(self.stop_signal)
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
                 os.killpg(self.popen.pid, signal.SIGKILL)  # the session holds gunicorn's workers too
                 self.popen.wait(5)
         self._log.close()
+        _running.discard(self)
         return self.popen.returncode
 
 
@@ -113,9 +126,9 @@ class Stack:
     def redis(self):
         return redis.Redis(port=self.redis_port, socket_timeout=10, socket_connect_timeout=2)
 
-    def _start(self, name, args, env):
+    def _start(self, name, args, env, stop_signal=signal.SIGTERM):
         proc = Proc(name, args, dict(self.env, **{k: str(v) for k, v in env.items()}),
-                    os.path.join(self.workdir, f"{name}-{len(self.procs)}.log"))
+                    os.path.join(self.workdir, f"{name}-{len(self.procs)}.log"), stop_signal)
         self.procs.append(proc)
         return proc
 
@@ -136,8 +149,10 @@ class Stack:
     def start_web(self, processes=1, threads=64, **env):
         """gunicorn on a free port; returns (base URL, Proc) once it answers."""
         port = free_port()
+        # SIGINT is gunicorn's quick shutdown: a benchmark's leftover requests are not worth its graceful
+        # wait (REQUEST_TIMEOUT + 5 s) for answers that may never come.
         proc = self._start("web", [sys.executable, "-m", "gunicorn", "run_web_server:app"],
-                           dict(env, PORT=port, WEB_PROCESSES=processes, WEB_THREADS=threads))
+                           dict(env, PORT=port, WEB_PROCESSES=processes, WEB_THREADS=threads), signal.SIGINT)
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
         while True:
@@ -154,10 +169,18 @@ class Stack:
         self.procs.remove(proc)
 
     def stop_all(self):
-        # Workers and web servers first, Redis last, so nobody logs a spurious "Redis down".
-        for proc in sorted(self.procs, key=lambda p: p.name == "redis"):
+        # Web servers first (no new jobs), then workers, Redis last (nobody logs a spurious "Redis down").
+        order = {"web": 0, "worker": 1, "redis": 2}
+        first_error = None
+        for proc in sorted(self.procs, key=lambda p: order.get(p.name, 1)):
             try:
                 proc.stop()
-            except Exception:
-                pass
+            except BaseException as exc:  # even a second Ctrl-C: stop the others, then re-raise
+                first_error = first_error or exc
+                try:
+                    os.killpg(proc.popen.pid, signal.SIGKILL)
+                except OSError:
+                    pass
         self.procs = []
+        if first_error is not None:
+            raise first_error
