@@ -2,12 +2,14 @@
 
     python docs/build.py                 # everything (a few minutes): live run, tests, race demo, PDF
     python docs/build.py --fast          # no live service, no tests, no race demo: reuse docs/build/*.json
+    python docs/build.py --bench FILE    # another benchmark result file (default bench/results/latest.json)
 
 Steps:
   1. diagrams      docs/diagrams.py → docs/build/figures/*.svg (matplotlib, from the descriptions there)
   2. live run      a real redis-server + gunicorn web server + one worker with the real model: castle_image.jpg
                    through simple_request.py (section 3), its request id grepped out of both logs (section 7),
-                   then stress_test.py with the course's settings (section 6) → docs/build/live.json
+                   then stress_test.py twice, with the course's settings and saturating (section 6)
+                   → docs/build/live.json, docs/build/stress_*.json and .png
   3. race demo     docs/race_demo.py: the course's LRANGE/LTRIM loop and our queue, two web servers and two
                    workers each (section 4) → docs/build/race.json
   4. tests         the service tests that show each fix, run with pytest → docs/build/tests.json
