@@ -33,14 +33,17 @@ end
 return jobs
 """
 
-# Refresh this worker's heartbeat, then put the in-flight jobs of every worker whose heartbeat has
-# expired back at the head of the queue (oldest first) and forget that worker. Returns jobs put back.
+# Refresh this worker's heartbeat (registering it when the heartbeat was gone: first beat, a Redis
+# restart, or a peer that took it for dead), then put the in-flight jobs of every worker whose heartbeat
+# has expired back at the head of the queue (oldest first) and forget that worker. Returns jobs put back.
+# An idle worker beats every HEARTBEAT_INTERVAL, so this runs as few commands as it can.
 _BEAT = """
-redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
-redis.call('SADD', KEYS[1], ARGV[1])
+if not redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2], 'GET') then
+  redis.call('SADD', KEYS[1], ARGV[1])
+end
 local requeued = 0
 for _, worker in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  if redis.call('EXISTS', ARGV[3] .. worker) == 0 then
+  if worker ~= ARGV[1] and redis.call('EXISTS', ARGV[3] .. worker) == 0 then
     while redis.call('LMOVE', ARGV[4] .. worker, KEYS[3], 'RIGHT', 'LEFT') do
       requeued = requeued + 1
     end

@@ -67,7 +67,8 @@ MAX_QUEUE_LENGTH = _int("MAX_QUEUE_LENGTH", 1000)
 HEARTBEAT_INTERVAL = _float("HEARTBEAT_INTERVAL", 5)
 HEARTBEAT_TTL = _int("HEARTBEAT_TTL", 15)
 # How long one blocking pop waits before the worker loops (an idle worker sends one command per this).
-BLOCK_TIMEOUT = _float("BLOCK_TIMEOUT", 5)
+# Shutdown does not wait for it: a signal interrupts the pop.
+BLOCK_TIMEOUT = _float("BLOCK_TIMEOUT", 30)
 
 # --- Processes -----------------------------------------------------------------------------------
 HOST = _str("HOST", "127.0.0.1")
