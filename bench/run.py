@@ -43,7 +43,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 
 import settings  # noqa: E402
 from bench import load  # noqa: E402
-from bench.stack import Stack  # noqa: E402
+from bench.stack import ProcessDied, Stack  # noqa: E402
 from simple_request import default_image  # noqa: E402
 
 GOALS = {"saturation_ratio_min": 0.9, "low_load_overhead_ms_max": 10.0, "redis_bytes_fraction_max": 0.25,
@@ -254,6 +254,7 @@ def section_real(args, image_bytes, model):
         low = load.run(predict, upload, total=args.low_n, concurrency=1)
         low_cpu = cpu.stop()
         out["redis_low_load"] = meter.stop(args.low_n)
+        stack.check_alive()
         out["low_load"] = dict(low_load_report(low, model), cpu_cores=low_cpu)
 
         # Saturation: enough clients to keep full batches queued while the web server prepares the next.
@@ -263,6 +264,7 @@ def section_real(args, image_bytes, model):
         cpu.start()
         sat = load.run(predict, upload, duration=args.duration, concurrency=clients)
         out["saturation_cpu_cores"] = cpu.stop()
+        stack.check_alive()
         sat_summary = summarize(sat)
         out["redis_saturation"] = meter.stop(sat_summary["sent"])
         # CPU the whole path costs per request (client + web + Redis + worker), and the ceiling that puts on
@@ -282,6 +284,7 @@ def section_real(args, image_bytes, model):
         cpu.start()
         sat_small = load.run(predict, small, duration=args.duration, concurrency=clients)
         small_cpu = cpu.stop()
+        stack.check_alive()
         s2 = summarize(sat_small)
         out["saturation_client_resized"] = dict(
             s2, clients=clients, upload_bytes=len(small[0]), cpu_cores=small_cpu,
@@ -292,6 +295,7 @@ def section_real(args, image_bytes, model):
         meter.start()
         sources = monitor_commands(stack.redis_port, args.idle_s)
         idle = meter.stop()
+        stack.check_alive()
         out["idle"] = dict(idle, commands_per_s=round(idle["commands"] / idle["seconds"], 3),
                            sent_by_clients_per_s=round(sources["client"] / args.idle_s, 3),
                            run_inside_scripts_per_s=round(sources["lua"] / args.idle_s, 3),
@@ -306,6 +310,7 @@ def section_real(args, image_bytes, model):
         meter.start()
         poll = load.run(predict, upload, total=args.low_n, concurrency=1)
         poll_redis = meter.stop(args.low_n)
+        stack.check_alive()
         notif = out["low_load"]
         out["polling"] = {
             "notifications": {"latency_ms": notif["latency_ms"],
@@ -349,6 +354,7 @@ def section_scaling(args):
                 stack.start_worker()
             load.run(predict, upload, total=workers * 2, concurrency=clients)
             s = summarize(load.run(predict, upload, duration=args.duration / 2, concurrency=clients))
+            stack.check_alive()
             runs.append(dict(s, workers=workers,
                              ideal_requests_per_s=round(workers * 1000 / args.scaling_latency_ms, 1)))
     return {"standin_latency_ms": args.scaling_latency_ms, "batch_size": 1, "clients": clients, "runs": runs,
@@ -368,6 +374,7 @@ def section_queue_path(args):
             load.run(predict, upload, total=64, concurrency=out["clients"])
             cpu.start()
             result = load.run(predict, upload, duration=args.duration, concurrency=out["clients"])
+            stack.check_alive()
             out["runs"].append(dict(summarize(result), web_processes=processes, cpu_cores=cpu.stop()))
     out["requests_per_s"] = out["runs"][0]["requests_per_s"]  # the default: WEB_PROCESSES=1
     out["best_requests_per_s"] = max(r["requests_per_s"] for r in out["runs"])
@@ -458,7 +465,13 @@ def main(argv=None):
     def timed(name, fn, *a):
         t = time.monotonic()
         print(f"[bench] {name} ...", file=sys.stderr, flush=True)
-        value = fn(*a)
+        try:
+            value = fn(*a)
+        except ProcessDied as exc:
+            # Once: on a shared machine someone's clean-up may kill our processes; a second time is a bug.
+            print(f"[bench] {name}: {exc}; running the section again", file=sys.stderr, flush=True)
+            r.setdefault("retried_sections", {})[name] = str(exc)
+            value = fn(*a)
         timings[name] = round(time.monotonic() - t, 1)
         return value
 

