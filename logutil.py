@@ -4,10 +4,11 @@
 
 writes one line per event to stderr:
 
-    2026-11-23T19:04:05.123Z myhost run_web_server.py 4242 INFO job.pushed id=5f0c... queue=12
+    2026-11-23T19:04:05.123Z myhost gunicorn 4242 INFO job.pushed id=5f0c... queue=12
 
-UTC time with milliseconds, server name (SERVER_NAME or the host name), main script, pid, level, action,
-then key=value fields. The web server and the worker both log the request id as `id=`, so
+UTC time with milliseconds, server name (SERVER_NAME or the host name), main script (`gunicorn` for the
+web server under gunicorn, `run_web_server.py` under Flask's own server), pid, level, action, then
+key=value fields. The web server and the worker both log the request id as `id=`, so
 `grep id=<id>` over all logs shows one request's whole path. LOG_FORMAT=json writes the same as JSON lines.
 """
 import json
