@@ -35,14 +35,16 @@ def new_id():
 def make_job(job_id, pixels, timeout, now=None):
     """pixels: uint8 array (h, w, 3) → the JSON text pushed on the queue."""
     now = time.time() if now is None else now
-    return json.dumps({
+    head = json.dumps({
         "id": job_id,
         "shape": list(pixels.shape),
         "dtype": "uint8",
-        "image": base64_encode_image(pixels),
         "enqueued": round(now, 4),
         "deadline": round(now + timeout, 4),
     }, separators=(",", ":"))
+    # Base64 text never needs JSON escaping, so the 200 KB image is spliced in rather than run through
+    # json.dumps, which would scan it character by character (half a millisecond per job).
+    return f'{head[:-1]},"image":"{base64_encode_image(pixels)}"}}'
 
 
 def parse_job(raw, expected_shape):

@@ -74,7 +74,7 @@ BLOCK_TIMEOUT = _float("BLOCK_TIMEOUT", 30)
 HOST = _str("HOST", "127.0.0.1")
 PORT = _int("PORT", 5000)
 WORKERS = _int("WORKERS", 1)              # model workers started by `make run`
-WEB_PROCESSES = _int("WEB_PROCESSES", 1)  # gunicorn worker processes
+WEB_PROCESSES = _int("WEB_PROCESSES", 2)  # gunicorn worker processes (Python runs one core per process)
 WEB_THREADS = _int("WEB_THREADS", 64)     # threads per gunicorn process (one per waiting request)
 
 # --- Logs ----------------------------------------------------------------------------------------

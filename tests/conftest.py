@@ -64,6 +64,7 @@ class RedisServer:
                 return self  # it answers; it wants a password
             except redis.ConnectionError:
                 time.sleep(0.05)
+        self.stop()
         raise RuntimeError("redis-server did not start")
 
     def stop(self):
