@@ -71,9 +71,9 @@ class Worker:
 
     # --- the loop ----------------------------------------------------------------------------------
     def run(self):
-        threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True).start()
         log("worker.ready", worker=self.id, model=self.model.name, batch_size=settings.BATCH_SIZE,
             batch_wait_ms=settings.BATCH_WAIT_MS)
+        threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True).start()
         backoff = 0.1
         while not self.stopping.is_set():
             try:

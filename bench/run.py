@@ -241,7 +241,7 @@ def section_real(args, image_bytes, model):
     out = {}
     with Stack(MODEL=args.model, BATCH_SIZE=args.batch_size) as stack:
         stack.start_worker(timeout=300)
-        url, web = stack.start_web()
+        url, web = stack.start_web(processes=settings.WEB_PROCESSES)
         predict = url + "/predict"
         meter, cpu = RedisMeter(stack.redis()), CpuMeter(stack)
         load.run(predict, upload, total=5, concurrency=1)  # first requests open connections, warm caches
@@ -304,7 +304,7 @@ def section_real(args, image_bytes, model):
 
         # Polling only, as the course: same worker, a web server without notifications.
         stack.stop(web)
-        url, web = stack.start_web(NOTIFICATIONS=0, POLL_INTERVAL=0.25)
+        url, web = stack.start_web(processes=settings.WEB_PROCESSES, NOTIFICATIONS=0, POLL_INTERVAL=0.25)
         predict = url + "/predict"
         load.run(predict, upload, total=3, concurrency=1)
         meter.start()
@@ -376,7 +376,8 @@ def section_queue_path(args):
             result = load.run(predict, upload, duration=args.duration, concurrency=out["clients"])
             stack.check_alive()
             out["runs"].append(dict(summarize(result), web_processes=processes, cpu_cores=cpu.stop()))
-    out["requests_per_s"] = out["runs"][0]["requests_per_s"]  # the default: WEB_PROCESSES=1
+    default = [r for r in out["runs"] if r["web_processes"] == settings.WEB_PROCESSES] or out["runs"][:1]
+    out["requests_per_s"] = default[0]["requests_per_s"]  # the default configuration's figure
     out["best_requests_per_s"] = max(r["requests_per_s"] for r in out["runs"])
     return out
 

@@ -1,8 +1,9 @@
-"""The service as real processes for the benchmarks: a redis-server, gunicorn web servers, model workers.
+"""The service as real processes: a redis-server, gunicorn web servers, model workers.
 
-Like tests/conftest.py (same commands, same settings), but without pytest and with clean-up that always
-runs: Stack is a context manager that terminates everything it started (SIGTERM, then SIGKILL) on normal
-exit, on an exception and on Ctrl-C. Process output goes to log files in the stack's directory.
+One runner for the tests (tests/conftest.py), the benchmarks (bench/run.py) and the write-up's live run
+(docs/build.py), so all three start the service with the same commands. A Stack terminates everything it
+started (SIGTERM or SIGINT, then SIGKILL) on normal exit, on an exception and on Ctrl-C; a last-resort
+atexit hook kills whatever is still running. Process output goes to log files in the stack's directory.
 """
 import atexit
 import os
@@ -43,22 +44,24 @@ def redis_server_binary():
 
 
 class ProcessDied(RuntimeError):
-    """A process the stack started exited while a measurement ran: the figure is void."""
+    """A process of the stack ended while it was being measured."""
 
 
 class Proc:
+    """A child process in a session of its own (Ctrl-C in the terminal reaches only us), logging to a file."""
+
     def __init__(self, name, args, env, log_path, stop_signal=signal.SIGTERM):
         self.name, self.log_path, self.stop_signal = name, log_path, stop_signal
         self._log = open(log_path, "wb")
         self.popen = subprocess.Popen(args, env=env, cwd=REPO, stdout=self._log, stderr=subprocess.STDOUT,
-                                      start_new_session=True)  # Ctrl-C in the terminal reaches only us
+                                      start_new_session=True)
         _running.add(self)
 
     def log_text(self):
         with open(self.log_path, encoding="utf-8", errors="replace") as f:
             return f.read()
 
-    def wait_for_log(self, text, timeout):
+    def wait_for_log(self, text, timeout=60):
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if text in self.log_text():
@@ -67,6 +70,9 @@ class Proc:
                 raise RuntimeError(f"{self.name} exited ({self.popen.returncode}):\n{self.log_text()[-2000:]}")
             time.sleep(0.05)
         raise TimeoutError(f"{self.name} did not log {text!r} within {timeout}s:\n{self.log_text()[-2000:]}")
+
+    def signal(self, signum):
+        self.popen.send_signal(signum)
 
     def cpu_seconds(self):
         """User + system CPU time of this process and its children (gunicorn's workers) so far."""
@@ -81,6 +87,7 @@ class Proc:
             return 0.0
 
     def stop(self, timeout=15):
+        """Stop signal, wait; SIGKILL to its whole session if it would not go. Returns the exit code."""
         if self.popen.poll() is None:
             self.popen.send_signal(self.stop_signal)
             try:
@@ -93,77 +100,127 @@ class Proc:
         return self.popen.returncode
 
 
-class Stack:
-    """One Redis plus any number of web servers and workers, all stopped on exit from the `with`."""
+class RedisServer:
+    """A redis-server on a free loopback port, without persistence, that can be stopped and started again
+    on the same port (an outage). Extra arguments go to redis-server (--requirepass, --rename-command)."""
 
-    def __init__(self, workdir=None, **env):
-        self.workdir = workdir or tempfile.mkdtemp(prefix="bench-")
-        self.redis_port = free_port()
+    def __init__(self, workdir, *extra_args):
+        self.port = free_port()
+        self.workdir = str(workdir)
+        self.extra_args = list(extra_args)
+        self.password = extra_args[extra_args.index("--requirepass") + 1] if "--requirepass" in extra_args else None
+        self.proc = None
+
+    @property
+    def url(self):
+        return f"redis://{':' + self.password + '@' if self.password else ''}127.0.0.1:{self.port}/0"
+
+    def client(self):
+        return redis.Redis(port=self.port, password=self.password, socket_timeout=10, socket_connect_timeout=2)
+
+    def start(self):
+        self.proc = Proc("redis", [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+                                   "--save", "", "--appendonly", "no", "--dir", self.workdir, *self.extra_args],
+                         dict(os.environ), os.path.join(self.workdir, f"redis-{self.port}.log"))
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                self.client().ping()
+                return self
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"redis-server did not start:\n{self.proc.log_text()[-2000:]}")
+                time.sleep(0.05)
+
+    def stop(self):
+        if self.proc:
+            self.proc.stop()
+        self.proc = None
+
+
+class Stack:
+    """Web servers and workers on one Redis, all stopped on exit from the `with` (or by stop_all()).
+
+    Without `redis_server` the stack starts a Redis of its own (stopped last); with one, it shares it, and
+    its own KEY_PREFIX keeps its keys apart. Keyword arguments are environment settings for every process.
+    """
+
+    def __init__(self, workdir=None, redis_server=None, **env):
+        self.workdir = str(workdir or tempfile.mkdtemp(prefix="stack-"))
         self.procs = []
-        self.env = dict(os.environ, REDIS_URL=f"redis://127.0.0.1:{self.redis_port}/0",
-                        KEY_PREFIX="b" + uuid.uuid4().hex[:8], PYTHONUNBUFFERED="1")
+        self.prefix = "s" + uuid.uuid4().hex[:10]
+        self.env = dict(os.environ, KEY_PREFIX=self.prefix, PYTHONUNBUFFERED="1")
         self.env.update({k: str(v) for k, v in env.items()})
-        self.redis_proc = None
+        self._own_redis = None
+        if redis_server is None:
+            redis_server = self._own_redis = RedisServer(self.workdir).start()
+        self.use_redis(redis_server)
+
+    def use_redis(self, redis_server):
+        self.redis_server = redis_server
+        self.env["REDIS_URL"] = redis_server.url
+
+    def use_own_redis(self, *redis_args):
+        """Switch to a redis-server of this stack's own (to stop, restart or configure it); stopped last."""
+        if self._own_redis:
+            self._own_redis.stop()
+        self._own_redis = RedisServer(self.workdir, *redis_args).start()
+        self.use_redis(self._own_redis)
+        return self._own_redis
 
     def __enter__(self):
-        try:
-            self.redis_proc = self._start("redis", [
-                redis_server_binary(), "--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", self.workdir], {})
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    self.redis().ping()
-                    break
-                except redis.ConnectionError:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError("redis-server did not start")
-                    time.sleep(0.05)
-        except BaseException:
-            self.stop_all()
-            raise
         return self
 
     def __exit__(self, *exc):
         self.stop_all()
 
-    def redis(self):
-        return redis.Redis(port=self.redis_port, socket_timeout=10, socket_connect_timeout=2)
+    @property
+    def redis_port(self):
+        return self.redis_server.port
 
-    def _start(self, name, args, env, stop_signal=signal.SIGTERM):
+    def redis(self):
+        return self.redis_server.client()
+
+    def keys(self):
+        """This stack's keys in Redis, sorted."""
+        return sorted(k.decode() for k in self.redis().keys(self.prefix + ":*"))
+
+    def start(self, name, args, env, stop_signal=signal.SIGTERM):
         proc = Proc(name, args, dict(self.env, **{k: str(v) for k, v in env.items()}),
                     os.path.join(self.workdir, f"{name}-{len(self.procs)}.log"), stop_signal)
         self.procs.append(proc)
         return proc
 
     def start_worker(self, wait=True, timeout=180, **env):
-        before = self.live_workers()
-        proc = self._start("worker", [sys.executable, "run_model_server.py"], env)
+        """A model worker; with wait, returns once its first heartbeat is in Redis (model loaded, loop
+        starting), which works at any LOG_LEVEL."""
+        before = self.live_workers() if wait else 0
+        proc = self.start("worker", [sys.executable, "run_model_server.py"], env)
         deadline = time.monotonic() + timeout
-        # Ready = its first heartbeat is in Redis (sent just before the loop starts); works at any LOG_LEVEL.
         while wait and self.live_workers() <= before:
             if proc.popen.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"worker did not start:\n{proc.log_text()[-2000:]}")
-            time.sleep(0.1)
+            time.sleep(0.05)
         return proc
 
     def live_workers(self):
-        return len(self.redis().keys(self.env["KEY_PREFIX"] + ":heartbeat:*"))
+        return len(self.redis().keys(self.prefix + ":heartbeat:*"))
 
     def start_web(self, processes=1, threads=64, **env):
         """gunicorn on a free port; returns (base URL, Proc) once it answers."""
         port = free_port()
-        # SIGINT is gunicorn's quick shutdown: a benchmark's leftover requests are not worth its graceful
-        # wait (REQUEST_TIMEOUT + 5 s) for answers that may never come.
-        proc = self._start("web", [sys.executable, "-m", "gunicorn", "run_web_server:app"],
-                           dict(env, PORT=port, WEB_PROCESSES=processes, WEB_THREADS=threads), signal.SIGINT)
+        # SIGINT is gunicorn's quick shutdown: leftover requests are not worth its graceful wait
+        # (REQUEST_TIMEOUT + 5 s) for answers that may never come.
+        proc = self.start("web", [sys.executable, "-m", "gunicorn", "run_web_server:app"],
+                          dict(env, PORT=port, WEB_PROCESSES=processes, WEB_THREADS=threads), signal.SIGINT)
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
         while True:
             try:
-                requests.get(url + "/", timeout=1)
+                requests.get(url + "/", timeout=2)
                 return url, proc
-            except requests.RequestException:  # not listening yet, or too busy starting to answer
+            except requests.RequestException:  # not listening yet, or gunicorn's workers still booting
                 if proc.popen.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError(f"web server did not start:\n{proc.log_text()[-2000:]}")
                 time.sleep(0.1)
@@ -183,7 +240,7 @@ class Stack:
 
     def stop_all(self):
         # Web servers first (no new jobs), then workers, Redis last (nobody logs a spurious "Redis down").
-        order = {"web": 0, "worker": 1, "redis": 2}
+        order = {"web": 0, "worker": 1}
         first_error = None
         for proc in sorted(self.procs, key=lambda p: order.get(p.name, 1)):
             try:
@@ -195,5 +252,7 @@ class Stack:
                 except OSError:
                     pass
         self.procs = []
+        if self._own_redis:
+            self._own_redis.stop()
         if first_error is not None:
             raise first_error

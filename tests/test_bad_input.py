@@ -13,7 +13,7 @@ import pytest
 import requests
 from PIL import Image
 
-from conftest import Service, grey_png, standin_label
+from conftest import TEST_ENV, Stack, grey_png, standin_label
 from helpers import prepare_image
 
 MAX_UPLOAD = 2 * 1024 * 1024
@@ -94,11 +94,9 @@ ACCEPTED = {
 
 @pytest.fixture(scope="module")
 def web(redis_server, tmp_path_factory):
-    service = Service(redis_server, tmp_path_factory.mktemp("bad-input"))
-    service.start_worker()
-    url, proc = service.start_web(MAX_UPLOAD_BYTES=MAX_UPLOAD)
-    yield url, proc
-    service.stop_all()
+    with Stack(tmp_path_factory.mktemp("bad-input"), redis_server, **TEST_ENV) as service:
+        service.start_worker()
+        yield service.start_web(MAX_UPLOAD_BYTES=MAX_UPLOAD)
 
 
 @pytest.mark.parametrize("name", REFUSED)

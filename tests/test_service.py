@@ -163,7 +163,7 @@ def test_course_style_flask_server_still_works(service):
     """`python run_web_server.py`, the course's shell 3, serves the same API as gunicorn does."""
     service.start_worker()
     port = free_port()
-    web = service._start("flask", [sys.executable, "run_web_server.py"], {"PORT": port})
+    web = service.start("flask", [sys.executable, "run_web_server.py"], {"PORT": port})
     web.wait_for_log("web.start")
     deadline = time.monotonic() + 20
     while True:
