@@ -53,7 +53,7 @@ class ResultWaiter:
 
     def register(self, job_id):
         """Call before pushing the job, so its notification cannot come before anyone listens for it."""
-        self._ensure_listener()
+        self.start()
         event = threading.Event()
         with self._lock:
             self._waiting[job_id] = event
@@ -78,8 +78,9 @@ class ResultWaiter:
                 return value
 
     # --- the listener thread -----------------------------------------------------------------------
-    def _ensure_listener(self):
-        # Started in the process that serves (after gunicorn forks), once per process.
+    def start(self):
+        """Start the listener thread (enabling notifications in Redis) once per process: call it in the
+        process that serves, i.e. after gunicorn forks; register() calls it too."""
         if not self.notifications or self._pid == os.getpid():
             return
         with self._lock:

@@ -31,6 +31,7 @@ app.config["MAX_CONTENT_LENGTH"] = settings.MAX_UPLOAD_BYTES
 
 queue = JobQueue(connect(socket_timeout=5))
 waiter = ResultWaiter(queue.redis)
+waiter.start()  # gunicorn imports this module in each worker process, after forking: one listener each
 INPUT_SIZE = models.input_size()
 
 REQUESTS = Counter("predict_requests_total", "POST /predict answers, by HTTP status", ["status"])

@@ -175,3 +175,14 @@ def test_course_style_flask_server_still_works(service):
             assert time.monotonic() < deadline
             time.sleep(0.1)
     assert response.status_code == 200 and response.json()["predictions"][0]["label"] == standin_label(64)
+
+
+def test_web_server_enables_only_the_notifications_it_needs_at_start(service):
+    server = service.use_own_redis()
+    client = server.client()
+    client.config_set("notify-keyspace-events", "Ex")  # someone else's flags: kept
+    service.start_web()
+    deadline = time.monotonic() + 10
+    while set(client.config_get("notify-keyspace-events")["notify-keyspace-events"]) != set("KEx$"):
+        assert time.monotonic() < deadline, client.config_get("notify-keyspace-events")
+        time.sleep(0.05)
