@@ -13,6 +13,7 @@ import collections
 import concurrent.futures
 import json
 import os
+import platform
 import sys
 import threading
 import time
@@ -171,7 +172,11 @@ def main(argv=None):
     print_report(summary, args.url)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(summary, url=args.url, image=path, requests=records), f, indent=1)
+            # When and where it ran, so a saved report can be compared with another honestly.
+            ran = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": platform.node(),
+                   "machine": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
+                              f"{platform.platform()}"}
+            json.dump(dict(summary, ran=ran, url=args.url, image=path, requests=records), f, indent=1)
         print(f"report       {args.json}")
     if args.plot:
         plot(records, args.plot)

@@ -51,6 +51,7 @@ def test_stress_test_joins_every_request_and_writes_json_and_png(service, tmp_pa
     body = json.loads(report.read_text())
     assert body["sent"] == 20 and body["succeeded"] == 20 and body["failed"] == 0
     assert len(body["requests"]) == 20 and body["latency_ok"]["p50_ms"] > 0
+    assert body["ran"]["date"].endswith("Z") and "cores" in body["ran"]["machine"]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
