@@ -36,21 +36,21 @@ def port_free(host, port):
             return False
 
 
-def redis_command(port):
+def redis_args(port):
     # Loopback only, no persistence: the queue is working memory, and no file is left behind.
-    return " ".join(shlex.quote(a) for a in [
-        redis_server_binary(), "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-        "--appendonly", "no", "--protected-mode", "yes", "--loglevel", "warning"])
+    return [redis_server_binary(), "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+            "--appendonly", "no", "--protected-mode", "yes", "--loglevel", "warning"]
 
 
 def main(argv):
     if argv == ["redis"]:
-        command = shlex.split(redis_command(settings.EMBEDDED_REDIS_PORT))
-        os.execv(command[0], command)
+        args = redis_args(settings.EMBEDDED_REDIS_PORT)
+        os.execv(args[0], args)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if not port_free(settings.HOST, settings.PORT):
         print(f"launcher: port {settings.PORT} is in use; set PORT to another one", file=sys.stderr)
         return 1
+    # honcho runs each command through sh: `exec` makes the exit code it reports the process's own.
     manager = Manager()
     if not settings.REDIS_URL:
         port = settings.EMBEDDED_REDIS_PORT
@@ -58,14 +58,15 @@ def main(argv):
             print(f"launcher: port {port} is in use (another Redis?); set EMBEDDED_REDIS_PORT, or point "
                   f"REDIS_URL at that Redis", file=sys.stderr)
             return 1
-        manager.add_process("redis", redis_command(port), cwd=HERE)
+        manager.add_process("redis", "exec " + shlex.join(redis_args(port)), cwd=HERE)
         env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
     if settings.WORKERS > 1 and not settings.TF_INTRA_OP_THREADS:
         # Several workers on one machine share its cores instead of each taking all of them.
         env["TF_INTRA_OP_THREADS"] = str(max(1, (os.cpu_count() or 1) // settings.WORKERS))
-    manager.add_process("web", f"{shlex.quote(sys.executable)} -m gunicorn run_web_server:app", env=env, cwd=HERE)
+    manager.add_process("web", f"exec {shlex.quote(sys.executable)} -m gunicorn run_web_server:app", env=env, cwd=HERE)
     for n in range(1, settings.WORKERS + 1):
-        manager.add_process(f"worker.{n}", f"{shlex.quote(sys.executable)} run_model_server.py", env=env, cwd=HERE)
+        manager.add_process(f"worker.{n}", f"exec {shlex.quote(sys.executable)} run_model_server.py", env=env,
+                            cwd=HERE)
     manager.loop()
     return manager.returncode
 

@@ -38,6 +38,7 @@ class Worker:
         # The read timeout must outlast the blocking pop.
         self.queue = JobQueue(client or connect(socket_timeout=settings.BLOCK_TIMEOUT + 10))
         self.stopping = threading.Event()
+        self._heartbeat_thread = None
         self._blocked = False  # True only inside take_batch, where a signal may interrupt
 
     # --- signals -----------------------------------------------------------------------------------
@@ -73,7 +74,8 @@ class Worker:
     def run(self):
         log("worker.ready", worker=self.id, model=self.model.name, batch_size=settings.BATCH_SIZE,
             batch_wait_ms=settings.BATCH_WAIT_MS)
-        threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True).start()
+        self._heartbeat_thread = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
+        self._heartbeat_thread.start()
         backoff = 0.1
         while not self.stopping.is_set():
             try:
@@ -152,6 +154,9 @@ class Worker:
 
     def shutdown(self):
         self.stopping.set()
+        # A beat landing after retire() would register this worker again and leave its keys behind.
+        if self._heartbeat_thread:
+            self._heartbeat_thread.join(timeout=10)
         try:
             self.queue.redis.connection_pool.disconnect()  # a pop cut short leaves its connection unusable
             returned = self.queue.retire(self.id)
