@@ -195,13 +195,14 @@ def test_sigterm_mid_batch_finishes_it_and_returns_untaken_work(service):
         futures = [pool.submit(post, url, level) for level in (10, 11, 12)]
         wait_until(lambda: client.llen(inflight) == 1)
         worker.signal(signal.SIGTERM)
-        assert worker.popen.wait(15) == 0
+        assert worker.popen.wait(15) == 0, worker.log_text()[-3000:]
         # The batch in hand was finished and answered; the two untaken jobs wait on the queue.
         wait_until(lambda: any(f.done() for f in futures), timeout=5)
         answered = [f.result() for f in futures if f.done()]
-        assert len(answered) == 1 and answered[0].status_code == 200
-        assert client.llen(queue := f"{service.prefix}:queue") == 2 and not client.exists(inflight)
-        assert f"{service.prefix}:workers" not in service.keys()
+        assert len(answered) == 1 and answered[0].status_code == 200, [a.text for a in answered]
+        queue = f"{service.prefix}:queue"
+        assert client.llen(queue) == 2 and not client.exists(inflight), (service.keys(), worker.log_text()[-3000:])
+        assert f"{service.prefix}:workers" not in service.keys(), worker.log_text()[-3000:]
         service.start_worker()  # a new worker serves what was left
         assert sorted(f.result().json()["predictions"][0]["label"] for f in futures) == \
             sorted(standin_label(level) for level in (10, 11, 12))
