@@ -1,4 +1,4 @@
-"""Job → Redis → worker: every operation on the queue, in one place.
+r"""Job → Redis → worker: every operation on the queue, in one place.
 
 The web server pushes with push(); a worker takes a batch with take_batch(), answers it with complete(),
 and keeps itself (and dead peers) in order with beat(). Each step that must not be split is one Redis

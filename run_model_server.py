@@ -38,12 +38,15 @@ class Worker:
         # The read timeout must outlast the blocking pop.
         self.queue = JobQueue(client or connect(socket_timeout=settings.BLOCK_TIMEOUT + 10))
         self.stopping = threading.Event()
+        self.stop_signal = None
         self._heartbeat_thread = None
         self._blocked = False  # True only inside take_batch, where a signal may interrupt
 
     # --- signals -----------------------------------------------------------------------------------
     def _on_signal(self, signum, frame):
-        log("worker.stopping", worker=self.id, signal=signal.Signals(signum).name)
+        # No logging here: the handler runs between two bytecodes of the main thread, which may be inside
+        # log() holding its lock or stderr's (a deadlock, or a "reentrant call" error). The loop logs it.
+        self.stop_signal = signal.Signals(signum).name
         self.stopping.set()
         if self._blocked:
             raise Interrupted()
@@ -95,6 +98,7 @@ class Worker:
             if raws:
                 self.process(raws)
         self._blocked = False
+        log("worker.stopping", worker=self.id, signal=self.stop_signal)
         self.shutdown()
 
     def process(self, raws):

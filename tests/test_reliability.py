@@ -207,3 +207,50 @@ def test_sigterm_mid_batch_finishes_it_and_returns_untaken_work(service):
         assert sorted(f.result().json()["predictions"][0]["label"] for f in futures) == \
             sorted(standin_label(level) for level in (10, 11, 12))
     assert client.llen(queue) == 0
+
+
+def test_sigterm_under_load_always_exits_cleanly(service):
+    """A signal lands wherever the worker is, including in the middle of writing a log line."""
+    url, _ = service.start_web()
+    stop = threading.Event()
+
+    def load():
+        while not stop.is_set():
+            post(url, 3, timeout=30)
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(4):
+            worker = service.start_worker(BATCH_SIZE=1)
+            wait_until(lambda: worker.log_text().count("job.done") > 20)
+            worker.signal(signal.SIGTERM)
+            assert worker.popen.wait(10) == 0, worker.log_text()[-2000:]
+    finally:
+        stop.set()
+        service.start_worker()  # serve what the load threads still wait for
+        for t in threads:
+            t.join(30)
+
+
+def test_signal_handler_never_waits_for_the_log_lock():
+    """The handler runs inside whatever the main thread was doing, e.g. holding log()'s lock while writing
+    a line; if the handler logged, it would wait on that lock forever and the worker would never stop."""
+    import redis
+
+    import logutil
+    import models
+    from run_model_server import Worker
+
+    worker = Worker(models.StandinModel(), client=redis.Redis(port=1))  # never connects here
+    finished = threading.Event()
+
+    def handler_while_logging():
+        with logutil._lock:  # as if the signal arrived mid-log
+            worker._on_signal(signal.SIGTERM, None)
+        finished.set()
+
+    threading.Thread(target=handler_while_logging, daemon=True).start()
+    assert finished.wait(3), "the signal handler blocked on the log lock"
+    assert worker.stopping.is_set() and worker.stop_signal == "SIGTERM"
