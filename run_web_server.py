@@ -86,7 +86,7 @@ def predict():
             log("request.timeout", level="WARNING", id=job_id, withdrawn=withdrawn)
             return error(504, f"no result within REQUEST_TIMEOUT ({settings.REQUEST_TIMEOUT:g}s): "
                               "are the model workers running?")
-    except (redis.ConnectionError, redis.TimeoutError) as exc:
+    except redis.RedisError as exc:  # down, unreachable, wrong password, out of memory ...
         log("request.redis_down", level="ERROR", id=job_id, error=str(exc))
         return error(503, "the queue (Redis) is unavailable; try again shortly", **{"Retry-After": "2"})
     finally:
