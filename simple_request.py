@@ -28,6 +28,17 @@ def default_image():
     return DEFAULT_IMAGES[0]
 
 
+def read_image(path=None):
+    """(path, bytes) of the image to send: `path`, else the course's castle_image.jpg.
+    Raises ValueError with a one-line reason when the file cannot be read (the clients print it)."""
+    path = path or default_image()
+    try:
+        with open(path, "rb") as f:
+            return path, f.read()
+    except OSError as exc:
+        raise ValueError(f"cannot read the image {path}: {exc.strerror}") from None
+
+
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("image", nargs="?", default=None,
@@ -46,12 +57,10 @@ def fail(message):
 
 def main(argv=None):
     args = parse_args(argv)
-    path = args.image or default_image()
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        return fail(f"cannot read the image {path}: {exc.strerror}")
+        path, data = read_image(args.image)
+    except ValueError as exc:
+        return fail(str(exc))
 
     try:
         response = requests.post(args.url, files={"image": (os.path.basename(path), data)},

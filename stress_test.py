@@ -23,7 +23,7 @@ import requests
 from tqdm import tqdm
 
 import settings
-from simple_request import default_image
+from simple_request import read_image
 
 
 def parse_args(argv=None):
@@ -156,12 +156,10 @@ def plot(records, path):
 
 def main(argv=None):
     args = parse_args(argv)
-    path = args.image or default_image()
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-    except OSError as exc:
-        print(f"stress_test: cannot read the image {path}: {exc.strerror}", file=sys.stderr)
+        path, data = read_image(args.image)
+    except ValueError as exc:
+        print(f"stress_test: {exc}", file=sys.stderr)
         return 2
     try:
         records, elapsed = run(args, data, os.path.basename(path))

@@ -44,7 +44,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 import settings  # noqa: E402
 from bench import load  # noqa: E402
 from bench.stack import ProcessDied, Stack  # noqa: E402
-from simple_request import default_image  # noqa: E402
+from simple_request import read_image  # noqa: E402
 
 GOALS = {"saturation_ratio_min": 0.9, "low_load_overhead_ms_max": 10.0, "redis_bytes_fraction_max": 0.25,
          "idle_commands_per_s_max": 1.0, "scaling_4_over_1_min": 3.5, "queue_path_rps_min": 300.0}
@@ -428,7 +428,7 @@ def print_table(r):
           f"req/s, ratio {small['ratio_to_model']}")
     print(f"scaling (standin {r['scaling']['standin_latency_ms']} ms, batch 1): " + ", ".join(
         f"{x['workers']} workers {x['requests_per_s']} req/s" for x in r["scaling"]["runs"]))
-    print(f"queue path: " + ", ".join(f"{x['web_processes']} web process(es) {x['requests_per_s']} req/s"
+    print("queue path: " + ", ".join(f"{x['web_processes']} web process(es) {x['requests_per_s']} req/s"
                                       for x in r["queue_path"]["runs"]))
     print(f"\n{'figure':<34}{'value':>12}  {'goal':<10}met")
     for name, v in r["verdicts"].items():
@@ -447,12 +447,10 @@ def main(argv=None):
     # SIGTERM as Ctrl-C: either way the stacks' `with` blocks stop every process started.
     signal.signal(signal.SIGTERM, interrupt)
     signal.signal(signal.SIGINT, interrupt)
-    image_path = args.image or default_image()
     try:
-        with open(image_path, "rb") as f:
-            image_bytes = f.read()
-    except OSError as exc:
-        print(f"bench: cannot read the image {image_path}: {exc.strerror} (give one with --image)", file=sys.stderr)
+        image_path, image_bytes = read_image(args.image)
+    except ValueError as exc:
+        print(f"bench: {exc} (give one with --image)", file=sys.stderr)
         return 2
     started = time.monotonic()
     load_before = os.getloadavg()

