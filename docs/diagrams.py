@@ -203,7 +203,6 @@ def race(path):
         ax.set_ylim(0, h)
         ax.axis("off")
         box(ax, 0.02, h - 0.36, w - 0.04, 0.32, title, kind, size=8, weight="bold")
-        lane_x = {"A": 0.05, "B": 0.5}
         y = h - 0.5
         for who, text, k in rows:
             lines = text.count("\n") + 1
