@@ -19,6 +19,7 @@ import psutil
 import redis
 import requests
 
+import keys
 from launcher import redis_args
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -190,19 +191,26 @@ class Stack:
         return proc
 
     def start_worker(self, wait=True, timeout=180, **env):
-        """A model worker; with wait, returns once its first heartbeat is in Redis (model loaded, loop
-        starting), which works at any LOG_LEVEL."""
-        before = self.live_workers() if wait else 0
+        """A model worker; with wait, returns once its own first heartbeat is in Redis (model loaded, loop
+        starting), which works at any LOG_LEVEL.
+
+        It waits for this worker's key (worker ids are host:pid:random), not for the count of live workers
+        to rise: a new worker may first reap a dead one whose heartbeat was still counted, so the count can
+        stay where it was although the new worker is up (seen on a busy machine)."""
         proc = self.start("worker", [sys.executable, "run_model_server.py"], env)
         deadline = time.monotonic() + timeout
-        while wait and self.live_workers() <= before:
+        while wait and not self.worker_alive(proc):
             if proc.popen.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"worker did not start:\n{proc.log_text()[-2000:]}")
+                raise RuntimeError(f"worker did not start within {timeout}s:\n{proc.log_text()[-2000:]}")
             time.sleep(0.05)
         return proc
 
+    def worker_alive(self, proc):
+        """True while the worker process `proc` has a heartbeat key in Redis."""
+        return bool(self.redis().keys(keys.heartbeat(f"*:{proc.popen.pid}:*", self.prefix)))
+
     def live_workers(self):
-        return len(self.redis().keys(self.prefix + ":heartbeat:*"))
+        return len(self.redis().keys(keys.heartbeat("*", self.prefix)))
 
     def start_web(self, processes=1, threads=64, **env):
         """gunicorn on a free port; returns (base URL, Proc) once it answers."""
