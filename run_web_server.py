@@ -7,7 +7,6 @@ the course's shape: {"success": true, "predictions": [{"label": "castle", "proba
 Run it for real under gunicorn (`gunicorn run_web_server:app`, settings in gunicorn.conf.py), or as the
 course does, `python run_web_server.py` (Flask's own threaded server).
 """
-import json
 import os
 import time
 
@@ -17,7 +16,7 @@ from prometheus_client import REGISTRY, CONTENT_TYPE_LATEST, CollectorRegistry, 
 from prometheus_client import multiprocess
 from werkzeug.exceptions import HTTPException
 
-import job as jobs
+import classify
 import models
 import settings
 from helpers import BadImage, prepare_image
@@ -69,38 +68,21 @@ def predict():
         return error(exc.status, str(exc))
     prepared = time.monotonic()
 
-    job_id = jobs.new_id()
-    job_text = jobs.make_job(job_id, pixels, settings.REQUEST_TIMEOUT)
-    event = waiter.register(job_id)  # listen before pushing: the answer may come back at once
     try:
-        length = queue.push(job_text)
-        if length is None:
-            log("request.refused", level="WARNING", id=job_id, reason="queue full")
-            return error(503, f"the queue is full ({settings.MAX_QUEUE_LENGTH} jobs); try again shortly",
-                         **{"Retry-After": "1"})
-        log("job.pushed", id=job_id, queue=length)
-        raw = waiter.wait(job_id, event, started + settings.REQUEST_TIMEOUT)
-        if raw is None:
-            # Take the job back if no worker has it; if one has, its result expires after RESULT_TTL.
-            withdrawn = queue.withdraw(job_text)
-            log("request.timeout", level="WARNING", id=job_id, withdrawn=withdrawn)
-            return error(504, f"no result within REQUEST_TIMEOUT ({settings.REQUEST_TIMEOUT:g}s): "
-                              "are the model workers running?")
+        pending = classify.submit(queue, waiter, pixels, deadline=started + settings.REQUEST_TIMEOUT)
+        result = pending.wait()
+    except classify.QueueFull as exc:
+        return error(exc.status, str(exc), **{"Retry-After": "1"})
+    except classify.ClassifyError as exc:
+        return error(exc.status, str(exc))
     except redis.RedisError as exc:  # down, unreachable, wrong password, out of memory ...
-        log("request.redis_down", level="ERROR", id=job_id, error=str(exc))
+        log("request.redis_down", level="ERROR", error=str(exc))
         return error(503, "the queue (Redis) is unavailable; try again shortly", **{"Retry-After": "2"})
-    finally:
-        waiter.unregister(job_id)
-
-    result = json.loads(raw)
-    if "error" in result:
-        log("request.failed", level="ERROR", id=job_id, error=result["error"])
-        return error(500, f"the worker could not classify the image: {result['error']}")
     total = time.monotonic() - started
     REQUESTS.labels("200").inc()
     LATENCY.observe(total)
-    log("request.done", id=job_id, model=result.get("model"), ms=round(total * 1000, 1))
-    return jsonify(success=True, id=job_id, model=result.get("model"), predictions=result["predictions"],
+    log("request.done", id=pending.id, model=result.get("model"), ms=round(total * 1000, 1))
+    return jsonify(success=True, id=pending.id, model=result.get("model"), predictions=result["predictions"],
                    timings={"prepare_ms": round((prepared - started) * 1000, 2),
                             "queue_ms": result.get("queue_ms"),
                             "inference_ms": result.get("inference_ms"),
