@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run redis test bench docs clean
+.PHONY: run redis test bench bench-notify docs clean
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,11 @@ clean:
 # Benchmarks against processes it starts itself; writes bench/results/latest.json (a few minutes).
 bench: $(VENV)/.installed
 	$(PY) bench/run.py
+
+# Notifications against polling (latency CDFs, commands vs waiting time, fan-out, a lost notification):
+# bench/results/notifications.json, used by the write-up's question 5 (about 4 minutes).
+bench-notify: $(VENV)/.installed
+	$(PY) bench/notifications.py
 
 # The write-up: docs/writeup.pdf from docs/writeup.md, the real source files, a live run of the service, the
 # tests and bench/results/latest.json when present (a few minutes). Needs Pango (docs/build.py installs it).

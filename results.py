@@ -97,10 +97,13 @@ class ResultWaiter:
         kwargs = self.redis.connection_pool.connection_kwargs
         channel = f"__keyspace@{kwargs.get('db', 0)}__:{keys.result_pattern(self.prefix)}"
         prefix = f"__keyspace@{kwargs.get('db', 0)}__:"
-        # Its own connection with no read timeout: an idle subscriber sends Redis nothing.
+        # Its own connection with no read timeout: an idle subscriber sends Redis nothing. No retry: redis-py
+        # would reconnect and resubscribe silently, and the events published meanwhile would be lost without
+        # the wake-up below; a disconnection must reach this loop.
         client = redis.Redis(connection_pool=redis.ConnectionPool(
             connection_class=self.redis.connection_pool.connection_class,
-            **dict(kwargs, socket_timeout=None, socket_keepalive=True)))
+            **dict(kwargs, socket_timeout=None, socket_keepalive=True,
+                   retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0))))
         backoff = 0.1
         while True:
             pubsub = client.pubsub(ignore_subscribe_messages=True)
