@@ -37,6 +37,17 @@ def service(redis_server, tmp_path):
         yield stack
 
 
+def save_evidence(name, **data):
+    """Keep what a test saw for the write-up: docs/build.py sets IMGQ_EVIDENCE_DIR when it runs the tests
+    whose logs it draws (the kill-a-worker timeline). Without it, nothing is written."""
+    folder = os.environ.get("IMGQ_EVIDENCE_DIR")
+    if folder:
+        import json
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, f"{name}.json"), "w") as f:
+            json.dump(data, f)
+
+
 def grey_png(level, size=(32, 32)):
     """A solid grey PNG: the stand-in model answers it with ImageNet class `level`."""
     out = io.BytesIO()

@@ -12,7 +12,7 @@ import time
 
 import requests
 
-from conftest import grey_png, standin_label
+from conftest import grey_png, save_evidence, standin_label
 
 
 def post(url, level, timeout=60):
@@ -37,15 +37,19 @@ def result_keys(service):
 def test_sigkill_mid_batch_loses_nothing_and_answers_nothing_twice(service):
     slow = dict(STANDIN_LATENCY_MS=150, BATCH_SIZE=4)
     victim, survivor = service.start_worker(**slow), service.start_worker(**slow)
-    url, _ = service.start_web()
+    url, web = service.start_web()
     client = service.redis_server.client()
     inflight = f"{service.prefix}:inflight:{worker_id(victim)}"
 
+    started_at = time.time()
     with concurrent.futures.ThreadPoolExecutor(max_workers=100) as pool:
         futures = {pool.submit(post, url, level % 256): level % 256 for level in range(200)}
         wait_until(lambda: "job.done" in victim.log_text() and client.llen(inflight) > 0)
         victim.popen.send_signal(signal.SIGKILL)  # mid-batch: its in-flight list holds jobs
+        killed_at = time.time()
         answers = [(futures[f], f.result()) for f in concurrent.futures.as_completed(futures)]
+    save_evidence("sigkill_mid_batch", started_at=started_at, killed_at=killed_at, victim=victim.log_text(),
+                  survivor=survivor.log_text(), web=web.log_text())
 
     for level, response in answers:
         assert response.status_code == 200, response.text
