@@ -107,14 +107,17 @@ def architecture(path):
             size=6.3)
     wl, wr = web_x + web_w - 0.08, rx + 0.08          # right edge of web boxes, left edge of key boxes
     kr, kl = rx + rw - 0.08, wx + 0.07                # right edge of key boxes, left edge of worker boxes
-    arrow(ax, (0.92, 2.05), (web_x + 0.08, 2.2), "POST /predict", "client", size=6, offset=(0, 0.08))
-    arrow(ax, (web_x + 0.08, 1.2), (0.92, 1.45), "JSON top-5", "client", size=6, offset=(0, -0.26))
+    # One request enters and leaves through the same web process (process 1); the keyspace event reaches
+    # every web process (the fan-out), and only the one waiting for that id acts on it.
+    arrow(ax, (0.92, 2.25), (web_x + 0.08, 2.45), "POST /predict", "client", size=6, offset=(0, 0.08))
+    arrow(ax, (web_x + 0.08, 1.85), (0.92, 1.65), "JSON top-5", "client", size=6, offset=(0, -0.26))
     arrow(ax, (wl, 2.55), (wr, 2.6), "1 push (Lua)", "web", size=6, offset=(0, 0.04))
     arrow(ax, (kr, 2.6), (kl, 2.45), "2 take batch", "worker", size=6, offset=(0, 0.05))
     arrow(ax, (kl, 2.0), (kr, 2.0), "kept in flight", "worker", size=5.5, dashed=True, offset=(0, 0.03))
     arrow(ax, (kl, 1.85), (kr, 1.42), "3 results", "worker", size=6, offset=(0.02, -0.24))
-    arrow(ax, (wr, 1.35), (wl, 1.1), "4 keyspace event", "redis", size=6, offset=(0, -0.3))
-    arrow(ax, (wl, 1.55), (wr, 1.48), "5 GETDEL", "web", size=6, offset=(0, 0.04))
+    arrow(ax, (wr, 1.5), (wl, 2.1), "4 keyspace event", "redis", size=6, offset=(0.12, 0.1))
+    arrow(ax, (wr, 1.3), (wl, 1.1), "4 (every process)", "redis", size=5.5, dashed=True, offset=(0, -0.28))
+    arrow(ax, (wl, 1.85), (wr, 1.62), "5 GETDEL", "web", size=6, offset=(0, -0.26))
     arrow(ax, (kl, 0.8), (kr, 0.87), "beat()", "worker", size=6, offset=(0, 0.03))
     save(fig, path)
 
