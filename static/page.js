@@ -4,6 +4,7 @@
 
 const $ = (id) => document.getElementById(id);
 const BURST_MAX = 200;
+const BURST_CONNECTIONS = 5;
 const HISTORY_S = 60;
 
 // ---- helpers -------------------------------------------------------------------------------------
@@ -17,6 +18,17 @@ function el(tag, props, ...children) {
 function ms(value) {
   if (value === null || value === undefined) return "–";
   return value >= 1000 ? (value / 1000).toFixed(2) + " s" : (value >= 100 ? value.toFixed(0) : value.toFixed(1)) + " ms";
+}
+
+function size(bytes) {
+  return bytes < 1024 ? bytes + " bytes" : bytes < 1048576 ? (bytes / 1024).toFixed(1) + " KB" : (bytes / 1048576).toFixed(1) + " MB";
+}
+
+// A latency for a tile: the number large, its unit small.
+function tileMs(node, value) {
+  if (value === null || value === undefined) { node.textContent = "–"; return; }
+  const [number, unit] = value >= 1000 ? [(value / 1000).toFixed(2), "s"] : [value >= 100 ? value.toFixed(0) : value.toFixed(1), "ms"];
+  node.replaceChildren(number, el("small", { textContent: unit }));
 }
 
 function ago(seconds) {
@@ -52,7 +64,7 @@ async function postImage(file) {
 }
 
 // ---- one image -----------------------------------------------------------------------------------
-let currentFile = null;
+let currentFile = null;  // the last file the server classified: what a burst sends
 
 function showError(status, message) {
   const box = $("error");
@@ -93,9 +105,7 @@ function showResult(body) {
 }
 
 async function classify(file) {
-  currentFile = file;
-  $("burst-send").disabled = false;
-  $("file-name").textContent = file.name + " · " + (file.size / 1024).toFixed(1) + " KB · classifying…";
+  $("file-name").textContent = file.name + " · " + size(file.size) + " · classifying…";
   const preview = $("preview");
   if (preview.src) URL.revokeObjectURL(preview.src);
   if (file.type.startsWith("image/")) {
@@ -107,9 +117,15 @@ async function classify(file) {
   }
   $("drop").classList.toggle("has-image", !preview.hidden);
   const { status, body } = await postImage(file);
-  $("file-name").textContent = file.name + " · " + (file.size / 1024).toFixed(1) + " KB";
-  if (status === 200 && body.success) showResult(body);
-  else showError(status, body.error || "unknown error");
+  $("file-name").textContent = file.name + " · " + size(file.size);
+  if (status === 200 && body.success) {
+    showResult(body);
+    currentFile = file;
+    $("burst-send").disabled = false;
+    $("burst-status").textContent = `Ready to send copies of ${file.name}.`;
+  } else {
+    showError(status, body.error || "unknown error");
+  }
 }
 
 function setUpUpload() {
@@ -138,19 +154,26 @@ function setUpBurst() {
     $("burst-n").value = n;
     $("burst-send").disabled = true;
     const counts = {};
-    let answered = 0;
+    let sent = 0, answered = 0;
     const started = performance.now();
     const report = () => {
       const byStatus = Object.entries(counts).map(([s, c]) => `${c} × ${s === "0" ? "no connection" : s}`).join(", ");
-      $("burst-status").textContent = `Sent ${n}: ${answered} answered${byStatus ? " (" + byStatus + ")" : ""}` +
-        (answered === n ? ` in ${((performance.now() - started) / 1000).toFixed(1)} s.` : ", waiting…");
+      $("burst-status").textContent = `${n} copies: ${answered} answered${byStatus ? " (" + byStatus + ")" : ""}` +
+        (answered === n ? ` in ${((performance.now() - started) / 1000).toFixed(1)} s.`
+          : `, ${sent - answered} on their way, ${n - sent} waiting in this browser…`);
     };
-    report();
-    await Promise.all(Array.from({ length: n }, () => postImage(currentFile).then(({ status }) => {
-      counts[status] = (counts[status] || 0) + 1;
-      answered += 1;
-      report();
-    })));
+    // A browser opens at most 6 connections to one server; the burst takes 5, so the live view keeps one.
+    const sender = async () => {
+      while (sent < n) {
+        sent += 1;
+        report();
+        const { status } = await postImage(currentFile);
+        counts[status] = (counts[status] || 0) + 1;
+        answered += 1;
+        report();
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(BURST_CONNECTIONS, n) }, sender));
     $("burst-send").disabled = false;
   });
 }
@@ -163,8 +186,11 @@ function drawQueue(now, length) {
   queueHistory.push([now, length]);
   while (queueHistory.length && queueHistory[0][0] < now - HISTORY_S) queueHistory.shift();
   const top = Math.max(5, ...queueHistory.map(([, q]) => q));
-  $("queue-line").setAttribute("points", queueHistory.map(([t, q]) =>
-    `${(600 * (t - (now - HISTORY_S)) / HISTORY_S).toFixed(1)},${(86 - 82 * q / top).toFixed(1)}`).join(" "));
+  const points = queueHistory.map(([t, q]) =>
+    `${(600 * (t - (now - HISTORY_S)) / HISTORY_S).toFixed(1)},${(86 - 82 * q / top).toFixed(1)}`);
+  $("queue-line").setAttribute("points", points.join(" "));
+  const x0 = points.length ? points[0].split(",")[0] : "600";
+  $("queue-area").setAttribute("points", points.length ? `${x0},90 ${points.join(" ")} 600,90` : "");
   $("queue-max").textContent = "top of the chart: " + top + " jobs";
 }
 
@@ -209,9 +235,10 @@ function drawLive(live) {
   $("queue-length").parentElement.classList.toggle("hot", live.queue_length > 0);
   $("live-workers").textContent = live.live_workers;
   $("rps").textContent = live.requests.per_second_5s.toFixed(1);
-  $("rps-window").textContent = `(5 s; ${live.requests.per_second.toFixed(1)} over ${Math.round(live.window_s)} s)`;
-  $("p50").textContent = ms(live.requests.p50_ms);
-  $("p95").textContent = ms(live.requests.p95_ms);
+  $("rps-window").textContent = `${live.requests.per_second.toFixed(1)} over ${Math.round(live.window_s)} s`;
+  tileMs($("p50"), live.requests.p50_ms);
+  $("p50-window").textContent = `${live.requests.count} answers in ${Math.round(live.window_s)} s`;
+  tileMs($("p95"), live.requests.p95_ms);
   drawQueue(live.time, live.queue_length);
   drawWorkers(live, live.time);
   drawBatches(live);
@@ -228,7 +255,7 @@ async function poll() {
     return;
   }
   try {
-    const response = await fetch("activity", { headers: { Accept: "application/json" }, cache: "no-store" });
+    const response = await fetch("activity", { headers: { Accept: "application/json" }, cache: "no-store", priority: "high" });
     const live = await response.json();
     if (response.ok) {
       interval = live.interval || 1;
