@@ -88,15 +88,15 @@ function showResult(body) {
   const t = body.timings || {};
   const other = Math.max(0, (t.total_ms || 0) - (t.prepare_ms || 0) - (t.queue_ms || 0) - (t.inference_ms || 0));
   const parts = [
-    ["prepare", "prepare (decode, resize)", t.prepare_ms],
-    ["queue", "queue wait", t.queue_ms],
-    ["inference", "inference", t.inference_ms],
-    ["other", "Redis, HTTP, delivery", other],
+    ["prepare", "prepare", t.prepare_ms, "the web server decodes and resizes the upload"],
+    ["queue", "queue wait", t.queue_ms, "the job waits on the Redis list for a worker"],
+    ["inference", "inference", t.inference_ms, "the model classifies the whole batch"],
+    ["other", "the rest", other, "upload, Redis round trips, result delivery, response"],
   ];
   $("timing-bar").replaceChildren(...parts.map(([key, , value]) =>
     el("span", { style: `width:${t.total_ms ? (100 * (value || 0) / t.total_ms) : 0}%;background:var(--${key})`, title: key })));
   $("timings").replaceChildren(
-    ...parts.map(([key, name, value]) => el("div", {},
+    ...parts.map(([key, name, value, what]) => el("div", { title: what },
       el("dt", {}, el("span", { className: "swatch", style: `background:var(--${key})` }), name),
       el("dd", { textContent: ms(value) }))),
     el("div", {}, el("dt", { textContent: "total" }), el("dd", { textContent: ms(t.total_ms) })));
