@@ -131,7 +131,9 @@ async function classify(file) {
 function setUpUpload() {
   const drop = $("drop");
   $("file-input").addEventListener("change", (event) => {
-    if (event.target.files.length) classify(event.target.files[0]);
+    const file = event.target.files[0];
+    event.target.value = "";  // choosing the same file again classifies it again
+    if (file) classify(file);
   });
   for (const name of ["dragenter", "dragover"]) {
     drop.addEventListener(name, (event) => { event.preventDefault(); drop.classList.add("over"); });

@@ -48,14 +48,15 @@ def test_curl_gets_json_and_a_browser_gets_the_page(service):
 
 def test_the_page_in_a_browser(service, tmp_path):
     """Upload castle_image.jpg (real EfficientNet-Lite0 worker) and see "castle"; watch that worker stop and
-    leave; burst 40 copies against a slow stand-in worker and watch the queue rise and drain; upload a text
-    file and read the error; no JavaScript error all along."""
+    leave, and an upload then end in a readable 504; burst 40 copies against a slow stand-in worker and watch
+    the queue rise and drain; upload a text file and a too large one and read the errors; no JavaScript
+    error all along."""
     if not os.path.exists(CASTLE):
         pytest.skip(f"{CASTLE} not found")
     sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright for Python is not installed")
     chromium = ensure_command("chromium", "chromium")  # Debian's, installed if missing (else a skip)
     lite0 = service.start_worker(MODEL="efficientnet_lite0")
-    url, _ = service.start_web(processes=2, MODEL="efficientnet_lite0")
+    url, _ = service.start_web(processes=2, MODEL="efficientnet_lite0", REQUEST_TIMEOUT=6, MAX_UPLOAD_BYTES=200_000)
 
     with sync_api.sync_playwright() as playwright:
         browser = open_browser(playwright, chromium, tmp_path)
@@ -87,6 +88,9 @@ def test_the_page_in_a_browser(service, tmp_path):
             service.stop(lite0)
             expect(page.locator("#live-workers")).to_have_text("0", timeout=10_000)
             expect(page.locator("#workers tr.gone")).to_contain_text("stopped", timeout=5_000)
+            page.set_input_files("#file-input", CASTLE)  # nobody to classify it: 504 after REQUEST_TIMEOUT
+            expect(page.locator("#error")).to_contain_text("504 · No answer in time.", timeout=30_000)
+            expect(page.locator("#error")).to_contain_text("REQUEST_TIMEOUT")
 
             # A slow stand-in worker, then a burst: the queue rises above 0 and drains back to 0.
             service.start_worker(MODEL="standin", STANDIN_LATENCY_MS=300)
@@ -112,13 +116,19 @@ def test_the_page_in_a_browser(service, tmp_path):
             assert expected.lower() in error.inner_text().lower()
             assert not page.locator("#result").is_visible()
             page.screenshot(path=str(tmp_path / "error.png"), full_page=True)
+
+            # Over MAX_UPLOAD_BYTES: refused before it is read, and said so.
+            page.set_input_files("#file-input", files=[{"name": "big.jpg", "mimeType": "image/jpeg",
+                                                        "buffer": b"\xff" * 300_000}])
+            expect(error).to_contain_text("413 · This file is too large.", timeout=10_000)
+            expect(error).to_contain_text("MAX_UPLOAD_BYTES")
         finally:
             browser.close()
-    # Chromium notes every 4xx answer on its console ("Failed to load resource"): the one 400 the test
-    # provoked is expected; anything else is a fault of the page.
-    unexpected = [p for p in problems if not re.fullmatch(
-        r"console\.error: Failed to load resource: the server responded with a status of 400 \(BAD REQUEST\)", p)]
-    assert unexpected == []
+    # Chromium notes every 4xx/5xx answer on its console ("Failed to load resource"): the 504, 400 and 413
+    # the test provoked are expected; anything else is a fault of the page.
+    expected = {"console.error: Failed to load resource: the server responded with a status of " + status
+                for status in ("504 (GATEWAY TIMEOUT)", "400 (BAD REQUEST)", "413 (REQUEST ENTITY TOO LARGE)")}
+    assert [p for p in problems if p not in expected] == [], problems
 
 
 def _calls(client):
