@@ -10,7 +10,7 @@ While a page is open, its refreshes keep the key live:watched alive (TTL a few L
 record only while that key exists:
 - a worker adds one compact JSON record per batch to the capped list live:batches (one script call:
   EXISTS + LPUSH + LTRIM + EXPIRE). Unwatched, it looks again at most once per LIVE_INTERVAL and only when
-  it has a batch, so an idle worker sends nothing and a busy one at most one command a second;
+  it has a batch, so an idle worker sends nothing and a busy one one script call (EXISTS) a second;
 - a web process keeps its answers (status, latency) in memory; a thread sends them once per LIVE_INTERVAL,
   as one record (count per status, latency histogram), to the capped list live:requests, and only when
   there were answers. The request itself does no Redis work for the live view.
