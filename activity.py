@@ -128,12 +128,12 @@ def bucket_ms(b):
 class RequestLog:
     """A web process's side: answers kept in memory, sent once per LIVE_INTERVAL by a thread of its own."""
 
-    def __init__(self, client, prefix=None):
+    def __init__(self, client, prefix=None, thread=True):
         prefix = prefix or settings.KEY_PREFIX
         self._gate = _Gate(client, keys.live_requests(prefix), prefix)
         self._answers = []
         self._lock = threading.Lock()
-        self._pid = None
+        self._pid = None if thread else os.getpid()  # thread=False: the caller calls flush() itself
 
     def add(self, status, seconds):
         if self._pid != os.getpid():  # gunicorn forks after import: one thread per process
@@ -151,7 +151,7 @@ class RequestLog:
 
     def _run(self):
         while True:
-            time.sleep(settings.LIVE_INTERVAL)
+            time.sleep(max(settings.LIVE_INTERVAL, 0.1))
             self.flush()
 
     def flush(self):
@@ -244,7 +244,9 @@ def snapshot(client, prefix=None, now=None, script=None):
         "workers": worker_rows,
         "batches": [{"t": b["t"], "worker": b.get("w"), "model": b.get("m"), "size": b.get("n"),
                      "inference_ms": b.get("ms")} for b in batches[:20]],
-        "batch_sizes": {"count": len(sizes), "mean": round(sum(sizes) / len(sizes), 2) if sizes else None,
+        # Over the newest BATCHES_SHOWN records of the window (all of the window's batches if fewer).
+        "batch_sizes": {"count": len(sizes), "limit": BATCHES_SHOWN,
+                        "mean": round(sum(sizes) / len(sizes), 2) if sizes else None,
                         "max": max(sizes) if sizes else None},
         "requests": {"count": count, "per_second": round(count / covered, 2),
                      "per_second_5s": round(recent / min(5.0, covered), 2),

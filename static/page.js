@@ -222,7 +222,8 @@ function drawBatches(live) {
   $("batch-chart").replaceChildren(...batches.slice().reverse().map((b) =>
     el("span", { style: `height:${(100 * b.size / top).toFixed(0)}%`, title: `${b.size} jobs, ${ms(b.inference_ms)}` })));
   const s = live.batch_sizes;
-  $("batch-summary").textContent = s.count ? `· ${s.count} in the last minute, mean size ${s.mean}, largest ${s.max}` : "";
+  const which = s.count >= s.limit ? `the last ${s.count}` : `${s.count} in the last ${Math.round(live.window_s)} s`;
+  $("batch-summary").textContent = s.count ? `· ${which}: mean size ${s.mean}, largest ${s.max}` : "";
   const rows = batches.slice(0, 8).map((b) => el("tr", {},
     el("td", { textContent: ago(live.time - b.t) }),
     el("td", { className: "id", textContent: b.worker, title: b.worker }),

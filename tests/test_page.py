@@ -9,13 +9,16 @@ import os
 import re
 import time
 
+import numpy as np
 import pytest
 import requests
 
+import activity
 import keys
 import settings
 from bench.browser import open_browser
 from conftest import CASTLE, grey_png
+from jobqueue import JobQueue
 from sysdeps import ensure_command
 
 BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"
@@ -191,3 +194,34 @@ def test_the_live_view_costs_redis_nothing_without_a_page(service):
     assert body["requests"]["count"] == 1 and body["requests"]["statuses"] == {"200": 1}
     assert body["requests"]["p50_ms"] > 0
     assert body["batches"][0]["size"] == 1 and body["workers"][0]["model"] == "standin"
+
+
+def test_rates_and_percentiles_from_the_records(redis_server):
+    """The snapshot's p50/p95 agree with the latencies recorded (within the histogram's ±2.5 %), its counts with
+    what was answered; with no page watching, nothing is written."""
+    client = redis_server.client()
+    prefix = "t" + os.urandom(4).hex()
+    log = activity.RequestLog(client, prefix, thread=False)
+    latencies = np.random.default_rng(7).lognormal(np.log(0.040), 0.6, 2000)  # seconds
+    for seconds in latencies:
+        log.add(200, seconds)
+    log.add(503, 0.002)
+    assert log.flush() is False and client.keys(prefix + ":*") == []  # unwatched: dropped, not written
+
+    activity.snapshot(client, prefix)  # a page looks: from now on, records are kept
+    log = activity.RequestLog(client, prefix, thread=False)  # (the first would look again after LIVE_INTERVAL)
+    for seconds in latencies:
+        log.add(200, seconds)
+    for _ in range(3):
+        log.add(503, 0.002)
+    assert log.flush() is True
+    assert activity.batch_done(JobQueue(client, prefix), "w1", "standin", 7, 12.5) is True
+    body = activity.snapshot(client, prefix)
+    assert body["requests"]["count"] == 2003 and body["requests"]["statuses"] == {"200": 2000, "503": 3}
+    for name, q in (("p50_ms", 50), ("p95_ms", 95)):
+        exact = np.percentile(latencies * 1000, q)
+        assert abs(body["requests"][name] - exact) <= 0.03 * exact, (name, body["requests"][name], exact)
+    assert body["requests"]["per_second"] == round(2003 / body["window_s"], 2)
+    assert body["batches"] == [{"t": body["batches"][0]["t"], "worker": "w1", "model": "standin", "size": 7,
+                                "inference_ms": 12.5}]
+    client.delete(*client.keys(prefix + ":*"))
