@@ -209,8 +209,9 @@ function drawWorkers(live, now) {
       el("td", {}, el("span", { className: "state " + w.state, textContent: doing })));
   });
   for (const { w } of gone.values()) {
+    const how = w.state === "dead" ? "removed · a live worker put its jobs back" : "stopped · left the pool";
     rows.push(el("tr", { className: "gone" }, el("td", { className: "id", textContent: w.id }),
-      el("td", { textContent: w.model || "–" }), el("td", { textContent: "stopped · left the pool" })));
+      el("td", { textContent: w.model || "–" }), el("td", { textContent: how })));
   }
   if (!rows.length) rows.push(el("tr", {}, el("td", { colSpan: 3, className: "state dead", textContent: "no worker: requests will wait, then get 504" })));
   $("workers").replaceChildren(...rows);
