@@ -241,7 +241,7 @@ function drawLive(live) {
   $("rps").textContent = live.requests.per_second_5s.toFixed(1);
   $("rps-window").textContent = `${live.requests.per_second.toFixed(1)} over ${Math.round(live.window_s)} s`;
   tileMs($("p50"), live.requests.p50_ms);
-  $("p50-window").textContent = `${live.requests.count} answers in ${Math.round(live.window_s)} s`;
+  $("p50-window").textContent = `${live.requests.count} answer${live.requests.count === 1 ? "" : "s"} in ${Math.round(live.window_s)} s`;
   tileMs($("p95"), live.requests.p95_ms);
   drawQueue(live.time, live.queue_length);
   drawWorkers(live, live.time);
