@@ -179,7 +179,7 @@ def test_the_live_view_costs_redis_nothing_without_a_page(service):
             time.sleep(max(0.0, settings.LIVE_INTERVAL - (time.monotonic() - started)))
     watched = _calls(client)  # idle service: LLEN and LRANGE come from the snapshots alone
     snapshots = watched.get("get", 0)
-    assert 4 <= snapshots <= 6, watched
+    assert 4 <= snapshots <= 8, watched  # 12 if every page cost a snapshot
     # Each snapshot: EVALSHA, GET + SET (the watched flag), SMEMBERS, LLEN queue, 2 LRANGE, and per worker
     # PTTL + LLEN: 9 commands with one worker.
     assert watched.get("pttl") == snapshots and watched.get("llen") == 2 * snapshots
