@@ -5,6 +5,9 @@
     {prefix}:workers             set     ids of the workers that have registered
     {prefix}:heartbeat:{worker}  string  exists while the worker is alive (refreshed, with a TTL)
     {prefix}:result:{job id}     string  the JSON result of one job, SET ... EX RESULT_TTL, read with GETDEL
+    {prefix}:live:watched        string  exists while a browser page shows the live view (value: since when)
+    {prefix}:live:batches        list    one compact record per batch, newest first, capped (only while watched)
+    {prefix}:live:requests       list    one record per web process per second of answers, capped (ditto)
 
 The prefix (KEY_PREFIX) lets several deployments, or several test runs, share one Redis.
 """
@@ -33,6 +36,18 @@ def heartbeat(worker_id, prefix=None):
 
 def result(job_id, prefix=None):
     return _k("result", job_id, prefix=prefix)
+
+
+def live_watched(prefix=None):
+    return _k("live", "watched", prefix=prefix)
+
+
+def live_batches(prefix=None):
+    return _k("live", "batches", prefix=prefix)
+
+
+def live_requests(prefix=None):
+    return _k("live", "requests", prefix=prefix)
 
 
 def result_pattern(prefix=None):

@@ -18,6 +18,7 @@ import uuid
 import numpy as np
 import redis
 
+import activity
 import job as jobs
 import models
 import settings
@@ -138,6 +139,8 @@ class Worker:
                 log("job.done", worker=self.id, id=job["id"], batch=len(good), queue_ms=queue_ms,
                     inference_ms=inference_ms)
         self._write(results)
+        if good:  # the page's live view: one script call, a record only while a page watches
+            activity.batch_done(self.queue, self.id, self.model.name, len(good), inference_ms)
 
     def _write(self, results):
         # Results are worth a retry while their clients may still wait; the in-flight list keeps the jobs

@@ -17,6 +17,7 @@ from prometheus_client import multiprocess
 from werkzeug.exceptions import HTTPException
 
 import classify
+import live
 import models
 import settings
 from helpers import BadImage, prepare_image
@@ -32,6 +33,7 @@ queue = JobQueue(connect(socket_timeout=5))
 waiter = ResultWaiter(queue.redis)
 waiter.start()  # gunicorn imports this module in each worker process, after forking: one listener each
 INPUT_SIZE = models.input_size()
+app.register_blueprint(live.blueprint(queue.redis))  # the page: GET / for browsers, GET /activity
 
 REQUESTS = Counter("predict_requests_total", "POST /predict answers, by HTTP status", ["status"])
 LATENCY = Histogram("predict_seconds", "Time to answer a successful POST /predict",
@@ -48,11 +50,15 @@ def error(status, message, **headers):
 
 @app.get("/")
 def index():
+    if live.wants_page():  # a browser; curl's */* and clients asking for JSON get the index below
+        return live.page()
     return jsonify(service="Keras + Redis image classifier",
                    usage="curl -F image=@castle_image.jpg http://HOST:PORT/predict",
                    endpoints={"POST /predict": "classify an image (multipart field 'image')",
                               "GET /healthz": "Redis, queue length and live workers",
-                              "GET /metrics": "Prometheus metrics"})
+                              "GET /metrics": "Prometheus metrics",
+                              "GET /activity": "the page's live figures: queue, workers, batches, req/s, p50/p95",
+                              "GET / (browser)": "the page: classify an image, watch the queue"})
 
 
 @app.post("/predict")

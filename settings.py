@@ -70,6 +70,15 @@ HEARTBEAT_TTL = _int("HEARTBEAT_TTL", 15)
 # Shutdown does not wait for it: a signal interrupts the pop.
 BLOCK_TIMEOUT = _float("BLOCK_TIMEOUT", 30)
 
+# --- The page's live view (activity.py, live.py) ---------------------------------------------------
+# Seconds between the page's refreshes of the live view; also how often a web process writes its answers'
+# counts and latencies to Redis while a page is open. Nothing is recorded while no page is open.
+LIVE_INTERVAL = _float("LIVE_INTERVAL", 1.0)
+# Seconds of history behind requests/s and p50/p95 (and how long the records live after the last write).
+LIVE_WINDOW = _int("LIVE_WINDOW", 60)
+# Most records each capped list keeps (batch records; per-second request records of all web processes).
+LIVE_RECORDS = _int("LIVE_RECORDS", 500)
+
 # --- Processes -----------------------------------------------------------------------------------
 HOST = _str("HOST", "127.0.0.1")
 PORT = _int("PORT", 5000)

@@ -325,8 +325,9 @@ class Results:
         path = os.path.join(DOCS, "page.png")
         if not os.path.exists(path):
             return not_measured("No screenshot of the page.", "the browser test writes docs/page.png.")
-        return (f'<figure class="diagram plot"><img src="{path}" alt="the page"/><figcaption>The page at '
-                f'<code>GET /</code> after classifying an image, with the live queue view.</figcaption></figure>')
+        return (f'<figure class="diagram plot"><img src="{path}" alt="the page"/><figcaption>The page during a '
+                f'burst of copies of castle_image.jpg on one EfficientNet-Lite0 worker (docs/page.png, taken by '
+                f'docs/page_screenshot.py).</figcaption></figure>')
 
     # answers at a glance
     def gen_missed_goals(self):
