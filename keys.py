@@ -4,6 +4,7 @@
     {prefix}:inflight:{worker}   list    jobs one worker has taken and not yet answered
     {prefix}:workers             set     ids of the workers that have registered
     {prefix}:heartbeat:{worker}  string  exists while the worker is alive (refreshed, with a TTL)
+    {prefix}:worker_models       hash    worker id → JSON {model, runtime, since}: what each worker serves
     {prefix}:result:{job id}     string  the JSON result of one job, SET ... EX RESULT_TTL, read with GETDEL
     {prefix}:live:watched        string  exists while a browser page shows the live view (value: since when)
     {prefix}:live:batches        list    one compact record per batch, newest first, capped (only while watched)
@@ -32,6 +33,10 @@ def workers(prefix=None):
 
 def heartbeat(worker_id, prefix=None):
     return _k("heartbeat", worker_id, prefix=prefix)
+
+
+def worker_models(prefix=None):
+    return _k("worker_models", prefix=prefix)
 
 
 def result(job_id, prefix=None):

@@ -6,7 +6,9 @@ in-flight list (jobqueue.complete). A heartbeat thread keeps this worker's heart
 the in-flight jobs of dead workers back on the queue.
 
 SIGTERM / SIGINT: finish the batch in hand, write its results, return untaken jobs, exit 0.
+Settings are checked before anything else (a wrong one: one line on stderr, exit 2); `--help` starts nothing.
 """
+import argparse
 import os
 import signal
 import socket
@@ -22,6 +24,7 @@ import activity
 import job as jobs
 import models
 import settings
+import workerinfo
 from jobqueue import JobQueue, connect
 from logutil import log
 
@@ -59,10 +62,14 @@ class Worker:
     # --- heartbeat ---------------------------------------------------------------------------------
     def _heartbeat(self):
         hb_queue = JobQueue(connect(socket_timeout=5), self.queue.prefix)
-        healthy = True
+        healthy, announced = True, False
         while not self.stopping.is_set():
             try:
                 requeued = hb_queue.beat(self.id)
+                if not announced or not healthy:  # after the first beat, and again if Redis lost it
+                    workerinfo.announce(hb_queue.redis, hb_queue.prefix, self.id, self.model.name,
+                                        workerinfo.runtime_of(self.model))
+                    announced = True
                 if requeued:
                     log("worker.recovered", worker=self.id, requeued=requeued, reason="dead worker's jobs")
                 if not healthy:
@@ -167,12 +174,23 @@ class Worker:
         try:
             self.queue.redis.connection_pool.disconnect()  # a pop cut short leaves its connection unusable
             returned = self.queue.retire(self.id)
+            workerinfo.forget(self.queue.redis, self.queue.prefix, self.id)
             log("worker.stopped", worker=self.id, returned=returned)
         except REDIS_ERRORS as exc:
             log("worker.stopped", level="WARNING", worker=self.id, error=f"could not return jobs: {exc}")
 
 
-def main():
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Model worker: takes batches of jobs from the Redis queue, classifies them, writes the results.",
+        epilog="Every setting is an environment variable (README.md, Configuration), e.g. "
+               "MODEL=efficientnet_lite0 BATCH_SIZE=16 REDIS_URL=redis://127.0.0.1:6379/0 python run_model_server.py")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    parse_args(argv)  # before anything starts: --help prints and exits here
+    settings.check()
     # Handlers first: a SIGTERM during the (slow) model load must still end cleanly.
     stop_early = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop_early.set())

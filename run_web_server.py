@@ -6,12 +6,21 @@ the course's shape: {"success": true, "predictions": [{"label": "castle", "proba
 
 Run it for real under gunicorn (`gunicorn run_web_server:app`, settings in gunicorn.conf.py), or as the
 course does, `python run_web_server.py` (Flask's own threaded server).
+
+Request ids: every request gets one at arrival (the client's X-Request-ID when it is a sane token, else a new
+one), logged as `id=` with `request.received` and `request.done status=...`, and returned in the X-Request-ID
+header and, in every JSON answer (errors too), the field "id". For POST /predict it is also the job's id, so
+`grep id=<id>` follows the request through the worker.
 """
+import argparse
+import json
 import os
+import re
 import time
+import uuid
 
 import redis
-from flask import Flask, jsonify, request
+from flask import Flask, g, jsonify, request
 from prometheus_client import REGISTRY, CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client import multiprocess
 from werkzeug.exceptions import HTTPException
@@ -20,10 +29,25 @@ import classify
 import live
 import models
 import settings
+import workerinfo
 from helpers import BadImage, prepare_image
 from jobqueue import JobQueue, connect
 from logutil import log
 from results import ResultWaiter
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        description="Web server (Flask's own, as the course runs it; `gunicorn run_web_server:app` for real use): "
+                    "POST /predict, GET /healthz, GET /metrics, GET /.",
+        epilog="Every setting is an environment variable (README.md, Configuration), e.g. "
+               "HOST=0.0.0.0 PORT=8000 REDIS_URL=redis://127.0.0.1:6379/0 python run_web_server.py")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    parse_args()  # --help, and a wrong setting, end here: nothing below has connected or started yet
+    settings.check()
 
 app = Flask(__name__)
 # Werkzeug refuses a larger body before reading it, so nothing over the cap is ever decoded.
@@ -40,9 +64,45 @@ LATENCY = Histogram("predict_seconds", "Time to answer a successful POST /predic
                     buckets=(.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
 
 
+# --- request ids -------------------------------------------------------------------------------------
+# An incoming X-Request-ID is kept only when it is a short plain token: it goes into logs and Redis keys.
+SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+QUIET_PATHS = ("/activity", "/metrics", "/healthz", "/static/")  # polled: their successes log at DEBUG only
+
+
+@app.before_request
+def request_id_start():
+    given = request.headers.get("X-Request-ID", "")
+    g.request_id = given if SANE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    # Two clients may send the same id; the job id (a Redis key, a waiter's slot) must still be unique.
+    g.job_id = g.request_id if g.request_id != given else f"{given}-{uuid.uuid4().hex[:8]}"
+    g.request_started = time.monotonic()
+    g.done_fields = {}
+    quiet = request.method == "GET" and request.path.startswith(QUIET_PATHS)
+    log("request.received", level="DEBUG" if quiet else "INFO", id=g.request_id, method=request.method,
+        path=request.path)
+
+
+@app.after_request
+def request_id_done(response):
+    request_id = g.get("request_id")
+    if request_id is None:  # before_request did not run (cannot happen in Flask 3; be safe)
+        return response
+    response.headers["X-Request-ID"] = request_id
+    if response.status_code >= 400 and response.is_json:  # errors made anywhere (live.py too) carry the id
+        body = response.get_json(silent=True)
+        if isinstance(body, dict) and "id" not in body:
+            response.set_data(json.dumps(dict(body, id=request_id)))
+    quiet = response.status_code < 400 and request.method == "GET" and request.path.startswith(QUIET_PATHS)
+    log("request.done", level="DEBUG" if quiet else "INFO", id=request_id, status=response.status_code,
+        method=request.method, path=request.path,
+        ms=round((time.monotonic() - g.request_started) * 1000, 1), **g.get("done_fields", {}))
+    return response
+
+
 def error(status, message, **headers):
     REQUESTS.labels(str(status)).inc()
-    response = jsonify(success=False, error=message)
+    response = jsonify(success=False, id=g.get("request_id"), error=message)
     response.status_code = status
     response.headers.update(headers)
     return response
@@ -70,25 +130,26 @@ def predict():
     try:
         pixels = prepare_image(upload.read(), INPUT_SIZE)
     except BadImage as exc:
-        log("request.rejected", level="WARNING", status=exc.status, error=str(exc))
+        log("request.rejected", level="WARNING", id=g.request_id, status=exc.status, error=str(exc))
         return error(exc.status, str(exc))
     prepared = time.monotonic()
 
     try:
-        pending = classify.submit(queue, waiter, pixels, deadline=started + settings.REQUEST_TIMEOUT)
+        pending = classify.submit(queue, waiter, pixels, job_id=g.job_id,
+                                  deadline=started + settings.REQUEST_TIMEOUT)
         result = pending.wait()
     except classify.QueueFull as exc:
         return error(exc.status, str(exc), **{"Retry-After": "1"})
     except classify.ClassifyError as exc:
         return error(exc.status, str(exc))
     except redis.RedisError as exc:  # down, unreachable, wrong password, out of memory ...
-        log("request.redis_down", level="ERROR", error=str(exc))
+        log("request.redis_down", level="ERROR", id=g.request_id, error=str(exc))
         return error(503, "the queue (Redis) is unavailable; try again shortly", **{"Retry-After": "2"})
     total = time.monotonic() - started
     REQUESTS.labels("200").inc()
     LATENCY.observe(total)
-    log("request.done", id=pending.id, model=result.get("model"), ms=round(total * 1000, 1))
-    return jsonify(success=True, id=pending.id, model=result.get("model"), predictions=result["predictions"],
+    g.done_fields = {"model": result.get("model")}  # request.done (request_id_done) logs it
+    return jsonify(success=True, id=g.request_id, model=result.get("model"), predictions=result["predictions"],
                    timings={"prepare_ms": round((prepared - started) * 1000, 2),
                             "queue_ms": result.get("queue_ms"),
                             "inference_ms": result.get("inference_ms"),
@@ -98,11 +159,15 @@ def predict():
 
 @app.get("/healthz")
 def healthz():
-    status = {"redis": "ok", "model": settings.MODEL,
+    status = {"redis": "ok", "model": None, "model_setting": settings.MODEL,
               "notifications": "on" if waiter.listening else "off (polling every %gs)" % waiter.poll_interval}
     try:
         status["queue_length"] = queue.length()
-        status["live_workers"] = queue.live_workers()
+        status["workers"] = workerinfo.serving(queue.redis, queue.prefix)
+        status["live_workers"] = len(status["workers"])
+        # What serves, as the workers say (MODEL=auto picks at each worker's start); "a, b" if they differ.
+        served = sorted({w["model"] for w in status["workers"] if w["model"]})
+        status["model"] = ", ".join(served) or None
     except redis.RedisError as exc:
         status["redis"] = f"down: {exc}"
         return jsonify(ok=False, **status), 503
@@ -131,10 +196,10 @@ def http_error(exc):
 
 @app.errorhandler(Exception)
 def unexpected(exc):
-    log("request.crashed", level="ERROR", error=repr(exc))
+    log("request.crashed", level="ERROR", id=g.get("request_id"), error=repr(exc))
     return error(500, "internal error (logged on the server)")
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # the settings were checked at the top
     log("web.start", host=settings.HOST, port=settings.PORT, server="flask")
     app.run(host=settings.HOST, port=settings.PORT, threaded=True)

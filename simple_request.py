@@ -5,7 +5,8 @@
 
 Where it sits: *client* → web server → Redis → worker → back. Prints `1. castle: 0.9246` lines and
 exits 0; when the server is down, answers an error, or the image is missing, prints one clear line on
-stderr and exits 1 (never a traceback).
+stderr and exits 1 (never a traceback). A setting it reads (PORT, REQUEST_TIMEOUT) that is not valid: one line,
+exit 2.
 """
 import argparse
 import os
@@ -57,6 +58,7 @@ def fail(message):
 
 def main(argv=None):
     args = parse_args(argv)
+    settings.check()  # a wrong PORT or REQUEST_TIMEOUT: one line, exit 2
     try:
         path, data = read_image(args.image)
     except ValueError as exc:

@@ -6,7 +6,8 @@
 Where it sits: many *clients* → web server → Redis → workers. Requests start every --spacing seconds
 (at most --concurrency in flight), each is timed from send to answer, and once all have finished it
 prints sent, succeeded, failures by kind ("HTTP 504", "connection error", "timeout"), throughput and
-latency percentiles. Exits 1 if any request failed.
+latency percentiles. Exits 1 if any request failed (2 if a setting it reads is not valid). The --plot
+figure is titled with the run's parameters and date, and marks p50, p95 and p99.
 """
 import argparse
 import collections
@@ -133,16 +134,35 @@ def print_report(summary, url):
               f"p99 {lat['p99_ms']} ms  max {lat['max_ms']} ms")
 
 
-def plot(records, path):
+PERCENTILE_MARKS = (("p50", "tab:green"), ("p95", "tab:orange"), ("p99", "tab:red"))
+
+
+def plot_title(args, summary, date):
+    """The figure's title: enough to tell two saved plots apart without their command lines."""
+    return (f"{summary['sent']} requests, one every {args.spacing:g} s, at most {args.concurrency} in flight → "
+            f"{args.url}\n{date} · {summary['succeeded']} succeeded, {summary['failed']} failed")
+
+
+def plot(records, path, args, summary, date):
     import matplotlib
     matplotlib.use("Agg")  # files only: works without a display
     import matplotlib.pyplot as plt
 
-    fig, (hist, timeline) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (hist, timeline) = plt.subplots(1, 2, figsize=(11, 4.6))
+    fig.suptitle(plot_title(args, summary, date), fontsize=10)
     ok = [r for r in records if r["outcome"] == "ok"]
     bad = [r for r in records if r["outcome"] != "ok"]
     hist.hist([r["latency_s"] * 1000 for r in ok] or [0], bins=40, color="tab:blue")
     hist.set(title="Latency of succeeded requests", xlabel="ms", ylabel="requests")
+    # p50/p95/p99 of the succeeded requests: dashed lines on both panels, named in the histogram's legend.
+    latency = summary["latency_ok"]
+    for name, colour in PERCENTILE_MARKS:
+        ms = latency[f"{name}_ms"]
+        if ms is not None:  # no succeeded request, no percentile to mark
+            hist.axvline(ms, color=colour, ls="--", lw=1, label=f"{name} {ms:g} ms")
+            timeline.axhline(ms, color=colour, ls="--", lw=1)
+    if latency["p50_ms"] is not None:
+        hist.legend(loc="upper right", fontsize=8)
     timeline.scatter([r["start_s"] for r in ok], [r["latency_s"] * 1000 for r in ok], s=6, label="succeeded")
     if bad:
         timeline.scatter([r["start_s"] for r in bad], [r["latency_s"] * 1000 for r in bad], s=12,
@@ -150,12 +170,15 @@ def plot(records, path):
     timeline.set(title="Latency over time", xlabel="request start (s)", ylabel="ms")
     timeline.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    # The title and the percentiles also go in the PNG's text chunks, for tools (and tests) that read files.
+    marks = ", ".join(f"{name} {latency[name + '_ms']} ms" for name, _ in PERCENTILE_MARKS)
+    fig.savefig(path, dpi=100, metadata={"Title": plot_title(args, summary, date), "Description": marks})
     plt.close(fig)
 
 
 def main(argv=None):
     args = parse_args(argv)
+    settings.check()
     try:
         path, data = read_image(args.image)
     except ValueError as exc:
@@ -168,16 +191,17 @@ def main(argv=None):
         return 130
     summary = report(records, elapsed)
     print_report(summary, args.url)
+    date = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     if args.json:
         with open(args.json, "w") as f:
             # When and where it ran, so a saved report can be compared with another honestly.
-            ran = {"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": platform.node(),
+            ran = {"date": date, "host": platform.node(),
                    "machine": f"{os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
                               f"{platform.platform()}"}
             json.dump(dict(summary, ran=ran, url=args.url, image=path, requests=records), f, indent=1)
         print(f"report       {args.json}")
     if args.plot:
-        plot(records, args.plot)
+        plot(records, args.plot, args, summary, date)
         print(f"plot         {args.plot}")
     return 1 if summary["failed"] else 0
 

@@ -7,7 +7,6 @@ so 8-9 pt here is 8-9 pt on the page.
     python docs/diagrams.py OUTDIR      # writes every diagram as OUTDIR/NAME.svg
 """
 import os
-import sys
 
 import matplotlib
 
@@ -302,5 +301,9 @@ def build_all(outdir):
 
 
 if __name__ == "__main__":
-    for name, p in build_all(sys.argv[1] if len(sys.argv) > 1 else "docs/build/figures").items():
+    import argparse
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("outdir", nargs="?", default="docs/build/figures",
+                        help="folder for the SVG files (default: %(default)s)")
+    for name, p in build_all(parser.parse_args().outdir).items():
         print(p)
