@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 
+from PIL import Image
+
 from conftest import REPO, free_port, grey_png, standin_label
 
 
@@ -53,6 +55,12 @@ def test_stress_test_joins_every_request_and_writes_json_and_png(service, tmp_pa
     assert len(body["requests"]) == 20 and body["latency_ok"]["p50_ms"] > 0
     assert body["ran"]["date"].endswith("Z") and "cores" in body["ran"]["machine"]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The figure says how it was made and marks the percentiles (also written to the PNG's text chunks).
+    info = Image.open(plot).info
+    assert info["Title"].startswith("20 requests, one every 0.01 s, at most 5 in flight")
+    assert url + "/predict" in info["Title"] and body["ran"]["date"][:10] in info["Title"]
+    lat = body["latency_ok"]
+    assert info["Description"] == f"p50 {lat['p50_ms']} ms, p95 {lat['p95_ms']} ms, p99 {lat['p99_ms']} ms"
 
 
 def test_stress_test_counts_failures_by_status_and_exits_non_zero(service, tmp_path):

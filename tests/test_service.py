@@ -35,8 +35,8 @@ def test_castle_round_trip_in_the_course_shape(service):
     health = requests.get(url + "/healthz", timeout=5)
     assert health.status_code == 200
     assert health.json()["live_workers"] == 1 and health.json()["redis"] == "ok"
-    # The result was read and deleted; only the live worker's registration and heartbeat remain.
-    assert [k.split(":")[1] for k in service.keys()] == ["heartbeat", "workers"]
+    # The result was read and deleted; only the live worker's registration, heartbeat and model record remain.
+    assert [k.split(":")[1] for k in service.keys()] == ["heartbeat", "worker_models", "workers"]
 
 
 def test_castle_through_the_real_classifier(service):
