@@ -18,6 +18,7 @@ redis: $(VENV)/.installed
 	$(PY) launcher.py redis
 
 test: $(VENV)/.installed
+	$(PY) -m ruff check .
 	$(PY) -m pytest
 
 clean:
