@@ -48,6 +48,11 @@ def parse_args(argv=None):
 if __name__ == "__main__":
     parse_args()  # --help, and a wrong setting, end here: nothing below has connected or started yet
     settings.check()
+elif settings.errors:
+    # Imported by gunicorn, whose config (gunicorn.conf.py) should have called settings.check() already: never
+    # serve on defaults put in place of wrong values. Exit code 3 is gunicorn's "worker failed to boot", on
+    # which the master stops rather than start the worker again and again.
+    settings.check("run_web_server", code=3)
 
 app = Flask(__name__)
 # Werkzeug refuses a larger body before reading it, so nothing over the cap is ever decoded.

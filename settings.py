@@ -26,16 +26,16 @@ def refuse(name, value, accepted):
     errors.append(f"invalid setting {name}={value!r}: expected {accepted}")
 
 
-def check(program=None):
+def check(program=None, code=2):
     """At an entry point's start: if any setting was refused, print one line per refusal to stderr and
-    exit with code 2 (no traceback). Returns quietly when everything is valid."""
+    exit with `code` (2; no traceback). Returns quietly when everything is valid."""
     if not errors:
         return
     program = program or os.path.basename(sys.argv[0] if sys.argv and sys.argv[0] else "python")
     for line in errors:
         print(f"{program}: {line}", file=sys.stderr)
     sys.stderr.flush()
-    raise SystemExit(2)
+    raise SystemExit(code)
 
 
 def _bounds(kind, low, high, gt):

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, free_port
 
 import models
 import settings
@@ -105,3 +105,13 @@ def test_the_defaults_pass_their_own_checks_and_the_model_choices_match_models_p
     with open(os.path.join(REPO, "settings.py")) as f:
         choices = re.search(r'MODEL = _str\("MODEL", "auto", choices=\(([^)]*)\)', f.read()).group(1)
     assert {c.strip(' "') for c in choices.split(",")} == {"auto"} | set(models.INPUT_SIZES)
+
+
+def test_gunicorn_stops_on_a_bad_setting_instead_of_serving_defaults():
+    # Exit 2 once gunicorn.conf.py calls settings.check() (before binding); until then run_web_server's own
+    # check on import stops the worker with gunicorn's "failed to boot" code 3, and the master with it.
+    done = run(["-m", "gunicorn", "run_web_server:app"], timeout=120, BATCH_SIZE="x", PORT=str(free_port()),
+               WEB_PROCESSES="1")
+    assert done.returncode in (2, 3), (done.returncode, done.stderr[-2000:])
+    assert "invalid setting BATCH_SIZE='x': expected a whole number >= 1" in done.stderr
+    assert "Traceback" not in done.stderr
