@@ -189,3 +189,6 @@ if REDIS_URL and not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
 # A heartbeat that expires before the next one is sent makes every live worker look dead to its peers.
 if HEARTBEAT_TTL <= HEARTBEAT_INTERVAL and not _refused("HEARTBEAT_TTL", "HEARTBEAT_INTERVAL"):
     refuse("HEARTBEAT_TTL", HEARTBEAT_TTL, f"more than HEARTBEAT_INTERVAL ({HEARTBEAT_INTERVAL:g} s)")
+# A result that expires before the waiting request's next poll is lost whenever a notification is.
+if RESULT_TTL <= POLL_INTERVAL and not _refused("RESULT_TTL", "POLL_INTERVAL"):
+    refuse("RESULT_TTL", RESULT_TTL, f"more than POLL_INTERVAL ({POLL_INTERVAL:g} s)")

@@ -31,6 +31,7 @@ BAD = [
     ("NOTIFICATIONS", "maybe", "0/false"),
     ("REDIS_URL", "localhost:6379", "redis://"),
     ("HEARTBEAT_TTL", "1", "more than HEARTBEAT_INTERVAL"),  # a combination: 1 s against the default 5 s
+    ("RESULT_TTL", "1", "more than POLL_INTERVAL"),  # a combination: 1 s against the default 1 s poll
 ]
 ENTRY_POINTS = ["run_model_server.py", "run_web_server.py", "simple_request.py", "stress_test.py"]
 
