@@ -62,14 +62,16 @@ class Worker:
     # --- heartbeat ---------------------------------------------------------------------------------
     def _heartbeat(self):
         hb_queue = JobQueue(connect(socket_timeout=5), self.queue.prefix)
-        healthy, announced = True, False
+        healthy, announced = True, None
         while not self.stopping.is_set():
             try:
                 requeued = hb_queue.beat(self.id)
-                if not announced or not healthy:  # after the first beat, and again if Redis lost it
+                # The model record for /healthz: after the first beat, after an outage, and once a minute in
+                # case Redis restarted between two beats or a /healthz pruned it while this worker stalled.
+                if announced is None or not healthy or time.monotonic() - announced > workerinfo.REFRESH_S:
                     workerinfo.announce(hb_queue.redis, hb_queue.prefix, self.id, self.model.name,
                                         workerinfo.runtime_of(self.model))
-                    announced = True
+                    announced = time.monotonic()
                 if requeued:
                     log("worker.recovered", worker=self.id, requeued=requeued, reason="dead worker's jobs")
                 if not healthy:

@@ -1,8 +1,8 @@
 """Which model each live worker serves, for GET /healthz (beside the flow, not in it).
 
 A worker records its model and runtime once it is registered (announce, from run_model_server.py's heartbeat
-thread, after its first beat and again after Redis comes back) and deletes the record when it retires
-(forget). /healthz lists the live workers (registered, heartbeat present) with their records (serving);
+thread: after its first beat, after Redis comes back, and every REFRESH_S) and deletes the record when it
+retires (forget). /healthz lists the live workers (registered, heartbeat present) with their records (serving);
 records of workers that died without retiring are pruned there, so the hash never outgrows the live workers
 by more than the dead ones since the last /healthz.
 """
@@ -12,9 +12,14 @@ import time
 
 import keys
 
+REFRESH_S = 60  # a lost record (Redis restarted between two beats) is back within this; one HSET a minute
+
 
 def runtime_of(model):
-    """What runs the model: "tensorflow 2.21.0" for the Keras models, "numpy 2.4.6" for the stand-in."""
+    """What runs the model: its own `runtime` attribute when it has one, else "tensorflow 2.21.0" for the
+    Keras models and "numpy 2.4.6" for the stand-in."""
+    if getattr(model, "runtime", None):
+        return str(model.runtime)
     tf = sys.modules.get("tensorflow")
     if model.name != "standin" and tf is not None:
         return f"tensorflow {tf.__version__}"
