@@ -4,7 +4,7 @@ Each setting is read from an environment variable of the same name, with the def
 The web server, the model worker, the launcher, the tests and the benchmarks all import this module,
 so a reader finds every default in one look (the README's configuration table lists the same names).
 
-Validation: a reader may give limits or choices, `_int("PORT", 5000, low=1, high=65535)`,
+Validation: a setting's line may give limits or choices, `_int("PORT", 5000, low=1, high=65535)`,
 `_str("LOG_FORMAT", "text", choices=("text", "json"))`. A value that is not accepted is recorded in
 `errors` (one line naming the variable, the value and what is accepted) and the default is used in its
 place, so importing this module never fails and never exits (tests and libraries import it). Every entry
