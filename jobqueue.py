@@ -14,6 +14,7 @@ import time
 import redis
 
 import keys
+import redisconn
 import settings
 
 # Refuse the job when the queue is full, else append it: one atomic step, so MAX_QUEUE_LENGTH holds
@@ -55,13 +56,13 @@ return requeued
 
 
 def connect(url=None, **options):
-    """A Redis client for REDIS_URL (redis://, rediss://, with password) that fails fast when Redis is down."""
-    url = url or settings.REDIS_URL or f"redis://127.0.0.1:{settings.EMBEDDED_REDIS_PORT}/0"
+    """A Redis client for REDIS_URL (one Redis, Sentinel or Cluster: see redisconn.py) that fails fast when
+    Redis is down."""
     options.setdefault("socket_connect_timeout", settings.REDIS_CONNECT_TIMEOUT)
     # One quick retry covers a pooled connection that went stale when Redis restarted; more would turn
     # an outage into a slow answer instead of a fast 503.
     options.setdefault("retry", redis.retry.Retry(redis.backoff.NoBackoff(), 1))
-    return redis.Redis.from_url(url, **options)
+    return redisconn.connect(url, **options)
 
 
 class JobQueue:

@@ -16,6 +16,7 @@ import time
 import redis
 
 import keys
+import redisconn
 import settings
 from logutil import log
 
@@ -94,20 +95,17 @@ class ResultWaiter:
                 event.set()
 
     def _listen(self):
-        kwargs = self.redis.connection_pool.connection_kwargs
-        channel = f"__keyspace@{kwargs.get('db', 0)}__:{keys.result_pattern(self.prefix)}"
-        prefix = f"__keyspace@{kwargs.get('db', 0)}__:"
-        # Its own connection with no read timeout: an idle subscriber sends Redis nothing. No retry: redis-py
-        # would reconnect and resubscribe silently, and the events published meanwhile would be lost without
-        # the wake-up below; a disconnection must reach this loop.
-        client = redis.Redis(connection_pool=redis.ConnectionPool(
-            connection_class=self.redis.connection_pool.connection_class,
-            **dict(kwargs, socket_timeout=None, socket_keepalive=True,
-                   retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0))))
+        # The keyspace events of a key are published on the node that holds it; Sentinel's current primary is
+        # asked for again on every reconnect (redisconn.subscriber).
+        sample_key = keys.result("x", self.prefix)
         backoff = 0.1
         while True:
-            pubsub = client.pubsub(ignore_subscribe_messages=True)
+            pubsub = None
             try:
+                client, db = redisconn.subscriber(self.redis, sample_key)
+                channel = f"__keyspace@{db}__:{keys.result_pattern(self.prefix)}"
+                prefix = f"__keyspace@{db}__:"
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
                 self.config_ok = enable_notifications(client)
                 pubsub.psubscribe(channel)
                 pubsub.get_message(timeout=1.0)  # wait for the subscription to be confirmed
@@ -133,4 +131,5 @@ class ResultWaiter:
                 log("listener.error", level="ERROR", error=repr(exc))
                 time.sleep(1.0)
             finally:
-                pubsub.close()
+                if pubsub is not None:
+                    pubsub.close()

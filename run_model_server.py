@@ -23,6 +23,7 @@ import redis
 import activity
 import job as jobs
 import models
+import redisconn
 import settings
 import workerinfo
 from jobqueue import JobQueue, connect
@@ -174,7 +175,7 @@ class Worker:
         if self._heartbeat_thread:
             self._heartbeat_thread.join(timeout=10)
         try:
-            self.queue.redis.connection_pool.disconnect()  # a pop cut short leaves its connection unusable
+            redisconn.disconnect(self.queue.redis)  # a pop cut short leaves its connection unusable
             returned = self.queue.retire(self.id)
             workerinfo.forget(self.queue.redis, self.queue.prefix, self.id)
             log("worker.stopped", worker=self.id, returned=returned)

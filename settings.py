@@ -110,6 +110,8 @@ def _bool(name, default):
 # --- Redis ---------------------------------------------------------------------------------------
 # Unset means "make run starts an embedded redis-server on 127.0.0.1:EMBEDDED_REDIS_PORT".
 # Passwords and TLS go in the URL: redis://:secret@host:6379/0, rediss://user:secret@host:6380/0.
+# Sentinel: redis+sentinel://:secret@s1:26379,s2:26379/mymaster/0; Cluster: redis+cluster://:secret@node:7000/
+# (with a hash tag in KEY_PREFIX). redisconn.py reads it.
 REDIS_URL = _str("REDIS_URL", "")
 EMBEDDED_REDIS_PORT = _int("EMBEDDED_REDIS_PORT", 6379, low=1, high=65535)
 # Prefix of every key the service writes, so several deployments can share one Redis (see keys.py).
