@@ -185,9 +185,16 @@ def _refused(*names):
 
 
 # redis-py would fail later, inside a request, with a less helpful message. The password is not shown.
-if REDIS_URL and not REDIS_URL.startswith(("redis://", "rediss://", "unix://")):
+_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://", "redis+cluster://",
+            "rediss+cluster://")
+if REDIS_URL and not REDIS_URL.startswith(_SCHEMES):
     refuse("REDIS_URL", re.sub(r":[^:@/]*@", ":***@", REDIS_URL),
-           "empty, or a URL starting redis://, rediss:// or unix://")
+           "empty, or a URL starting " + ", ".join(_SCHEMES))
+# Redis Cluster: one deployment's keys must share one hash slot, or the scripts would be refused (CROSSSLOT).
+_tag = KEY_PREFIX.find("{")
+if REDIS_URL.startswith(("redis+cluster://", "rediss+cluster://")) and not (
+        _tag >= 0 and KEY_PREFIX.find("}", _tag + 2) > _tag):
+    refuse("KEY_PREFIX", KEY_PREFIX, f"a hash tag with Redis Cluster, e.g. {{{KEY_PREFIX}}}")
 # A heartbeat that expires before the next one is sent makes every live worker look dead to its peers.
 if HEARTBEAT_TTL <= HEARTBEAT_INTERVAL and not _refused("HEARTBEAT_TTL", "HEARTBEAT_INTERVAL"):
     refuse("HEARTBEAT_TTL", HEARTBEAT_TTL, f"more than HEARTBEAT_INTERVAL ({HEARTBEAT_INTERVAL:g} s)")
