@@ -31,8 +31,10 @@ def _pixels_input(array, binary=True):
 
 
 def _top(classification_row):
-    """tritonclient gives BYTES as bytes: b"0.935:483:castle" → (0.935, 483, "castle")."""
-    score, index, label = classification_row.decode().split(":", 2)
+    """b"0.935:483:castle" (binary data) or "0.935:483:castle" (JSON) → (0.935, 483, "castle")."""
+    if isinstance(classification_row, bytes):
+        classification_row = classification_row.decode()
+    score, index, label = classification_row.split(":", 2)
     return float(score), int(index), label
 
 
@@ -66,7 +68,8 @@ def test_tritonclient_classifies_castle_with_the_real_model(service):
     castle_index = int(np.argmax(probabilities[0]))
     assert probabilities[0, castle_index] > 0.8
     # The same file with the classification extension (class_count), as JSON tensors this time.
-    result = client.infer("efficientnet_lite0", [_bytes_input([castle], binary=False)],
+    # In JSON an encoded file travels as base64 text (tritonclient sends JSON BYTES as UTF-8 strings).
+    result = client.infer("efficientnet_lite0", [_bytes_input([base64.b64encode(castle)], binary=False)],
                           outputs=[httpclient.InferRequestedOutput("PROBABILITIES", binary_data=False, class_count=3)])
     top = [_top(row) for row in result.as_numpy("PROBABILITIES")[0]]
     assert top[0][2] == "castle" and top[0][1] == castle_index and top[0][0] > 0.8
