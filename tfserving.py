@@ -88,7 +88,7 @@ def blueprint(queue, waiter):
     def predict(name):
         started = time.monotonic()
         protocol_v2.check_model(name)
-        body = request.get_json(silent=True)
+        body = request.get_json(force=True, silent=True)  # TF Serving needs no Content-Type
         if body is None:
             raise protocol_v2.ProtocolError("the request is not JSON (Content-Type: application/json)")
         instances = _instances(body)
