@@ -24,6 +24,7 @@ import time
 import numpy as np
 import redis
 from flask import Blueprint, jsonify, request
+from werkzeug.exceptions import HTTPException
 
 import classify
 import job as jobs
@@ -66,6 +67,21 @@ def error_response(status, message, **headers):
     response.status_code = status
     response.headers.update(headers)
     return response
+
+
+def install_error_handlers(bp):
+    """Werkzeug's errors (413 body too large ...) and crashes in this protocol's shape, {"error": ...}."""
+
+    @bp.errorhandler(HTTPException)
+    def http_error(exc):
+        if exc.code == 413:
+            return error_response(413, f"body larger than MAX_UPLOAD_BYTES ({settings.MAX_UPLOAD_BYTES} bytes)")
+        return error_response(exc.code, exc.description)
+
+    @bp.errorhandler(Exception)
+    def crashed(exc):
+        log("request.crashed", level="ERROR", error=repr(exc))
+        return error_response(500, "internal error (logged on the server)")
 
 
 # --- running several images: each its own job ----------------------------------------------------------
@@ -183,6 +199,19 @@ def _flatten(data):
         yield data
 
 
+def _uint8_from_json(name, data, shape, count):
+    """JSON numbers (flat, or nested as the shape) → uint8 array of `shape`; numpy parses the list in C."""
+    try:
+        array = np.asarray(data)
+    except ValueError:  # ragged nesting
+        raise ProtocolError(f"input {name}: 'data' is not a regular list of numbers")
+    if array.dtype.kind not in "iu" or (array.size and (array.min() < 0 or array.max() > 255)):
+        raise ProtocolError(f"input {name}: UINT8 values are integers 0..255")
+    if array.size != count:
+        raise ProtocolError(f"input {name}: {array.size} values for shape {shape} ({count} expected)")
+    return array.astype(np.uint8).reshape(shape)
+
+
 def _shape(tensor):
     shape = tensor.get("shape")
     if not (isinstance(shape, list) and all(isinstance(n, int) and n >= 0 for n in shape)):
@@ -221,8 +250,8 @@ def read_input(request_json, tail, input_size):
     else:
         if "data" not in tensor:
             raise ProtocolError(f"input {name} has neither 'data' nor parameters.binary_data_size")
-        values = list(_flatten(tensor["data"]))
         if datatype == "BYTES":
+            values = list(_flatten(tensor["data"]))
             images = []
             for i, value in enumerate(values):
                 if isinstance(value, dict) and isinstance(value.get("b64"), str):
@@ -235,11 +264,7 @@ def read_input(request_json, tail, input_size):
                     raise ProtocolError(f"input {name} element {i} is not base64 (encoded image files travel "
                                         "as base64 in JSON, or as binary data)")
         else:
-            if len(values) != count:
-                raise ProtocolError(f"input {name}: {len(values)} values for shape {shape} ({count} expected)")
-            if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= 255 for v in values):
-                raise ProtocolError(f"input {name}: UINT8 values are integers 0..255")
-            return check_pixels(np.asarray(values, dtype=np.uint8).reshape(shape), input_size)
+            return check_pixels(_uint8_from_json(name, tensor["data"], shape, count), input_size)
     if len(images) != count:
         raise ProtocolError(f"input {name}: {len(images)} elements for shape {shape} ({count} expected)")
     return images  # encoded: prepared by the caller
@@ -300,6 +325,8 @@ def blueprint(queue, waiter):
             return error_response(exc.status, str(exc), **({"Retry-After": "1"} if exc.status == 503 else {}))
         log("request.rejected", level="WARNING", status=exc.status, error=str(exc))
         return error_response(exc.status, str(exc))
+
+    install_error_handlers(bp)
 
     def ready():
         try:

@@ -75,6 +75,8 @@ def blueprint(queue, waiter):
         return protocol_v2.error_response(exc.status, str(exc),
                                           **({"Retry-After": "1"} if exc.status == 503 else {}))
 
+    protocol_v2.install_error_handlers(bp)
+
     @bp.get("/v1/models/<name>")
     def status(name):
         protocol_v2.check_model(name)

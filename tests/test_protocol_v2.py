@@ -112,7 +112,8 @@ def test_a_batch_of_8_images_gets_8_answers_each_its_own(service):
 
 
 def test_protocol_errors_are_json_in_the_protocol_shape(service):
-    url, _ = service.start_web()  # no worker: the requests below must fail before any job is made
+    # No worker: the requests below must fail before any job is made. A small body cap, to test it cheaply.
+    url, _ = service.start_web(MAX_UPLOAD_BYTES="100000")
     infer = url + "/v2/models/standin/infer"
 
     def post(body, **kwargs):
@@ -133,6 +134,11 @@ def test_protocol_errors_are_json_in_the_protocol_shape(service):
     assert status == 400 and "PROBABILITIES" in message
     response = requests.post(infer, data=b"\x89PNG not json", timeout=30)
     assert response.status_code == 400 and "JSON" in response.json()["error"]
+    status, message = post({"inputs": [dict(one, data=["A" * 200_000])]})
+    assert status == 413 and "MAX_UPLOAD_BYTES" in message
+    status, message = post({"inputs": [{"name": "PIXELS", "datatype": "UINT8", "shape": [1, 224, 224, 3],
+                                        "data": [[1, 2], [3]]}]})
+    assert status == 400 and "regular" in message
     response = requests.post(url + "/v2/models/nope/infer", json={"inputs": []}, timeout=30)
     assert response.status_code == 404 and "nope" in response.json()["error"]
     # Valid, but no worker is alive: not ready, in the protocol's terms.
