@@ -65,3 +65,22 @@ def test_a_request_without_one_gets_a_fresh_trace(service):
     trace = response.headers["traceparent"].split("-")[1]
     assert response.status_code == 400
     assert [line for line in lines_with(web.log_text(), trace) if "request.rejected" in line]
+
+
+def test_the_job_carries_the_trace_and_asks_for_probabilities_only_when_told():
+    import json
+
+    import numpy as np
+
+    import job
+    pixels = np.zeros((224, 224, 3), np.uint8)
+    plain = json.loads(job.make_job("a", pixels, 30))
+    assert "trace" not in plain and "outputs" not in plain  # outside a request, and /predict's default
+    tracing.begin(f"00-{TRACE}-{PARENT}-01")
+    try:
+        traced = json.loads(job.make_job("b", pixels, 30, outputs="probabilities"))
+    finally:
+        tracing.end()
+    assert traced["trace"] == TRACE and traced["outputs"] == "probabilities"
+    row = np.random.default_rng(0).random(1000, dtype=np.float32)
+    assert np.array_equal(job.decode_probabilities(job.encode_probabilities(row)), row)
