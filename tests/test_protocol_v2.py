@@ -167,3 +167,20 @@ def test_tf_serving_predict_and_status(service):
     assert requests.post(url + "/v1/models/standin:predict", json={"rows": []}, timeout=30).status_code == 400
     missing = requests.get(url + "/v1/models/resnet50", timeout=5)
     assert missing.status_code == 404 and "error" in missing.json()
+
+
+def test_a_batch_that_cannot_finish_takes_all_its_jobs_back(service):
+    """No worker: a full queue midway through a request's images (503), or no answer in time (504), leaves
+    none of that request's jobs on the queue."""
+    full_url, _ = service.start_web(MAX_QUEUE_LENGTH="3")
+    slow_url, _ = service.start_web(REQUEST_TIMEOUT="1")
+    body = {"inputs": [{"name": "IMAGE", "datatype": "BYTES", "shape": [5],
+                        "data": [base64.b64encode(grey_png(level)).decode() for level in range(5)]}]}
+    response = requests.post(full_url + "/v2/models/standin/infer", json=body, timeout=30)
+    assert response.status_code == 503 and "full" in response.json()["error"]
+    assert response.headers["Retry-After"]
+    assert service.redis().llen(f"{service.prefix}:queue") == 0
+
+    response = requests.post(slow_url + "/v2/models/standin/infer", json=body, timeout=30)
+    assert response.status_code == 504 and "REQUEST_TIMEOUT" in response.json()["error"]
+    assert service.redis().llen(f"{service.prefix}:queue") == 0

@@ -84,3 +84,13 @@ def test_the_job_carries_the_trace_and_asks_for_probabilities_only_when_told():
     assert traced["trace"] == TRACE and traced["outputs"] == "probabilities"
     row = np.random.default_rng(0).random(1000, dtype=np.float32)
     assert np.array_equal(job.decode_probabilities(job.encode_probabilities(row)), row)
+
+
+def test_json_log_lines_carry_the_trace_too(service):
+    import json
+    url, web = service.start_web(LOG_FORMAT="json")
+    response = requests.post(url + "/predict", files={"image": ("a.txt", b"not an image")}, timeout=10,
+                             headers={"traceparent": f"00-{TRACE}-{PARENT}-01"})
+    assert response.status_code == 400
+    records = [json.loads(line) for line in web.log_text().splitlines() if line.startswith("{")]
+    assert [r for r in records if r["action"] == "request.rejected" and r.get("trace") == TRACE], records
