@@ -29,7 +29,7 @@ if _script == "__main__.py":  # `python -m gunicorn ...`: name the package that 
     _script = os.path.basename(os.path.dirname(sys.argv[0]))
 _threshold = LEVELS.get(settings.LOG_LEVEL, 20)
 # Fields every line of the current context carries (tracing.py puts the request's trace id here).
-context = contextvars.ContextVar("log_context", default={})
+context = contextvars.ContextVar("log_context", default=None)
 
 
 def _timestamp(now):

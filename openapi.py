@@ -54,10 +54,12 @@ def document():
                 "binary_data": {"type": "boolean"}}}}}}}}
     infer_response = {"type": "object", "required": ["model_name", "outputs"], "properties": {
         "model_name": {"type": "string"}, "model_version": {"type": "string"}, "id": {"type": "string"},
-        "parameters": {"type": "object"}, "outputs": {"type": "array", "items": {"$ref": "#/components/schemas/Tensor"}}}}
+        "parameters": {"type": "object"},
+        "outputs": {"type": "array", "items": {"$ref": "#/components/schemas/Tensor"}}}}
     binary = {"application/octet-stream": {"schema": {
-        "type": "string", "format": "binary", "description": "binary tensor data extension: a JSON header of "
-                                                             "Inference-Header-Content-Length bytes, then the tensors"}}}
+        "type": "string", "format": "binary",
+        "description": "binary tensor data extension: a JSON header of Inference-Header-Content-Length bytes, "
+                       "then the tensors"}}}
     trace_headers = [
         {"name": "traceparent", "in": "header", "required": False, "schema": {"type": "string"},
          "description": "W3C trace context; its trace id is logged by the web server and the worker, and echoed"},

@@ -68,7 +68,7 @@ def begin(traceparent=None, request_id=None):
 def end():
     # gthread reuses threads: a later request on this thread must not inherit this one's trace.
     _current.set(None)
-    logutil.context.set({})
+    logutil.context.set(None)
 
 
 def install(app):
