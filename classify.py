@@ -61,14 +61,15 @@ class Pending:
         self.waiter.unregister(self.id)
 
 
-def submit(queue, waiter, pixels, job_id=None, deadline=None):
+def submit(queue, waiter, pixels, job_id=None, deadline=None, outputs=None):
     """Push one job for `pixels` (uint8 h x w x 3) and return its Pending. Raises QueueFull, or a Redis error.
 
     deadline: time.monotonic() by which the client stops waiting (default: now + REQUEST_TIMEOUT).
+    outputs: "probabilities" to get the whole probability vector back too (job.make_job).
     """
     job_id = job_id or jobs.new_id()
     deadline = time.monotonic() + settings.REQUEST_TIMEOUT if deadline is None else deadline
-    job_text = jobs.make_job(job_id, pixels, max(deadline - time.monotonic(), 0.0))
+    job_text = jobs.make_job(job_id, pixels, max(deadline - time.monotonic(), 0.0), outputs=outputs)
     event = waiter.register(job_id)  # listen before pushing: the answer may come back at once
     pending = Pending(queue, waiter, job_id, job_text, event, deadline)
     try:

@@ -9,6 +9,8 @@
     {prefix}:live:watched        string  exists while a browser page shows the live view (value: since when)
     {prefix}:live:batches        list    one compact record per batch, newest first, capped (only while watched)
     {prefix}:live:requests       list    one record per web process per second of answers, capped (ditto)
+    {prefix}:stats:metrics       hash    the workers' Prometheus counters and histogram buckets (metrics.py)
+    {prefix}:stats:{name}        string  a counter of the service (requeued, dead_lettered ...)
 
 The prefix (KEY_PREFIX) lets several deployments, or several test runs, share one Redis.
 """
@@ -53,6 +55,17 @@ def live_batches(prefix=None):
 
 def live_requests(prefix=None):
     return _k("live", "requests", prefix=prefix)
+
+
+def metrics(prefix=None):
+    """Hash of the workers' counters and histogram buckets, fields "model|series" (metrics.py). Never expires:
+    counters must outlive the processes that add to them."""
+    return _k("stats", "metrics", prefix=prefix)
+
+
+def stat(name, prefix=None):
+    """A counter of the service, e.g. stat("requeued"), stat("dead_lettered")."""
+    return _k("stats", name, prefix=prefix)
 
 
 def result_pattern(prefix=None):

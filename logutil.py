@@ -11,6 +11,7 @@ web server under gunicorn, `run_web_server.py` under Flask's own server), pid, l
 key=value fields. The web server and the worker both log the request id as `id=`, so
 `grep id=<id>` over all logs shows one request's whole path. LOG_FORMAT=json writes the same as JSON lines.
 """
+import contextvars
 import json
 import os
 import socket
@@ -27,6 +28,8 @@ _script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python
 if _script == "__main__.py":  # `python -m gunicorn ...`: name the package that runs
     _script = os.path.basename(os.path.dirname(sys.argv[0]))
 _threshold = LEVELS.get(settings.LOG_LEVEL, 20)
+# Fields every line of the current context carries (tracing.py puts the request's trace id here).
+context = contextvars.ContextVar("log_context", default=None)
 
 
 def _timestamp(now):
@@ -56,6 +59,9 @@ def log(action, level="INFO", **fields):
     """Write one event. `level` is DEBUG, INFO, WARNING or ERROR; LOG_LEVEL hides the ones below it."""
     if LEVELS.get(level, 20) < _threshold:
         return
+    extra = context.get()
+    if extra:
+        fields = {**extra, **fields}
     line = format_line(action, level, **fields)
     with _lock:
         sys.stderr.write(line + "\n")

@@ -22,6 +22,7 @@ import redis
 
 import activity
 import job as jobs
+import metrics
 import models
 import redisconn
 import settings
@@ -30,6 +31,11 @@ from jobqueue import JobQueue, connect
 from logutil import log
 
 REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+
+
+def _trace(job):
+    """The request's trace id for the job's log lines (tracing.py), when the web server sent one."""
+    return {"trace": job["trace"]} if isinstance(job.get("trace"), str) else {}
 
 
 class Interrupted(Exception):
@@ -116,17 +122,19 @@ class Worker:
         """Classify one batch and write its results. Bad entries get an error result (or a log line when
         they carry no id); they never stop the rest of the batch."""
         taken = time.time()
-        results, good = {}, []
+        results, good, expired, bad = {}, [], 0, 0
         for raw in raws:
             try:
                 job, pixels = jobs.parse_job(raw, self.model.input_size)
             except jobs.BadJob as exc:
                 log("job.bad", level="WARNING", worker=self.id, id=exc.job_id, error=str(exc))
+                bad += 1
                 if exc.job_id:
                     results[exc.job_id] = jobs.make_result(exc.job_id, error=str(exc))
                 continue
             if jobs.expired(job, taken):
-                log("job.expired", worker=self.id, id=job["id"], reason="its client stopped waiting")
+                log("job.expired", worker=self.id, id=job["id"], **_trace(job), reason="its client stopped waiting")
+                expired += 1
                 continue
             good.append((job, pixels))
         if good:
@@ -142,13 +150,19 @@ class Worker:
                     results[job["id"]] = jobs.make_result(job["id"], error="the model failed on this batch")
                     continue
                 queue_ms = round((taken - job.get("enqueued", taken)) * 1000, 2)
+                extra = {}
+                if job.get("outputs") == "probabilities":  # the protocol endpoints want the whole vector
+                    extra["probabilities"] = jobs.encode_probabilities(probabilities[i])
                 results[job["id"]] = jobs.make_result(
                     job["id"], model=self.model.name, batch=len(good), queue_ms=queue_ms,
                     inference_ms=inference_ms,
-                    predictions=jobs.top_predictions(probabilities[i], self.model.labels))
-                log("job.done", worker=self.id, id=job["id"], batch=len(good), queue_ms=queue_ms,
-                    inference_ms=inference_ms)
+                    predictions=jobs.top_predictions(probabilities[i], self.model.labels), **extra)
+                log("job.done", worker=self.id, id=job["id"], **_trace(job), batch=len(good),
+                    queue_ms=queue_ms, inference_ms=inference_ms)
         self._write(results)
+        metrics.record_batch(self.queue, self.model.name, len(good), inference_ms / 1000 if good else 0.0,
+                             [max(taken - job.get("enqueued", taken), 0.0) for job, _ in good],
+                             failed=len(good) if good and probabilities is None else 0, expired=expired, bad=bad)
         if good:  # the page's live view: one script call, a record only while a page watches
             activity.batch_done(self.queue, self.id, self.model.name, len(good), inference_ms)
 

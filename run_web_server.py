@@ -14,21 +14,24 @@ header and, in every JSON answer (errors too), the field "id". For POST /predict
 """
 import argparse
 import json
-import os
 import re
 import time
 import uuid
 
 import redis
 from flask import Flask, g, jsonify, request
-from prometheus_client import REGISTRY, CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client import multiprocess
 from werkzeug.exceptions import HTTPException
 
 import classify
 import live
+import metrics
 import models
+import openapi
+import probes
+import protocol_v2
 import settings
+import tfserving
+import tracing
 import workerinfo
 from helpers import BadImage, prepare_image
 from jobqueue import JobQueue, connect
@@ -63,10 +66,14 @@ waiter = ResultWaiter(queue.redis)
 waiter.start()  # gunicorn imports this module in each worker process, after forking: one listener each
 INPUT_SIZE = models.input_size()
 app.register_blueprint(live.blueprint(queue.redis))  # the page: GET / for browsers, GET /activity
+tracing.install(app)  # traceparent / X-Request-ID: in every log line and the job, echoed in the response
+metrics.install(app, queue)  # counts every answer; GET /metrics (web processes + workers' figures in Redis)
+app.register_blueprint(probes.blueprint(queue))  # GET /livez, /readyz
+app.register_blueprint(protocol_v2.blueprint(queue, waiter))  # Open Inference Protocol v2: /v2/...
+app.register_blueprint(tfserving.blueprint(queue, waiter))  # TF Serving REST: /v1/models/...
+app.register_blueprint(openapi.blueprint())  # GET /openapi.json
 
-REQUESTS = Counter("predict_requests_total", "POST /predict answers, by HTTP status", ["status"])
-LATENCY = Histogram("predict_seconds", "Time to answer a successful POST /predict",
-                    buckets=(.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
+REQUESTS, LATENCY = metrics.PREDICT_REQUESTS, metrics.PREDICT_LATENCY
 
 
 # --- request ids -------------------------------------------------------------------------------------
@@ -78,7 +85,8 @@ QUIET_PATHS = ("/activity", "/metrics", "/healthz", "/static/")  # polled: their
 @app.before_request
 def request_id_start():
     given = request.headers.get("X-Request-ID", "")
-    g.request_id = given if SANE_REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
+    # Without one, the request's id is its W3C trace id (tracing.py, which runs first): one id to grep for.
+    g.request_id = given if SANE_REQUEST_ID.fullmatch(given) else (tracing.trace_id() or uuid.uuid4().hex)
     # Two clients may send the same id; the job id (a Redis key, a waiter's slot) must still be unique.
     g.job_id = g.request_id if g.request_id != given else f"{given}-{uuid.uuid4().hex[:8]}"
     g.request_started = time.monotonic()
@@ -119,9 +127,14 @@ def index():
         return live.page()
     return jsonify(service="Keras + Redis image classifier",
                    usage="curl -F image=@castle_image.jpg http://HOST:PORT/predict",
+                   openapi="/openapi.json",
                    endpoints={"POST /predict": "classify an image (multipart field 'image')",
                               "GET /healthz": "Redis, queue length and live workers",
                               "GET /metrics": "Prometheus metrics",
+                              "GET /livez, /readyz": "probes: process up; Redis and a worker ready",
+                              "POST /v2/models/{name}/infer": "Open Inference Protocol v2 (KServe, Triton clients)",
+                              "POST /v1/models/{name}:predict": "TF Serving REST",
+                              "GET /openapi.json": "OpenAPI 3 document of every endpoint",
                               "GET /activity": "the page's live figures: queue, workers, batches, req/s, p50/p95",
                               "GET / (browser)": "the page: classify an image, watch the queue"})
 
@@ -153,6 +166,7 @@ def predict():
     total = time.monotonic() - started
     REQUESTS.labels("200").inc()
     LATENCY.observe(total)
+    metrics.served(result.get("model"))
     g.done_fields = {"model": result.get("model")}  # request.done (request_id_done) logs it
     return jsonify(success=True, id=g.request_id, model=result.get("model"), predictions=result["predictions"],
                    timings={"prepare_ms": round((prepared - started) * 1000, 2),
@@ -180,15 +194,6 @@ def healthz():
     if not ok:
         status["problem"] = "no live model worker"
     return jsonify(ok=ok, **status), 200 if ok else 503
-
-
-@app.get("/metrics")
-def metrics():
-    registry = REGISTRY
-    if "PROMETHEUS_MULTIPROC_DIR" in os.environ:  # several gunicorn processes: add them all up
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
-    return generate_latest(registry), 200, {"Content-Type": CONTENT_TYPE_LATEST}
 
 
 @app.errorhandler(HTTPException)

@@ -146,6 +146,8 @@ MAX_UPLOAD_BYTES = _int("MAX_UPLOAD_BYTES", 10 * 1024 * 1024, low=1)
 # Refuse images whose decoded size would exceed this many pixels (decompression bombs).
 MAX_IMAGE_PIXELS = _int("MAX_IMAGE_PIXELS", 40_000_000, low=1)
 MAX_QUEUE_LENGTH = _int("MAX_QUEUE_LENGTH", 1000, low=1)
+# Most images one request of the standard protocols may carry (v2 infer, TF Serving predict); each is a job.
+MAX_REQUEST_IMAGES = _int("MAX_REQUEST_IMAGES", 64, low=1)
 
 # --- Workers' liveness ---------------------------------------------------------------------------
 # A worker refreshes its heartbeat key every HEARTBEAT_INTERVAL s; the key lives HEARTBEAT_TTL s.

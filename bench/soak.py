@@ -125,8 +125,8 @@ def main(argv=None):
                     used = redis_client.info("memory")["used_memory"]
                 except Exception:
                     keys, used = None, None
-                samples.append({"t": round(time.time() - t0, 1), "keys": keys, "redis_mb": used and round(used / 2**20, 2),
-                                "rss_mb": procs})
+                samples.append({"t": round(time.time() - t0, 1), "keys": keys,
+                                "redis_mb": used and round(used / 2**20, 2), "rss_mb": procs})
                 stop.wait(5)
 
         threading.Thread(target=sampler, daemon=True).start()
@@ -238,8 +238,8 @@ def plot(out, path):
         for ax in (a, b, c):
             ax.axvline(ev["t"], color="grey", linestyle=":", linewidth=0.8)
     s = out["summary"]
-    fig.suptitle(f"Soak: {s['minutes']:g} min, {s['rate']:g} req/s started, {s['model']}, {s['worker_kills']} worker kills "
-                 f"(dotted), {s['requests']} requests, {s['failures']} failures ({out['when']})", fontsize=9)
+    fig.suptitle(f"Soak: {s['minutes']:g} min, {s['rate']:g} req/s started, {s['model']}, {s['worker_kills']} worker "
+                 f"kills (dotted), {s['requests']} requests, {s['failures']} failures ({out['when']})", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
