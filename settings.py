@@ -59,6 +59,10 @@ NOTIFICATIONS = _bool("NOTIFICATIONS", True)
 MAX_UPLOAD_BYTES = _int("MAX_UPLOAD_BYTES", 10 * 1024 * 1024)
 # Refuse images whose decoded size would exceed this many pixels (decompression bombs).
 MAX_IMAGE_PIXELS = _int("MAX_IMAGE_PIXELS", 40_000_000)
+# Uploads one web process decodes at once (each may hold up to ~5 bytes per pixel of MAX_IMAGE_PIXELS).
+DECODE_CONCURRENCY = _int("DECODE_CONCURRENCY", 2)
+# Seconds an upload waits for a decode slot before the request is answered 503 + Retry-After.
+DECODE_WAIT = _float("DECODE_WAIT", 2.0)
 MAX_QUEUE_LENGTH = _int("MAX_QUEUE_LENGTH", 1000)
 
 # --- Workers' liveness ---------------------------------------------------------------------------
