@@ -6,7 +6,8 @@ course's float32 (four times larger). The worker applies the model's own normali
 
 Decoding is bounded whatever the upload:
 - only the formats in FORMATS are opened (Pillow itself would try ~40, each a decoder to trust);
-- the header alone is checked against MAX_IMAGE_PIXELS before any pixel is decoded;
+- the header alone is checked against MAX_IMAGE_PIXELS, and the memory its decoder will take
+  (decode_bytes, measured per format) against MAX_DECODE_MB, before any pixel is decoded;
 - the image is resized to the model's size in its own mode (JPEG even decodes at 1/2, 1/4 or 1/8 scale)
   and converted to 8-bit RGB only then, so no full-size copy in another mode is ever made;
 - at most DECODE_CONCURRENCY uploads per process are decoded at once; one that cannot get a slot within
@@ -41,6 +42,22 @@ PngImagePlugin.MAX_TEXT_MEMORY = 1024 * 1024
 
 _slots = threading.BoundedSemaphore(max(1, settings.DECODE_CONCURRENCY))
 
+
+def _return_big_blocks_to_the_system():
+    """Pillow allocates images in 16 MB blocks. glibc's malloc raises its mmap threshold after the first such
+    block is freed, so later ones come from per-thread heaps that keep them: with 64 request threads, RSS
+    grew to ~9x the memory the decode slots allow (measured). A fixed threshold makes every block over 1 MB
+    an mmap that free() gives back. No-op off glibc."""
+    try:
+        import ctypes
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1024 * 1024)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
+
+
+_return_big_blocks_to_the_system()
+
 # EXIF orientation → the transpose that shows the image upright (as ImageOps.exif_transpose does).
 _ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
                 4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
@@ -72,6 +89,33 @@ def _orientation(image):
         return int(image.getexif().get(0x0112, 1))
     except Exception:  # a corrupt EXIF block: show the image as stored rather than refuse it
         return 1
+
+
+# Bytes per pixel Pillow holds for each mode (RGB, LA and the 32-bit modes take 4).
+_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+
+
+def decode_bytes(image):
+    """Peak memory the decode of this opened (not yet loaded) image will take, from its header alone.
+
+    Measured per decoder on 10-megapixel files (bench/decode.py --memory): baseline JPEG decodes at the
+    reduced scale (~0.2 B/px); progressive JPEG keeps all DCT coefficients, 2 bytes per sample; PNG, GIF,
+    TIFF, BMP hold the full image in its mode, plus a full RGBA copy for palette and alpha images (expanded
+    and premultiplied before the resize); WebP's decoder keeps its own canvas besides Pillow's (16.6 B/px).
+    """
+    pixels = image.width * image.height
+    if image.format in ("JPEG", "MPO"):
+        bands = len(image.getbands())
+        per_pixel = 2.0 * bands if image.info.get("progressive") or image.info.get("progression") else 0.5
+    elif image.format == "WEBP":
+        per_pixel = 17.0
+    else:
+        per_pixel = _MODE_BYTES.get(image.mode, 4) + 0.5  # + the decoder's own buffers, measured
+        if image.mode in ("P", "PA", "RGBA", "LA", "La", "RGBa") or "transparency" in image.info:
+            per_pixel += 4 + (4 if image.mode in ("P", "PA") else 0)
+        elif image.mode == "1":
+            per_pixel += 1
+    return int(pixels * per_pixel)
 
 
 def _small_to_rgb(image):
@@ -139,6 +183,10 @@ def prepare_image(data, size):
                            f"({settings.MAX_IMAGE_PIXELS})", status=413)
         if image.width < 1 or image.height < 1:
             raise BadImage(f"image declares {image.width}x{image.height} pixels")
+        needs = decode_bytes(image)
+        if needs > settings.MAX_DECODE_MB * 2**20:
+            raise BadImage(f"a {image.width}x{image.height} {fmt} image needs about {needs / 2**20:.0f} MB to decode, "
+                           f"more than MAX_DECODE_MB ({settings.MAX_DECODE_MB})", status=413)
         if not _slots.acquire(timeout=settings.DECODE_WAIT):
             log("decode.busy", level="WARNING", format=fmt, pixels=image.width * image.height)
             raise DecodeBusy()
@@ -156,8 +204,11 @@ def prepare_image(data, size):
     except Exception as exc:
         # Truncated files, corrupt chunks, unsupported sub-formats, and whatever else a decoder raises
         # (RuntimeError, NotImplementedError, MemoryError ...): the client's file, so a 400, never a 500.
+        # The usual kinds are logged by the caller's request.rejected; others are worth a look.
         message = str(exc)[:200] or type(exc).__name__
-        log("decode.failed", level="WARNING", format=fmt, type=type(exc).__name__, error=message)
+        usual = isinstance(exc, (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, KeyError))
+        log("decode.failed", level="DEBUG" if usual else "WARNING", format=fmt, type=type(exc).__name__,
+            error=message)
         raise BadImage(f"the 'image' file could not be decoded ({fmt}): {message}") from None
     if array.shape != (height, width, 3):
         raise BadImage(f"the image decoded to an unexpected shape {array.shape}")

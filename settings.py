@@ -59,7 +59,9 @@ NOTIFICATIONS = _bool("NOTIFICATIONS", True)
 MAX_UPLOAD_BYTES = _int("MAX_UPLOAD_BYTES", 10 * 1024 * 1024)
 # Refuse images whose decoded size would exceed this many pixels (decompression bombs).
 MAX_IMAGE_PIXELS = _int("MAX_IMAGE_PIXELS", 40_000_000)
-# Uploads one web process decodes at once (each may hold up to ~5 bytes per pixel of MAX_IMAGE_PIXELS).
+# Most memory one decode may take, in MB, estimated from the image's header (helpers.decode_bytes); 413 above.
+MAX_DECODE_MB = _int("MAX_DECODE_MB", 256)
+# Uploads one web process decodes at once: its decoding memory stays under this x MAX_DECODE_MB.
 DECODE_CONCURRENCY = _int("DECODE_CONCURRENCY", 2)
 # Seconds an upload waits for a decode slot before the request is answered 503 + Retry-After.
 DECODE_WAIT = _float("DECODE_WAIT", 2.0)
