@@ -99,18 +99,23 @@ def decode_bytes(image):
     """Peak memory the decode of this opened (not yet loaded) image will take, from its header alone.
 
     Measured per decoder on 10-megapixel files (bench/decode.py --memory): baseline JPEG decodes at the
-    reduced scale (~0.2 B/px); progressive JPEG keeps all DCT coefficients, 2 bytes per sample; PNG, GIF,
+    reduced scale (~0.2 B/px); progressive JPEG keeps all DCT coefficients, 2 bytes per sample (3.2 B/px
+    at 4:2:0); PNG, GIF,
     TIFF, BMP hold the full image in its mode, plus a full RGBA copy for palette and alpha images (expanded
     and premultiplied before the resize); WebP's decoder keeps its own canvas besides Pillow's (16.6 B/px).
     """
     pixels = image.width * image.height
     if image.format in ("JPEG", "MPO"):
-        bands = len(image.getbands())
-        per_pixel = 2.0 * bands if image.info.get("progressive") or image.info.get("progression") else 0.5
+        per_pixel = 0.5
+        if image.info.get("progressive") or image.info.get("progression"):
+            # 2 bytes per DCT coefficient, one per sample of each component (chroma is often subsampled).
+            layers = getattr(image, "layer", None) or [(None, 1, 1, None)] * len(image.getbands())
+            top = max(h for _, h, _, _ in layers) * max(v for _, _, v, _ in layers)
+            per_pixel += 2.0 * sum(h * v for _, h, v, _ in layers) / top
     elif image.format == "WEBP":
         per_pixel = 17.0
     else:
-        per_pixel = _MODE_BYTES.get(image.mode, 4) + 0.5  # + the decoder's own buffers, measured
+        per_pixel = _MODE_BYTES.get(image.mode, 4) + 0.8  # + the decoder's own buffers, measured
         if image.mode in ("P", "PA", "RGBA", "LA", "La", "RGBa") or "transparency" in image.info:
             per_pixel += 4 + (4 if image.mode in ("P", "PA") else 0)
         elif image.mode == "1":

@@ -116,12 +116,15 @@ BUDGET_MB = 48  # MAX_DECODE_MB for the test: the bound scales with it, and a sm
 
 def worst_case_uploads():
     """Uploads sized to just fit BUDGET_MB by decode_bytes, of the formats that take the most per pixel."""
-    webp_side = int((BUDGET_MB * 2**20 / 17) ** 0.5) - 8      # WebP: 17 B/px
-    png_side = int((BUDGET_MB * 2**20 / 2.5) ** 0.5) - 8      # 16-bit PNG: 2.5 B/px
-    rgba_side = int((BUDGET_MB * 2**20 / 8.5) ** 0.5) - 8     # RGBA PNG: 8.5 B/px
+    def side(per_pixel):  # as near the budget as decode_bytes allows
+        return int((BUDGET_MB * 2**20 / per_pixel) ** 0.5 * 0.99)
+    webp_side, png_side, rgba_side = side(17), side(2.8), side(8.8)  # WebP, 16-bit PNG, RGBA PNG
     webp = save(Image.new("RGBA", (webp_side, webp_side), (9, 9, 9, 255)), "WEBP", lossless=True, method=0)
     rgba = save(Image.new("RGBA", (rgba_side, rgba_side), (9, 9, 9, 255)), "PNG")
-    return [webp, big_16bit_png(png_side), rgba]
+    uploads = [webp, big_16bit_png(png_side), rgba]
+    for data in uploads:  # each just inside the budget: the worst an attacker can send
+        assert 0.9 < helpers.decode_bytes(Image.open(io.BytesIO(data))) / (BUDGET_MB * 2**20) < 1
+    return uploads
 
 
 def process_rss(pid):
