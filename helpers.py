@@ -43,20 +43,22 @@ PngImagePlugin.MAX_TEXT_MEMORY = 1024 * 1024
 _slots = threading.BoundedSemaphore(max(1, settings.DECODE_CONCURRENCY))
 
 
+_malloc_tuned = False
+
+
 def _return_big_blocks_to_the_system():
     """Pillow allocates images in 16 MB blocks. glibc's malloc raises its mmap threshold after the first such
     block is freed, so later ones come from per-thread heaps that keep them: with 64 request threads, RSS
     grew to ~9x the memory the decode slots allow (measured). A fixed threshold makes every block over 1 MB
-    an mmap that free() gives back. No-op off glibc."""
+    an mmap that free() gives back. Done on the first decode, so only processes that decode uploads get it
+    (the model worker imports this module for base64 and keeps malloc's defaults). No-op off glibc."""
+    global _malloc_tuned
+    _malloc_tuned = True
     try:
         import ctypes
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 1024 * 1024)  # M_MMAP_THRESHOLD
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1024 * 1024)  # M_MMAP_THRESHOLD
     except (OSError, AttributeError):
         pass
-
-
-_return_big_blocks_to_the_system()
 
 # EXIF orientation → the transpose that shows the image upright (as ImageOps.exif_transpose does).
 _ORIENTATION = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
@@ -177,6 +179,8 @@ def prepare_image(data, size):
     """
     if not data:
         raise BadImage("the 'image' file is empty")
+    if not _malloc_tuned:
+        _return_big_blocks_to_the_system()
     height, width = size
     fmt = "?"
     try:
