@@ -154,13 +154,16 @@ def test_server_still_serves_after_all_of_it(web):
     assert " 500 " not in proc.log_text() and "request.crashed" not in proc.log_text()
 
 
-def test_exif_rotation_is_applied():
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP", "TIFF"])
+def test_exif_rotation_is_applied(fmt):
     # Left half black, right half white, stored with EXIF orientation 6 ("rotate 90° clockwise to view").
+    # JPEG's EXIF is read from the header, before the scaled decode; the others' after the decode.
     array = np.zeros((40, 60, 3), np.uint8)
     array[:, 30:] = 255
     exif = Image.Exif()
     exif[0x0112] = 6
-    data = encode(Image.fromarray(array), "JPEG", exif=exif.tobytes(), quality=95)
+    options = {"tiffinfo": {0x0112: 6}} if fmt == "TIFF" else {"exif": exif.tobytes()}
+    data = encode(Image.fromarray(array), fmt, quality=95, **options)
     pixels = prepare_image(data, (224, 224)).astype(int)
     # Viewed upright, the white half is at the bottom, the black half on top.
     assert pixels[:100].mean() < 30 and pixels[124:].mean() > 225
