@@ -57,9 +57,8 @@ POLL_INTERVAL = _float("POLL_INTERVAL", 1.0)
 # Off = polling only (the course's way); on = keyspace notifications wake the waiting request.
 NOTIFICATIONS = _bool("NOTIFICATIONS", True)
 MAX_UPLOAD_BYTES = _int("MAX_UPLOAD_BYTES", 10 * 1024 * 1024)
-# Refuse images whose decoded size would exceed this many pixels (decompression bombs). This bounds a
-# decode's time (a 10 Mpx RGBA PNG took 0.2-0.7 s on a busy 2-core VM); its memory is bounded by
-# MAX_DECODE_MB, per format.
+# Refuse images whose decoded size would exceed this many pixels (decompression bombs).
+# It bounds a decode's time (a 10 Mpx RGBA PNG took 0.2-0.7 s on a busy 2-core VM); MAX_DECODE_MB its memory.
 MAX_IMAGE_PIXELS = _int("MAX_IMAGE_PIXELS", 40_000_000)
 # Most memory one decode may take, in MB, estimated from the image's header (helpers.decode_bytes); 413 above.
 MAX_DECODE_MB = _int("MAX_DECODE_MB", 256)
