@@ -112,8 +112,8 @@ def decode_bytes(image):
         if image.info.get("progressive") or image.info.get("progression"):
             # 2 bytes per DCT coefficient, one per sample of each component (chroma is often subsampled).
             layers = getattr(image, "layer", None) or [(None, 1, 1, None)] * len(image.getbands())
-            top = max(h for _, h, _, _ in layers) * max(v for _, _, v, _ in layers)
-            per_pixel += 2.0 * sum(h * v for _, h, v, _ in layers) / top
+            top = max(1, max(h for _, h, _, _ in layers) * max(v for _, _, v, _ in layers))  # 0: corrupt,
+            per_pixel += 2.0 * sum(h * v for _, h, v, _ in layers) / top  # libjpeg will say so
     elif image.format == "WEBP":
         per_pixel = 17.0
     else:
