@@ -149,7 +149,7 @@ def predict():
         pixels = prepare_image(upload.read(), INPUT_SIZE)
     except BadImage as exc:
         log("request.rejected", level="WARNING", id=g.request_id, status=exc.status, error=str(exc))
-        return error(exc.status, str(exc))
+        return error(exc.status, str(exc), **exc.headers)  # DecodeBusy: 503 + Retry-After
     prepared = time.monotonic()
 
     try:

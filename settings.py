@@ -144,7 +144,14 @@ POLL_INTERVAL = _float("POLL_INTERVAL", 1.0, gt=0)
 NOTIFICATIONS = _bool("NOTIFICATIONS", True)
 MAX_UPLOAD_BYTES = _int("MAX_UPLOAD_BYTES", 10 * 1024 * 1024, low=1)
 # Refuse images whose decoded size would exceed this many pixels (decompression bombs).
+# It bounds a decode's time (a 10 Mpx RGBA PNG took 0.2-0.7 s on a busy 2-core VM); MAX_DECODE_MB its memory.
 MAX_IMAGE_PIXELS = _int("MAX_IMAGE_PIXELS", 40_000_000, low=1)
+# Most memory one decode may take, in MB, estimated from the image's header (helpers.decode_bytes); 413 above.
+MAX_DECODE_MB = _int("MAX_DECODE_MB", 256, low=1)
+# Uploads one web process decodes at once: its decoding memory stays under this x MAX_DECODE_MB.
+DECODE_CONCURRENCY = _int("DECODE_CONCURRENCY", 2, low=1)
+# Seconds an upload waits for a decode slot before the request is answered 503 + Retry-After.
+DECODE_WAIT = _float("DECODE_WAIT", 2.0, low=0)
 MAX_QUEUE_LENGTH = _int("MAX_QUEUE_LENGTH", 1000, low=1)
 # Most images one request of the standard protocols may carry (v2 infer, TF Serving predict); each is a job.
 MAX_REQUEST_IMAGES = _int("MAX_REQUEST_IMAGES", 64, low=1)

@@ -14,6 +14,7 @@ Legacy layout (torch.save(..., _use_new_zipfile_serialization=False)), one after
   per storage: 8-byte little-endian element count, then the raw elements
 """
 import collections
+import os
 import pickle
 
 import numpy as np
@@ -29,8 +30,13 @@ STORAGE_DTYPES = {
 }
 
 
+# More dimensions than any real weight tensor has; a crafted file with thousands would only cost time.
+MAX_DIMS = 16
+
+
 class UnsafeWeights(pickle.UnpicklingError):
-    """The file asks for something a tensor state dict never needs (or is not a legacy torch file)."""
+    """The file asks for something a tensor state dict never needs, is not a legacy torch file, or is
+    inconsistent (a tensor outside its storage, a storage shorter than it says)."""
 
 
 class _Storage:
@@ -46,7 +52,28 @@ class _TensorRef:
     def __init__(self, storage, offset, size, stride):
         self.storage, self.offset, self.size, self.stride = storage, offset, tuple(size), tuple(stride)
 
+    def check(self):
+        """Refuse a tensor that would reach outside its storage. as_strided trusts its arguments: a size or
+        stride past the storage's end reads (and may crash on) memory that is not the file's."""
+        if self.storage.array is None:
+            raise UnsafeWeights("a tensor refers to a storage whose bytes are not in the file")
+        numel = self.storage.array.size
+        if not (len(self.size) <= MAX_DIMS and len(self.stride) == len(self.size)):
+            raise UnsafeWeights(f"tensor with {len(self.size)} sizes and {len(self.stride)} strides")
+        values = (self.offset,) + self.size + self.stride
+        if not all(type(v) is int and v >= 0 for v in values):
+            raise UnsafeWeights(f"tensor offset, sizes and strides must be non-negative integers: "
+                                f"{self.offset!r}, {self.size!r}, {self.stride!r}")
+        if 0 in self.size:  # an empty tensor reads nothing
+            extent = 0
+        else:  # one past the last element it reads
+            extent = 1 + sum((n - 1) * s for n, s in zip(self.size, self.stride))
+        if self.offset + extent > numel or (extent == 0 and self.offset > numel):
+            raise UnsafeWeights(f"tensor of size {self.size}, stride {self.stride} at offset {self.offset} reaches "
+                                f"past the end of its storage ({numel} elements)")
+
     def materialise(self):
+        self.check()
         flat = self.storage.array
         if not self.size:
             return flat[self.offset].copy()
@@ -98,6 +125,8 @@ class RestrictedUnpickler(pickle.Unpickler):
                 and isinstance(pid[1], _StorageType)):
             raise UnsafeWeights(f"unexpected persistent id {pid!r:.100}")
         _, storage_type, key, _location, numel = pid[:5]
+        if type(numel) is not int or numel < 0:
+            raise UnsafeWeights(f"storage {key!r:.50} has element count {numel!r:.50}")
         if key not in self.storages:
             self.storages[key] = _Storage(storage_type.dtype, numel)
         return self.storages[key]
@@ -123,9 +152,20 @@ def _materialise(value):
 def load_state_dict(path):
     """Return the state dict saved at `path` as an OrderedDict of name → numpy array.
 
-    Raises UnsafeWeights if the file names any global outside the allowed few, or is not a legacy torch file.
+    Raises UnsafeWeights if the file names any global outside the allowed few, is not a legacy torch file,
+    or is corrupt or inconsistent in any way (whatever the pickle machinery would raise on its own).
     """
+    try:
+        return _load_state_dict(path)
+    except UnsafeWeights:
+        raise
+    except Exception as exc:  # truncated pickles, wrong types where tuples belong, ...
+        raise UnsafeWeights(f"{path} is not a valid torch state dict: {type(exc).__name__}: {exc!s:.200}") from exc
+
+
+def _load_state_dict(path):
     with open(path, "rb") as f:
+        file_size = os.fstat(f.fileno()).st_size
         if f.read(2) == b"PK":
             raise UnsafeWeights(f"{path} is a zip-format torch file; only the legacy format is supported "
                                 f"(re-save with torch.save(..., _use_new_zipfile_serialization=False))")
@@ -140,11 +180,20 @@ def load_state_dict(path):
         unpickler = RestrictedUnpickler(f)
         state = unpickler.load()
         keys = _load_one(f)
+        if not isinstance(keys, list):
+            raise UnsafeWeights(f"{path}: the storage key list is a {type(keys).__name__}")
         for key in keys:
-            storage = unpickler.storages[key]
+            storage = unpickler.storages.get(key) if isinstance(key, (str, int)) else None
+            if storage is None:
+                raise UnsafeWeights(f"{path}: storage key {key!r:.50} is not used by any tensor")
             count = int.from_bytes(f.read(8), "little")
             if count != storage.numel:
                 raise UnsafeWeights(f"{path}: storage {key} holds {count} elements, the pickle said {storage.numel}")
-            raw = f.read(count * np.dtype(storage.dtype).itemsize)
+            size = count * np.dtype(storage.dtype).itemsize
+            if size > file_size - f.tell():  # checked first: read() would try to allocate it all
+                raise UnsafeWeights(f"{path}: storage {key} claims {size} bytes, more than the file has left")
+            raw = f.read(size)
+            if len(raw) != size:
+                raise UnsafeWeights(f"{path}: storage {key} is cut short ({len(raw)} of {size} bytes)")
             storage.array = np.frombuffer(raw, dtype=storage.dtype, count=count)
     return _materialise(state)
