@@ -32,7 +32,7 @@ SMALL = Image.new("RGB", (32, 32), (10, 200, 30))
 
 def test_readme_lists_exactly_the_accepted_formats():
     with open(f"{REPO}/README.md") as f:
-        line = next(l for l in f if l.startswith("Accepted formats:"))
+        line = next(row for row in f if row.startswith("Accepted formats:"))
     assert tuple(re.findall(r"`([A-Z0-9]+)`", line)) == helpers.FORMATS
 
 

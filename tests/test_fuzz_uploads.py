@@ -17,7 +17,6 @@ import requests
 from PIL import Image
 
 from conftest import TEST_ENV, Stack, grey_png, standin_label
-import helpers
 from helpers import BadImage, prepare_image
 
 SIZE = (224, 224)
@@ -172,7 +171,8 @@ def test_mutated_uploads_end_as_pixels_or_4xx():
                 peak_rss = max(peak_rss, rss())
     total = sum(counts.values())
     print(f"\n{total} cases: {counts}; slowest {slowest[0] * 1000:.0f} ms ({slowest[1]}); "
-          f"RSS {start_rss / 1e6:.0f} → peak seen {peak_rss / 1e6:.0f} MB, maxrss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3:.0f} MB")
+          f"RSS {start_rss / 1e6:.0f} → peak seen {peak_rss / 1e6:.0f} MB, "
+          f"maxrss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e3:.0f} MB")
     assert total == len(seeds) * CASES_PER_SEED
     assert counts.get("ok", 0) > total // 10 and sum(v for k, v in counts.items() if k != "ok") > total // 10
     # One decode at a time holds at most ~5 bytes per pixel of MAX_IMAGE_PIXELS (200 MB at the default);
