@@ -5,6 +5,9 @@
     {prefix}:workers             set     ids of the workers that have registered
     {prefix}:heartbeat:{worker}  string  exists while the worker is alive (refreshed, with a TTL)
     {prefix}:result:{job id}     string  the JSON result of one job, SET ... EX RESULT_TTL, read with GETDEL
+    {prefix}:attempts            hash    job id → how many workers died holding it (deleted when it is answered)
+    {prefix}:dead_letter         list    jobs that killed MAX_ATTEMPTS workers: a JSON reason line, newline, the job
+    {prefix}:counters            hash    running counts for /metrics: requeued, dead_lettered (never expire)
     {prefix}:live:watched        string  exists while a browser page shows the live view (value: since when)
     {prefix}:live:batches        list    one compact record per batch, newest first, capped (only while watched)
     {prefix}:live:requests       list    one record per web process per second of answers, capped (ditto)
@@ -36,6 +39,24 @@ def heartbeat(worker_id, prefix=None):
 
 def result(job_id, prefix=None):
     return _k("result", job_id, prefix=prefix)
+
+
+def attempts(prefix=None):
+    return _k("attempts", prefix=prefix)
+
+
+def dead_letter(prefix=None):
+    return _k("dead_letter", prefix=prefix)
+
+
+def counters(prefix=None):
+    return _k("counters", prefix=prefix)
+
+
+# Fields of counters(): jobs a live worker put back on the queue after their worker died, and jobs it
+# moved to the dead-letter list instead (HGET/HGETALL them; HINCRBY inside jobqueue's heartbeat script).
+COUNTER_REQUEUED = "requeued"
+COUNTER_DEAD_LETTERED = "dead_lettered"
 
 
 def live_watched(prefix=None):

@@ -36,9 +36,11 @@ class Worker:
     def __init__(self, model, client=None):
         self.model = model
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        # The read timeout must outlast the blocking pop.
-        self.queue = JobQueue(client or connect(socket_timeout=settings.BLOCK_TIMEOUT + 10))
         self.stopping = threading.Event()
+        self._beat_now = threading.Event()  # set: the heartbeat thread beats at once (see _on_connect)
+        # The read timeout must outlast the blocking pop.
+        self.queue = JobQueue(client or connect(socket_timeout=settings.BLOCK_TIMEOUT + 10,
+                                                redis_connect_func=self._on_connect))
         self.stop_signal = None
         self._heartbeat_thread = None
         self._blocked = False  # True only inside take_batch, where a signal may interrupt
@@ -57,14 +59,20 @@ class Worker:
         signal.signal(signal.SIGINT, self._on_signal)
 
     # --- heartbeat ---------------------------------------------------------------------------------
+    def _on_connect(self, connection):
+        # The loop's connection is new: first start, or Redis is back (perhaps restarted, empty, without
+        # this worker's registration). Beat now rather than up to HEARTBEAT_INTERVAL later, so /healthz
+        # counts this worker as soon as it can take jobs again.
+        connection.on_connect()
+        self._beat_now.set()
+
     def _heartbeat(self):
         hb_queue = JobQueue(connect(socket_timeout=5), self.queue.prefix)
         healthy = True
         while not self.stopping.is_set():
+            self._beat_now.clear()
             try:
-                requeued = hb_queue.beat(self.id)
-                if requeued:
-                    log("worker.recovered", worker=self.id, requeued=requeued, reason="dead worker's jobs")
+                self._reap(hb_queue.beat(self.id))
                 if not healthy:
                     log("redis.back", worker=self.id)
                 healthy = True
@@ -72,7 +80,16 @@ class Worker:
                 if healthy:
                     log("redis.down", level="WARNING", worker=self.id, error=str(exc))
                 healthy = False
-            self.stopping.wait(settings.HEARTBEAT_INTERVAL)
+            # While Redis is away, try often: the first beat after it returns re-registers this worker.
+            self._beat_now.wait(settings.HEARTBEAT_INTERVAL if healthy else min(settings.HEARTBEAT_INTERVAL, 0.5))
+
+    def _reap(self, reaped):
+        requeued, dead_lettered = reaped
+        if requeued:
+            log("worker.recovered", worker=self.id, requeued=requeued, reason="dead worker's jobs")
+        for job_id in dead_lettered:
+            log("job.dead_lettered", level="ERROR", worker=self.id, id=job_id, attempts=settings.MAX_ATTEMPTS,
+                reason="its worker died each time: not retried, client told")
 
     # --- the loop ----------------------------------------------------------------------------------
     def run(self):
@@ -92,6 +109,7 @@ class Worker:
                 break
             except REDIS_ERRORS as exc:
                 self._blocked = False
+                self._beat_now.set()  # the heartbeat thread learns of the outage now and retries often
                 log("redis.unavailable", level="WARNING", worker=self.id, error=str(exc), retry_s=backoff)
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, 2.0)
@@ -161,6 +179,7 @@ class Worker:
 
     def shutdown(self):
         self.stopping.set()
+        self._beat_now.set()
         # A beat landing after retire() would register this worker again and leave its keys behind.
         if self._heartbeat_thread:
             self._heartbeat_thread.join(timeout=10)
