@@ -32,7 +32,11 @@ def test_poison_image_is_dead_lettered_after_max_attempts_and_everyone_else_is_a
     deaths, exit_codes = 0, []
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(levels) + 1) as pool:
         poison = pool.submit(post, url, POISON)
-        time.sleep(0.2)  # the poison first in the queue, so it lands in a batch with innocents
+        # The poison first in the queue (no worker yet), so the first batch holds it and seven innocents.
+        deadline = time.monotonic() + 60
+        while client.llen(keys.queue(service.prefix)) < 1:
+            assert time.monotonic() < deadline, "the poison was never queued"
+            time.sleep(0.02)
         innocents = {pool.submit(post, url, level): level for level in levels}
         give_up = time.monotonic() + 200
         while not poison.done():
