@@ -98,8 +98,12 @@ class Worker:
         self._heartbeat_thread = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
         self._heartbeat_thread.start()
         backoff = 0.1
+        orphans = False
         while not self.stopping.is_set():
             try:
+                if orphans:
+                    self._return_orphans()
+                    orphans = False
                 self._blocked = True
                 raws = self.queue.take_batch(self.id, settings.BATCH_SIZE, settings.BLOCK_TIMEOUT,
                                              settings.BATCH_WAIT_MS)
@@ -110,6 +114,7 @@ class Worker:
             except REDIS_ERRORS as exc:
                 self._blocked = False
                 self._beat_now.set()  # the heartbeat thread learns of the outage now and retries often
+                orphans = True
                 log("redis.unavailable", level="WARNING", worker=self.id, error=str(exc), retry_s=backoff)
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, 2.0)
@@ -119,6 +124,14 @@ class Worker:
         self._blocked = False
         log("worker.stopping", worker=self.id, signal=self.stop_signal)
         self.shutdown()
+
+    def _return_orphans(self):
+        # Between batches this worker's in-flight list is empty, so what is in it now was moved there by a
+        # take whose answer never came (BLMOVE done, then a timeout on a hung Redis or a cut connection):
+        # put it back on the queue, or the next batch's complete() would delete it unanswered.
+        returned = self.queue.return_inflight(self.id)
+        if returned:
+            log("worker.returned", worker=self.id, returned=returned, reason="a take cut short by Redis")
 
     def process(self, raws):
         """Classify one batch and write its results. Bad entries get an error result (or a log line when

@@ -263,3 +263,53 @@ def test_signal_handler_never_waits_for_the_log_lock():
     threading.Thread(target=handler_while_logging, daemon=True).start()
     assert finished.wait(10), "the signal handler blocked on the log lock"
     assert worker.stopping.is_set() and worker.stop_signal == "SIGTERM"
+
+
+def test_a_take_cut_short_by_redis_loses_no_job(redis_server, monkeypatch):
+    """BLMOVE moved a job into the worker's in-flight list, then Redis failed before the rest of the take
+    answered (on a hung Redis: a read timeout). The worker must put that job back before its next take,
+    not delete it unanswered with the next batch. The failure is injected once into the real worker's
+    real take, on the real Redis."""
+    import uuid
+
+    import numpy as np
+    import redis
+
+    import job as jobs
+    import keys
+    import models
+    import settings
+    from jobqueue import connect
+    from run_model_server import Worker
+
+    prefix = "cut" + uuid.uuid4().hex[:8]
+    for name, value in dict(KEY_PREFIX=prefix, REDIS_URL=redis_server.url, BLOCK_TIMEOUT=0.5, BATCH_SIZE=4,
+                            HEARTBEAT_INTERVAL=0.5).items():
+        monkeypatch.setattr(settings, name, value)
+    worker = Worker(models.StandinModel(), client=connect(socket_timeout=5))
+    real_take, failures = worker.queue._take, []
+
+    def take_cut_short(*args, **kwargs):
+        if not failures:
+            failures.append(1)
+            raise redis.ConnectionError("connection cut after BLMOVE (injected by the test)")
+        return real_take(*args, **kwargs)
+
+    worker.queue._take = take_cut_short
+    client = redis_server.client()
+    ids = ["first", "second"]
+    for n, job_id in enumerate(ids):
+        pixels = np.full((224, 224, 3), 50 + n, dtype=np.uint8)
+        client.rpush(keys.queue(prefix), jobs.make_job(job_id, pixels, 60))
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: all(client.exists(keys.result(i, prefix)) for i in ids), timeout=60)
+    finally:
+        worker.stopping.set()
+        thread.join(30)
+    assert failures == [1]
+    for n, job_id in enumerate(ids):
+        result = json.loads(client.getdel(keys.result(job_id, prefix)))
+        assert result["predictions"][0]["label"] == standin_label(50 + n)
+    assert client.keys(prefix + ":*") == []
