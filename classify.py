@@ -6,7 +6,8 @@
 POST /predict calls it once per upload; an endpoint that takes several images in one request submits them
 all first and then waits for each, so every image still travels as its own job and the workers batch
 them with everyone else's. Errors a client must hear about are exceptions with the HTTP status to answer:
-QueueFull (503), TimedOut (504), WorkerFailed (500); Redis errors propagate (the caller answers 503).
+QueueFull (503), TimedOut (504), WorkerFailed (500), PoisonJob (502); Redis errors propagate (the caller
+answers 503).
 """
 import json
 import time
@@ -32,6 +33,11 @@ class WorkerFailed(ClassifyError):
     status = 500
 
 
+class PoisonJob(ClassifyError):
+    """The image's job killed MAX_ATTEMPTS workers (the heartbeat script dead-lettered it): not retried."""
+    status = 502
+
+
 class Pending:
     """One job on the queue whose result has not been read yet."""
 
@@ -52,6 +58,10 @@ class Pending:
         finally:
             self.cancel()
         result = json.loads(raw)
+        if result.get("dead_letter"):
+            log("request.dead_lettered", level="ERROR", id=self.id, attempts=result.get("attempts"))
+            raise PoisonJob(f"this image crashed {result.get('attempts')} model workers (each died while "
+                            "classifying it); it was not retried and is kept in the dead-letter list")
         if "error" in result:
             log("request.failed", level="ERROR", id=self.id, error=result["error"])
             raise WorkerFailed(f"the worker could not classify the image: {result['error']}")

@@ -8,6 +8,7 @@ drops jobs that nobody ran.
 
 Life of a job:  queue --take_batch--> inflight:{worker} --complete--> result:{id} (deleted from inflight)
                                             \--beat() of a live worker, when {worker} is dead--> back to queue
+                                               (attempts:{id} + 1; at MAX_ATTEMPTS: dead_letter + an error result)
 """
 import time
 
@@ -24,34 +25,106 @@ if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[2]) then return -1 end
 return redis.call('RPUSH', KEYS[1], ARGV[1])
 """
 
+# The hash field a job's attempts are counted under: its id, read from the first bytes of the job (no
+# decoding of the ~200 KB job, and whatever follows the header may be any bytes); a job without a
+# readable id is counted under the SHA-1 of its bytes. Returns id (or nil), field.
+_JOB_FIELD = r"""
+local function job_field(job)
+  local id = string.match(string.sub(job, 1, 512), '"id"%s*:%s*"([%w_%-]+)"')
+  return id, id or ('sha1:' .. redis.sha1hex(job))
+end
+"""
+
 # Move up to ARGV[1] jobs from the head of the queue to the worker's in-flight list, atomically.
+# Returns {number of jobs whose worker died at least once (HLEN attempts), job, job, ...}: when the first
+# number is not 0 the batch may hold a suspect, and take_batch runs it alone (see _ISOLATE).
 _TAKE = """
 local jobs = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
 if #jobs > 0 then
   redis.call('LTRIM', KEYS[1], #jobs, -1)
   redis.call('RPUSH', KEYS[2], unpack(jobs))
 end
+table.insert(jobs, 1, redis.call('HLEN', KEYS[3]))
 return jobs
 """
 
+# The batch just taken is the last ARGV[1] entries of the in-flight list. If one of them was held by a
+# worker that died, keep only that one in flight and put the others back at the head of the queue, in
+# their order: a job that kills its worker then takes no batch-mates down with it next time, so only
+# the poison itself reaches MAX_ATTEMPTS. Returns the 1-based index of the job kept, or 0 (batch as is).
+_ISOLATE = _JOB_FIELD + """
+local jobs = redis.call('LRANGE', KEYS[1], -tonumber(ARGV[1]), -1)
+if #jobs < 2 then return 0 end
+local pick = 0
+for i, job in ipairs(jobs) do
+  local _, field = job_field(job)
+  if redis.call('HEXISTS', KEYS[3], field) == 1 then pick = i break end
+end
+if pick == 0 then return 0 end
+redis.call('LTRIM', KEYS[1], 0, -(#jobs + 1))
+redis.call('RPUSH', KEYS[1], jobs[pick])
+for i = #jobs, 1, -1 do
+  if i ~= pick then redis.call('LPUSH', KEYS[2], jobs[i]) end
+end
+return pick
+"""
+
 # Refresh this worker's heartbeat (registering it when the heartbeat was gone: first beat, a Redis
-# restart, or a peer that took it for dead), then put the in-flight jobs of every worker whose heartbeat
-# has expired back at the head of the queue (oldest first) and forget that worker. Returns jobs put back.
-# An idle worker beats every HEARTBEAT_INTERVAL, so this runs as few commands as it can.
-_BEAT = """
+# restart, or a peer that took it for dead), then deal with the in-flight jobs of every worker whose
+# heartbeat has expired, and forget that worker. Each such job counts one more attempt (attempts hash):
+# below MAX_ATTEMPTS it goes back at the head of the queue (oldest first); at MAX_ATTEMPTS it goes to the
+# dead-letter list (capped) and its client gets an error result at once, through the same SET + keyspace
+# notification as any result. All in one script, so a job is never both requeued and dead-lettered and
+# no count is lost when two live workers reap at once. An idle worker beats every HEARTBEAT_INTERVAL and
+# finds no dead peer: then this is SET + SMEMBERS + one EXISTS per peer.
+# Returns {requeued count, dead-lettered id, ...}.
+_BEAT = _JOB_FIELD + """
 if not redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2], 'GET') then
   redis.call('SADD', KEYS[1], ARGV[1])
 end
-local requeued = 0
+local requeued, dead = 0, {}
 for _, worker in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   if worker ~= ARGV[1] and redis.call('EXISTS', ARGV[3] .. worker) == 0 then
-    while redis.call('LMOVE', ARGV[4] .. worker, KEYS[3], 'RIGHT', 'LEFT') do
-      requeued = requeued + 1
+    local inflight = ARGV[4] .. worker
+    while true do
+      local job = redis.call('RPOP', inflight)  -- newest first: LPUSHed back, the oldest ends at the head
+      if not job then break end
+      local id, field = job_field(job)
+      local n = redis.call('HINCRBY', KEYS[4], field, 1)
+      if n >= tonumber(ARGV[5]) then
+        redis.call('HDEL', KEYS[4], field)
+        local reason = 'its model worker died ' .. n .. ' times while classifying it'
+        redis.call('LPUSH', KEYS[5], cjson.encode({id = id or field, reason = reason, attempts = n,
+                                                   worker = worker, at = tonumber(ARGV[10])}) .. '\\n' .. job)
+        redis.call('LTRIM', KEYS[5], 0, tonumber(ARGV[6]) - 1)
+        if id then
+          redis.call('SET', ARGV[7] .. id, cjson.encode({id = id, error = reason, dead_letter = true,
+                                                        attempts = n}), 'EX', ARGV[8])
+        end
+        table.insert(dead, id or field)
+      else
+        redis.call('EXPIRE', KEYS[4], ARGV[9])
+        redis.call('LPUSH', KEYS[3], job)
+        requeued = requeued + 1
+      end
     end
     redis.call('SREM', KEYS[1], worker)
   end
 end
-return requeued
+if requeued > 0 then redis.call('HINCRBY', KEYS[6], ARGV[11], requeued) end
+if #dead > 0 then redis.call('HINCRBY', KEYS[6], ARGV[12], #dead) end
+table.insert(dead, 1, requeued)
+return dead
+"""
+
+# /healthz in one round trip (a probe must answer within one REDIS_SOCKET_TIMEOUT): queue length and
+# how many registered workers still have a heartbeat.
+_STATUS = """
+local live = 0
+for _, worker in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  live = live + redis.call('EXISTS', ARGV[1] .. worker)
+end
+return {redis.call('LLEN', KEYS[1]), live}
 """
 
 
@@ -60,8 +133,11 @@ def connect(url=None, **options):
     Redis is down."""
     options.setdefault("socket_connect_timeout", settings.REDIS_CONNECT_TIMEOUT)
     # One quick retry covers a pooled connection that went stale when Redis restarted; more would turn
-    # an outage into a slow answer instead of a fast 503.
-    options.setdefault("retry", redis.retry.Retry(redis.backoff.NoBackoff(), 1))
+    # an outage into a slow answer instead of a fast 503. Connection errors only: a read that timed out
+    # is not sent again, because a hung Redis would double the wait, and a slow one may already have run
+    # the first (a second GETDEL would find the result gone, a second push would queue the job twice).
+    options.setdefault("retry", redis.retry.Retry(redis.backoff.NoBackoff(), 1,
+                                                  supported_errors=(redis.ConnectionError,)))
     return redisconn.connect(url, **options)
 
 
@@ -73,6 +149,9 @@ class JobQueue:
         self._push = client.register_script(_PUSH)
         self._take = client.register_script(_TAKE)
         self._beat = client.register_script(_BEAT)
+        self._isolate = client.register_script(_ISOLATE)
+        self._status = client.register_script(_STATUS)
+        self.attempts_key = keys.attempts(self.prefix)
 
     # --- web server side ---------------------------------------------------------------------------
     def push(self, job_text, max_length=None):
@@ -94,6 +173,28 @@ class JobQueue:
             return 0
         return self.redis.exists(*[keys.heartbeat(m, self.prefix) for m in members])
 
+    def status(self):
+        """(queue length, live workers) in one round trip, for /healthz."""
+        length, live = self._status(keys=[self.queue_key, keys.workers(self.prefix)],
+                                    args=[keys.heartbeat("", self.prefix)])
+        return length, live
+
+    def counters(self):
+        """The running counts of requeued and dead-lettered jobs (0 until the first happens)."""
+        raw = self.redis.hgetall(keys.counters(self.prefix))
+        counts = {keys.COUNTER_REQUEUED: 0, keys.COUNTER_DEAD_LETTERED: 0}
+        counts.update({k.decode(): int(v) for k, v in raw.items()})
+        return counts
+
+    def dead_letters(self, count=10):
+        """The newest dead-lettered jobs as (reason dict, raw job bytes), newest first."""
+        import json
+        out = []
+        for entry in self.redis.lrange(keys.dead_letter(self.prefix), 0, count - 1):
+            head, _, raw = entry.partition(b"\n")
+            out.append((json.loads(head), raw))
+        return out
+
     # --- worker side -------------------------------------------------------------------------------
     def take_batch(self, worker_id, batch_size, block_timeout, wait_ms=0.0):
         """Wait up to block_timeout s for a job, then take up to batch_size jobs into worker_id's
@@ -103,17 +204,26 @@ class JobQueue:
         if first is None:
             return []
         jobs = [first]
+        suspects = False  # True if some job's worker died once: then the batch may need isolating
         deadline = time.monotonic() + wait_ms / 1000.0
         while True:
             if len(jobs) < batch_size:
-                jobs += self._take(keys=[self.queue_key, inflight], args=[batch_size - len(jobs)])
+                taken = self._take(keys=[self.queue_key, inflight, self.attempts_key],
+                                   args=[batch_size - len(jobs)])
+                suspects = suspects or taken[0] > 0
+                jobs += taken[1:]
             remaining = deadline - time.monotonic()
             if len(jobs) >= batch_size or remaining <= 0:
-                return jobs
+                break
             more = self.redis.blmove(self.queue_key, inflight, max(remaining, 0.001), "LEFT", "RIGHT")
             if more is None:
-                return jobs
+                break
             jobs.append(more)
+        if suspects and len(jobs) > 1:
+            kept = self._isolate(keys=[inflight, self.queue_key, self.attempts_key], args=[len(jobs)])
+            if kept:
+                return [jobs[kept - 1]]
+        return jobs
 
     def complete(self, worker_id, results, ttl=None):
         """Write every result (job id → JSON) with a TTL and empty the in-flight list, in one transaction."""
@@ -121,6 +231,8 @@ class JobQueue:
         with self.redis.pipeline(transaction=True) as pipe:
             for job_id, text in results.items():
                 pipe.set(keys.result(job_id, self.prefix), text, ex=ttl)
+            if results:  # answered: a job that once lost its worker needs no attempt count any more
+                pipe.hdel(self.attempts_key, *results)
             pipe.delete(keys.inflight(worker_id, self.prefix))
             pipe.execute()
 
@@ -132,12 +244,22 @@ class JobQueue:
             moved += 1
         return moved
 
-    def beat(self, worker_id, ttl=None):
-        """Refresh worker_id's heartbeat and requeue dead workers' jobs. Returns the number requeued."""
+    def beat(self, worker_id, ttl=None, max_attempts=None):
+        """Refresh worker_id's heartbeat and deal with dead workers' jobs: requeue them, or dead-letter
+        those whose worker died max_attempts times. Returns (number requeued, [dead-lettered job ids])."""
         ttl = settings.HEARTBEAT_TTL if ttl is None else ttl
-        return self._beat(
-            keys=[keys.workers(self.prefix), keys.heartbeat(worker_id, self.prefix), self.queue_key],
-            args=[worker_id, int(ttl), keys.heartbeat("", self.prefix), keys.inflight("", self.prefix)])
+        max_attempts = settings.MAX_ATTEMPTS if max_attempts is None else max_attempts
+        # An attempt count matters while its job can still run: until the job's deadline (REQUEST_TIMEOUT
+        # after it was queued); after that the job is dropped on sight. Twice that, to be safe.
+        attempts_ttl = int(2 * settings.REQUEST_TIMEOUT + ttl) + 1
+        out = self._beat(
+            keys=[keys.workers(self.prefix), keys.heartbeat(worker_id, self.prefix), self.queue_key,
+                  self.attempts_key, keys.dead_letter(self.prefix), keys.counters(self.prefix)],
+            args=[worker_id, int(ttl), keys.heartbeat("", self.prefix), keys.inflight("", self.prefix),
+                  max(int(max_attempts), 1), max(settings.DEAD_LETTER_MAX, 1), keys.result("", self.prefix),
+                  settings.RESULT_TTL, attempts_ttl, round(time.time(), 3),
+                  keys.COUNTER_REQUEUED, keys.COUNTER_DEAD_LETTERED])
+        return out[0], [d.decode() for d in out[1:]]
 
     def retire(self, worker_id):
         """A worker leaving cleanly: return its jobs, drop its heartbeat and its registration."""

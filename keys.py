@@ -6,11 +6,13 @@
     {prefix}:heartbeat:{worker}  string  exists while the worker is alive (refreshed, with a TTL)
     {prefix}:worker_models       hash    worker id → JSON {model, runtime, since}: what each worker serves
     {prefix}:result:{job id}     string  the JSON result of one job, SET ... EX RESULT_TTL, read with GETDEL
+    {prefix}:attempts            hash    job id → how many workers died holding it (deleted when it is answered)
+    {prefix}:dead_letter         list    jobs that killed MAX_ATTEMPTS workers: a JSON reason line, newline, the job
+    {prefix}:counters            hash    running counts for /metrics: requeued, dead_lettered (never expire)
     {prefix}:live:watched        string  exists while a browser page shows the live view (value: since when)
     {prefix}:live:batches        list    one compact record per batch, newest first, capped (only while watched)
     {prefix}:live:requests       list    one record per web process per second of answers, capped (ditto)
     {prefix}:stats:metrics       hash    the workers' Prometheus counters and histogram buckets (metrics.py)
-    {prefix}:stats:{name}        string  a counter of the service (requeued, dead_lettered ...)
 
 The prefix (KEY_PREFIX) lets several deployments, or several test runs, share one Redis.
 """
@@ -45,6 +47,24 @@ def result(job_id, prefix=None):
     return _k("result", job_id, prefix=prefix)
 
 
+def attempts(prefix=None):
+    return _k("attempts", prefix=prefix)
+
+
+def dead_letter(prefix=None):
+    return _k("dead_letter", prefix=prefix)
+
+
+def counters(prefix=None):
+    return _k("counters", prefix=prefix)
+
+
+# Fields of counters(): jobs a live worker put back on the queue after their worker died, and jobs it
+# moved to the dead-letter list instead (HGET/HGETALL them; HINCRBY inside jobqueue's heartbeat script).
+COUNTER_REQUEUED = "requeued"
+COUNTER_DEAD_LETTERED = "dead_lettered"
+
+
 def live_watched(prefix=None):
     return _k("live", "watched", prefix=prefix)
 
@@ -61,11 +81,6 @@ def metrics(prefix=None):
     """Hash of the workers' counters and histogram buckets, fields "model|series" (metrics.py). Never expires:
     counters must outlive the processes that add to them."""
     return _k("stats", "metrics", prefix=prefix)
-
-
-def stat(name, prefix=None):
-    """A counter of the service, e.g. stat("requeued"), stat("dead_lettered")."""
-    return _k("stats", name, prefix=prefix)
 
 
 def result_pattern(prefix=None):

@@ -51,10 +51,11 @@ COUNTERS = {
     "jobs_expired": "Jobs dropped by a worker because their client had stopped waiting",
     "jobs_bad": "Queue entries a worker could not read as a job",
 }
-# Counters other parts of the service keep as plain Redis strings (keys.stat), exported when present.
+# Counters the queue's scripts keep in the hash keys.counters() (jobqueue.py's heartbeat script counts them).
 STATS = {
-    "requeued": ("imgq_jobs_requeued", "Jobs put back on the queue from workers found dead"),
-    "dead_lettered": ("imgq_jobs_dead_lettered", "Jobs set aside after failing too often"),
+    keys.COUNTER_REQUEUED: ("imgq_jobs_requeued", "Jobs put back on the queue from workers found dead"),
+    keys.COUNTER_DEAD_LETTERED: ("imgq_jobs_dead_lettered",
+                                 "Jobs set aside in the dead-letter list after killing MAX_ATTEMPTS workers"),
 }
 
 
@@ -106,8 +107,7 @@ class RedisCollector:
             pipe = self.redis.pipeline(transaction=False)
             pipe.llen(keys.queue(self.prefix))
             pipe.hgetall(keys.metrics(self.prefix))
-            for stat in STATS:
-                pipe.get(keys.stat(stat, self.prefix))
+            pipe.hmget(keys.counters(self.prefix), *STATS)
             for m in members:
                 pipe.exists(keys.heartbeat(m, self.prefix))
                 pipe.llen(keys.inflight(m, self.prefix))
@@ -120,16 +120,15 @@ class RedisCollector:
         up.add_metric([], 1)
         yield up
         queue_length, stored = answers[0], answers[1]
-        stats = answers[2:2 + len(STATS)]
-        live = answers[2 + len(STATS)::2]
-        inflight = answers[3 + len(STATS)::2]
+        stats = answers[2]
+        live = answers[3::2]
+        inflight = answers[4::2]
         yield GaugeMetricFamily("imgq_queue_length", "Jobs waiting on the queue", value=queue_length)
         yield GaugeMetricFamily("imgq_live_workers", "Workers whose heartbeat is alive", value=sum(live))
         yield GaugeMetricFamily("imgq_jobs_in_flight", "Jobs taken by workers and not yet answered",
                                 value=sum(inflight))
         for (name, (metric, help_text)), value in zip(STATS.items(), stats):
-            if value is not None:
-                yield CounterMetricFamily(metric, help_text, value=float(value))
+            yield CounterMetricFamily(metric, help_text, value=float(value or 0))
 
         series = {}  # model → {field: value}
         for field, value in stored.items():

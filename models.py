@@ -81,9 +81,18 @@ class StandinModel:
         if self.latency_ms:
             time.sleep(self.latency_ms / 1000.0)
         means = np.rint(batch.reshape(len(batch), -1).mean(axis=1)).astype(int)
+        _standin_crash_trigger(batch, means)
         probabilities = np.full((len(batch), 1000), 0.1 / 999, dtype=np.float32)
         probabilities[np.arange(len(batch)), means] = 0.9
         return probabilities
+
+
+def _standin_crash_trigger(batch, means):
+    """Poison-job tests: die at once, as a native crash would (no exception, no clean-up), when the batch
+    holds a solid image of grey level STANDIN_CRASH_LEVEL. Only the stand-in calls this; -1 (default): off."""
+    level = settings.STANDIN_CRASH_LEVEL
+    if level >= 0 and any(m == level and b.min() == b.max() for m, b in zip(means, batch)):
+        os._exit(70)
 
 
 _tf = None

@@ -66,15 +66,24 @@ class ResultWaiter:
 
     def wait(self, job_id, event, deadline):
         """Sleep until notified (or POLL_INTERVAL passes), then GETDEL; repeat until `deadline`
-        (time.monotonic()). Returns the result bytes, or None on timeout. Redis errors propagate."""
+        (time.monotonic()). Returns the result bytes, or None on timeout. A read that timed out (Redis
+        slow, or hung) is tried again at the next wake-up: the job is queued and the worker may still
+        answer, so a slow Redis costs this request time, not a 503. Other Redis errors propagate."""
         key = keys.result(job_id, self.prefix)
+        slow = False
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
             event.wait(min(self.poll_interval, remaining))
             event.clear()
-            value = self.redis.getdel(key)
+            try:
+                value = self.redis.getdel(key)
+            except redis.TimeoutError as exc:
+                if not slow:
+                    log("result.read_slow", level="WARNING", id=job_id, error=str(exc), retry="until the deadline")
+                slow = True
+                continue
             if value is not None:
                 return value
 

@@ -46,9 +46,11 @@ class Worker:
     def __init__(self, model, client=None):
         self.model = model
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        # The read timeout must outlast the blocking pop.
-        self.queue = JobQueue(client or connect(socket_timeout=settings.BLOCK_TIMEOUT + 10))
         self.stopping = threading.Event()
+        self._beat_now = threading.Event()  # set: the heartbeat thread beats at once (see _on_connect)
+        # The read timeout must outlast the blocking pop.
+        self.queue = JobQueue(client or connect(socket_timeout=settings.BLOCK_TIMEOUT + 10,
+                                                redis_connect_func=self._on_connect))
         self.stop_signal = None
         self._heartbeat_thread = None
         self._blocked = False  # True only inside take_batch, where a signal may interrupt
@@ -67,20 +69,26 @@ class Worker:
         signal.signal(signal.SIGINT, self._on_signal)
 
     # --- heartbeat ---------------------------------------------------------------------------------
+    def _on_connect(self, connection):
+        # The loop's connection is new: first start, or Redis is back (perhaps restarted, empty, without
+        # this worker's registration). Beat now rather than up to HEARTBEAT_INTERVAL later, so /healthz
+        # counts this worker as soon as it can take jobs again.
+        connection.on_connect()
+        self._beat_now.set()
+
     def _heartbeat(self):
         hb_queue = JobQueue(connect(socket_timeout=5), self.queue.prefix)
         healthy, announced = True, None
         while not self.stopping.is_set():
+            self._beat_now.clear()
             try:
-                requeued = hb_queue.beat(self.id)
+                self._reap(hb_queue.beat(self.id))
                 # The model record for /healthz: after the first beat, after an outage, and once a minute in
                 # case Redis restarted between two beats or a /healthz pruned it while this worker stalled.
                 if announced is None or not healthy or time.monotonic() - announced > workerinfo.REFRESH_S:
                     workerinfo.announce(hb_queue.redis, hb_queue.prefix, self.id, self.model.name,
                                         workerinfo.runtime_of(self.model))
                     announced = time.monotonic()
-                if requeued:
-                    log("worker.recovered", worker=self.id, requeued=requeued, reason="dead worker's jobs")
                 if not healthy:
                     log("redis.back", worker=self.id)
                 healthy = True
@@ -88,7 +96,16 @@ class Worker:
                 if healthy:
                     log("redis.down", level="WARNING", worker=self.id, error=str(exc))
                 healthy = False
-            self.stopping.wait(settings.HEARTBEAT_INTERVAL)
+            # While Redis is away, try often: the first beat after it returns re-registers this worker.
+            self._beat_now.wait(settings.HEARTBEAT_INTERVAL if healthy else min(settings.HEARTBEAT_INTERVAL, 0.5))
+
+    def _reap(self, reaped):
+        requeued, dead_lettered = reaped
+        if requeued:
+            log("worker.recovered", worker=self.id, requeued=requeued, reason="dead worker's jobs")
+        for job_id in dead_lettered:
+            log("job.dead_lettered", level="ERROR", worker=self.id, id=job_id, attempts=settings.MAX_ATTEMPTS,
+                reason="its worker died each time: not retried, client told")
 
     # --- the loop ----------------------------------------------------------------------------------
     def run(self):
@@ -97,8 +114,12 @@ class Worker:
         self._heartbeat_thread = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
         self._heartbeat_thread.start()
         backoff = 0.1
+        orphans = False
         while not self.stopping.is_set():
             try:
+                if orphans:
+                    self._return_orphans()
+                    orphans = False
                 self._blocked = True
                 raws = self.queue.take_batch(self.id, settings.BATCH_SIZE, settings.BLOCK_TIMEOUT,
                                              settings.BATCH_WAIT_MS)
@@ -108,6 +129,8 @@ class Worker:
                 break
             except REDIS_ERRORS as exc:
                 self._blocked = False
+                self._beat_now.set()  # the heartbeat thread learns of the outage now and retries often
+                orphans = True
                 log("redis.unavailable", level="WARNING", worker=self.id, error=str(exc), retry_s=backoff)
                 self.stopping.wait(backoff)
                 backoff = min(backoff * 2, 2.0)
@@ -117,6 +140,14 @@ class Worker:
         self._blocked = False
         log("worker.stopping", worker=self.id, signal=self.stop_signal)
         self.shutdown()
+
+    def _return_orphans(self):
+        # Between batches this worker's in-flight list is empty, so what is in it now was moved there by a
+        # take whose answer never came (BLMOVE done, then a timeout on a hung Redis or a cut connection):
+        # put it back on the queue, or the next batch's complete() would delete it unanswered.
+        returned = self.queue.return_inflight(self.id)
+        if returned:
+            log("worker.returned", worker=self.id, returned=returned, reason="a take cut short by Redis")
 
     def process(self, raws):
         """Classify one batch and write its results. Bad entries get an error result (or a log line when
@@ -185,6 +216,7 @@ class Worker:
 
     def shutdown(self):
         self.stopping.set()
+        self._beat_now.set()
         # A beat landing after retire() would register this worker again and leave its keys behind.
         if self._heartbeat_thread:
             self._heartbeat_thread.join(timeout=10)

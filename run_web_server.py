@@ -61,8 +61,11 @@ app = Flask(__name__)
 # Werkzeug refuses a larger body before reading it, so nothing over the cap is ever decoded.
 app.config["MAX_CONTENT_LENGTH"] = settings.MAX_UPLOAD_BYTES
 
-queue = JobQueue(connect(socket_timeout=5))
-waiter = ResultWaiter(queue.redis)
+# Request-path commands (push, /healthz, /activity) give up after REDIS_SOCKET_TIMEOUT: a hung Redis is
+# a fast 503. The result wait reads through its own client with the longer REDIS_WAIT_TIMEOUT and retries
+# a read that timed out, so a Redis that is merely slow does not turn waiting requests into 503s.
+queue = JobQueue(connect(socket_timeout=settings.REDIS_SOCKET_TIMEOUT))
+waiter = ResultWaiter(connect(socket_timeout=settings.REDIS_WAIT_TIMEOUT))
 waiter.start()  # gunicorn imports this module in each worker process, after forking: one listener each
 INPUT_SIZE = models.input_size()
 app.register_blueprint(live.blueprint(queue.redis))  # the page: GET / for browsers, GET /activity
@@ -160,9 +163,9 @@ def predict():
         return error(exc.status, str(exc), **{"Retry-After": "1"})
     except classify.ClassifyError as exc:
         return error(exc.status, str(exc))
-    except redis.RedisError as exc:  # down, unreachable, wrong password, out of memory ...
+    except redis.RedisError as exc:  # down, unreachable, hung, wrong password, out of memory ...
         log("request.redis_down", level="ERROR", id=g.request_id, error=str(exc))
-        return error(503, "the queue (Redis) is unavailable; try again shortly", **{"Retry-After": "2"})
+        return error(503, f"the queue (Redis) is {redis_problem(exc)}; try again shortly", **{"Retry-After": "2"})
     total = time.monotonic() - started
     REQUESTS.labels("200").inc()
     LATENCY.observe(total)
@@ -176,19 +179,30 @@ def predict():
                             "total_ms": round(total * 1000, 2)})
 
 
+def redis_problem(exc):
+    """A Redis error in words a client may see: never its text, which names the host, port or user."""
+    if isinstance(exc, redis.TimeoutError):
+        return f"not answering (no reply within {settings.REDIS_SOCKET_TIMEOUT:g}s)"
+    if isinstance(exc, redis.AuthenticationError):
+        return "refusing our credentials"
+    if isinstance(exc, redis.ConnectionError):
+        return "unreachable"
+    return "unavailable (it answered with an error)"
+
+
 @app.get("/healthz")
 def healthz():
     status = {"redis": "ok", "model": None, "model_setting": settings.MODEL,
               "notifications": "on" if waiter.listening else "off (polling every %gs)" % waiter.poll_interval}
     try:
-        status["queue_length"] = queue.length()
+        status["queue_length"], status["live_workers"] = queue.status()  # one round trip
         status["workers"] = workerinfo.serving(queue.redis, queue.prefix)
-        status["live_workers"] = len(status["workers"])
         # What serves, as the workers say (MODEL=auto picks at each worker's start); "a, b" if they differ.
         served = sorted({w["model"] for w in status["workers"] if w["model"]})
         status["model"] = ", ".join(served) or None
     except redis.RedisError as exc:
-        status["redis"] = f"down: {exc}"
+        log("healthz.redis_down", level="WARNING", error=str(exc))
+        status["redis"] = f"down: {redis_problem(exc)}"
         return jsonify(ok=False, **status), 503
     ok = status["live_workers"] > 0
     if not ok:

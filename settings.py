@@ -118,6 +118,12 @@ EMBEDDED_REDIS_PORT = _int("EMBEDDED_REDIS_PORT", 6379, low=1, high=65535)
 KEY_PREFIX = _str("KEY_PREFIX", "imgq", nonempty=True)
 # How long a web request waits for Redis to accept a connection before answering 503.
 REDIS_CONNECT_TIMEOUT = _float("REDIS_CONNECT_TIMEOUT", 1.0, gt=0)
+# How long a web request waits for Redis to answer one command (push, /healthz, /activity) before 503:
+# a hung Redis (accepts connections, answers nothing) then costs a request this long, not minutes.
+REDIS_SOCKET_TIMEOUT = _float("REDIS_SOCKET_TIMEOUT", 1.0, gt=0)
+# Read timeout of a waiting request's result reads (GETDEL). Longer on purpose: a slow but alive Redis
+# must not turn waiting requests into 503s; a read that times out is tried again until REQUEST_TIMEOUT.
+REDIS_WAIT_TIMEOUT = _float("REDIS_WAIT_TIMEOUT", 5.0, gt=0)
 
 # --- Model and batching --------------------------------------------------------------------------
 # auto | resnet50 | efficientnet_lite0 | standin (the fast stand-in for queue tests; never the default)
@@ -128,6 +134,9 @@ RESNET50_WEIGHTS = _str("RESNET50_WEIGHTS", "")
 MODEL_CACHE_DIR = _str("MODEL_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "redis-keras-queue"))
 # Fixed per-batch delay of the stand-in model, in ms (0 = instant). Used by the scaling benchmark.
 STANDIN_LATENCY_MS = _float("STANDIN_LATENCY_MS", 0, low=0)
+# Tests only (poison jobs): the stand-in model kills its own worker process, like an OOM kill or a native
+# crash, when a batch holds a solid grey image of this level (0..255). -1: never.
+STANDIN_CRASH_LEVEL = _int("STANDIN_CRASH_LEVEL", -1, low=-1, high=255)
 BATCH_SIZE = _int("BATCH_SIZE", 32, low=1)
 # How long a worker may wait for more jobs to fill a batch once it has one (0 = take what is there).
 BATCH_WAIT_MS = _float("BATCH_WAIT_MS", 0, low=0)
@@ -164,6 +173,11 @@ HEARTBEAT_TTL = _int("HEARTBEAT_TTL", 15, low=1)
 # How long one blocking pop waits before the worker loops (an idle worker sends one command per this).
 # Shutdown does not wait for it: a signal interrupts the pop.
 BLOCK_TIMEOUT = _float("BLOCK_TIMEOUT", 30, gt=0)
+# A job whose worker died this many times (OOM, native crash: the image itself may be the cause) is not
+# put back on the queue again: it goes to the dead-letter list and its client gets a 502 at once.
+MAX_ATTEMPTS = _int("MAX_ATTEMPTS", 3, low=1)
+# Most jobs the dead-letter list keeps (newest first; each is a ~200 KB job): older ones are dropped.
+DEAD_LETTER_MAX = _int("DEAD_LETTER_MAX", 100, low=1)
 
 # --- The page's live view (activity.py, live.py) ---------------------------------------------------
 # Seconds between the page's refreshes of the live view; also how often a web process writes its answers'

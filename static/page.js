@@ -40,6 +40,7 @@ const EXPLAIN = {
   400: "This file cannot be classified.",
   413: "This file is too large.",
   500: "The worker could not classify this image.",
+  502: "This image crashed the model workers; it was not retried.",
   503: "The service cannot take the image right now.",
   504: "No answer in time.",
 };

@@ -82,9 +82,11 @@ def test_metrics_parse_pass_promtool_and_follow_a_burst(service):
 def test_metrics_export_service_counters_and_survive_redis_down(service):
     server = service.use_own_redis()
     url, _ = service.start_web(processes=1)  # single-process mode: the default registry
-    server.client().set(keys.stat("requeued", service.prefix), 3)  # as the dead-worker recovery counts them
+    # As the heartbeat script counts a dead worker's jobs put back:
+    server.client().hset(keys.counters(service.prefix), keys.COUNTER_REQUEUED, 3)
     parsed = samples(scrape(url))
     assert value(parsed, "imgq_jobs_requeued_total") == 3
+    assert value(parsed, "imgq_jobs_dead_lettered_total") == 0
     assert value(parsed, "imgq_live_workers") == 0
 
     server.stop()

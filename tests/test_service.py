@@ -145,7 +145,7 @@ def test_no_worker_means_504_after_request_timeout_and_nothing_left(service):
     response = post_image(url, grey_png(1))
     assert response.status_code == 504
     assert "REQUEST_TIMEOUT" in response.json()["error"]
-    assert 1 <= time.monotonic() - started < 5
+    assert 1 <= time.monotonic() - started < 10  # loose: a busy machine
     assert service.keys() == []  # the job was taken back off the queue
     assert requests.get(url + "/healthz", timeout=5).status_code == 503
 
