@@ -46,7 +46,8 @@ def main(port, max_batch_size, batch_timeout, workers):
     api = Classifier(max_batch_size=int(max_batch_size), batch_timeout=float(batch_timeout))
     server = ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=int(workers), timeout=60,
                           track_requests=False)
-    server.run(host="127.0.0.1", port=int(port), num_api_servers=1, generate_client_file=False,
+    # num_api_servers left at its default: one uvicorn API process per inference worker.
+    server.run(host="127.0.0.1", port=int(port), generate_client_file=False,
                log_level="warning")
 
 
