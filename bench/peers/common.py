@@ -19,6 +19,7 @@ if REPO not in sys.path:
 
 import helpers  # noqa: E402
 import models  # noqa: E402
+import settings  # noqa: E402
 
 BadImage = helpers.BadImage
 READY = "PEER READY"  # the runner waits for this line in the app's log
@@ -27,8 +28,12 @@ READY = "PEER READY"  # the runner waits for this line in the app's log
 def load_model():
     """The service's model (settings.MODEL, its runtime), warmed up; says so on stdout for the runner."""
     model = models.load_model()
-    print(f"{READY} model={model.name} pid={os.getpid()}", flush=True)
+    print(f"{READY} model={name(model)} pid={os.getpid()}", flush=True)
     return model
+
+
+def name(model):
+    return getattr(model, "name", None) or settings.MODEL
 
 
 def prepare(data, model):
@@ -39,7 +44,7 @@ def prepare(data, model):
 def answer(model, probabilities, top=5):
     """The service's answer for one image's probabilities."""
     best = np.argsort(probabilities)[::-1][:top]
-    return {"success": True, "model": model.name,
+    return {"success": True, "model": name(model),
             "predictions": [{"label": model.labels[i], "probability": round(float(probabilities[i]), 4)}
                             for i in best]}
 

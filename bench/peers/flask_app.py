@@ -27,4 +27,4 @@ def predict():
 
 @app.get("/healthz")
 def healthz():
-    return jsonify(ok=True, model=MODEL.name)
+    return jsonify(ok=True, model=common.name(MODEL))

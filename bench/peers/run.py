@@ -412,8 +412,10 @@ def plot(report, path):
     ax.set_yscale("log")
     ax.set_xlabel("requests/s (correct answers)")
     ax.set_ylabel("p95 latency (ms, log)")
+    others = [p["cpu_cores"]["others"] for s in report["systems"].values() for p in s.get("points", [])]
+    busy = f"; other users took {np.mean(others):.1f} cores on average" if others and np.mean(others) > 0.2 else ""
     ax.set_title(f"{report['model']} on {report['machine']['cpu_count']} cores, closed loop "
-                 f"(c = concurrent clients), {report['date'][:10]}", fontsize=9)
+                 f"(c = concurrent clients), {report['date'][:10]}{busy}", fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
