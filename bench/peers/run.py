@@ -29,6 +29,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -202,8 +203,8 @@ def wait_ready(proc, url, count, timeout=300):
 class Peer:
     """One peer app in the peers' venv, in a session of its own; stop() leaves none of its processes."""
 
-    def __init__(self, name, args, workdir, env, ready_count, stop_signal):
-        self.name, self.workdir = name, workdir
+    def __init__(self, name, args, workdir, env, ready_count, stop_signal, scratch=None):
+        self.name, self.workdir, self.scratch = name, workdir, scratch
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/predict"
         argv = [a.replace("{port}", str(self.port)) for a in args]
@@ -226,6 +227,8 @@ class Peer:
         finally:
             time.sleep(0.5)
             left = self.tree.kill_leftovers()
+            if self.scratch:  # Ray's session files (sockets, its own logs; the driver's log keeps their output)
+                shutil.rmtree(self.scratch, ignore_errors=True)
         return left
 
 
@@ -285,7 +288,7 @@ def make_system(name, args, workdir):
         # Short: Ray puts Unix sockets under it, and their paths may not exceed 107 bytes.
         ray_tmp = tempfile.mkdtemp(prefix="rp-", dir="/tmp")
         cmd = [PEER_PYTHON, os.path.join(HERE, "ray_app.py"), "{port}", str(args.batch_size), timeout_s, "2", ray_tmp]
-        return Peer(name, cmd, workdir, env, ready_count=1, stop_signal=signal.SIGTERM)
+        return Peer(name, cmd, workdir, env, ready_count=1, stop_signal=signal.SIGTERM, scratch=ray_tmp)
     raise ValueError(name)
 
 
