@@ -107,8 +107,10 @@ def ensure_venv():
     """
     stamp = os.path.join(VENV, ".installed")
     digest = requirements_digest()
-    if os.path.exists(stamp) and open(stamp).read().strip() == digest and os.path.exists(PEER_PYTHON):
-        return
+    if os.path.exists(stamp) and os.path.exists(PEER_PYTHON):
+        with open(stamp) as f:
+            if f.read().strip() == digest:
+                return
     print(f"installing the peers' venv {VENV} (once; a few minutes) ...", flush=True)
     if not os.path.exists(PEER_PYTHON):
         subprocess.run([sys.executable, "-m", "venv", VENV], check=True)
@@ -369,7 +371,8 @@ def run_system(name, args, upload, workdir):
 
 
 def describe(name, args):
-    model = {"MODEL": args.model, "MODEL_RUNTIME": os.environ.get("MODEL_RUNTIME", "(default)")}
+    model = {"MODEL": args.model,
+             "MODEL_RUNTIME": os.environ.get("MODEL_RUNTIME") or getattr(settings, "MODEL_RUNTIME", "tensorflow")}
     if name == "service":
         return dict(model, what="redis + gunicorn + 1 worker (bench/stack.py, default settings)",
                     web_processes=settings.WEB_PROCESSES, web_threads=settings.WEB_THREADS, workers=1,
@@ -391,7 +394,7 @@ def package_versions():
             "['litserve', 'ray', 'flask', 'gunicorn', 'tensorflow-cpu', 'numpy']}))")
     try:
         return json.loads(subprocess.run([PEER_PYTHON, "-c", code], capture_output=True, text=True,
-                                         timeout=60).stdout)
+                                         timeout=60, check=False).stdout)
     except (OSError, ValueError, subprocess.SubprocessError):
         return None
 
@@ -451,7 +454,9 @@ def main(argv=None):
         upload = (f.read(), os.path.basename(args.image))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds through every stop() below
     report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-              "model": args.model, "expect": args.expect, "image": os.path.basename(args.image),
+              "model": args.model,
+              "model_runtime": os.environ.get("MODEL_RUNTIME") or getattr(settings, "MODEL_RUNTIME", "tensorflow"),
+              "expect": args.expect, "image": os.path.basename(args.image),
               "concurrency": args.concurrency, "duration_s": args.duration, "warmup_s": args.warmup,
               "client": "bench/load.py: closed loop, keep-alive http.client, fresh multipart boundary per request",
               "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
