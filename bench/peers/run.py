@@ -1,6 +1,6 @@
 """The peers benchmark: this service against the servers you would pick instead, same model, same client.
 
-    python bench/peers/run.py            # all four systems, concurrency 1, 4, 16, 64 (about 6-7 minutes)
+    python bench/peers/run.py            # all four systems, concurrency 1, 4, 16, 64 (about 6-8 minutes)
     python bench/peers/run.py --quick    # about a minute and a half: short points at concurrency 1 and 64
     python bench/peers/run.py --systems flask,ray --duration 10
 
