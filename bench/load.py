@@ -31,7 +31,8 @@ def run(url, upload, total=None, duration=None, concurrency=1, timeout=60.0):
     server compiles a regex per new boundary (werkzeug), which a reused body would let it cache.
 
     Returns {"records": [...], "elapsed_s", "client_cpu_s"}; each record has start_s, latency_s, status
-    ("ok", "HTTP 504", "connection error", "timeout") and the server's `timings` when it succeeded.
+    ("ok", "HTTP 504", "connection error", "timeout") and the server's `timings` and the answer's `top1` label
+    when it succeeded.
     """
     assert total or duration, "give a request count, a duration, or both"
     parts = urllib.parse.urlsplit(url)
@@ -63,7 +64,11 @@ def run(url, upload, total=None, duration=None, concurrency=1, timeout=60.0):
                 data = response.read()
                 if response.status == 200:
                     record["status"] = "ok"
-                    record["timings"] = json.loads(data).get("timings")
+                    answer = json.loads(data)
+                    record["timings"] = answer.get("timings")
+                    # Top-1 label, so a benchmark can count wrong answers (bench/peers/run.py does).
+                    predictions = answer.get("predictions") or [{}]
+                    record["top1"] = predictions[0].get("label")
                 else:
                     record["status"] = f"HTTP {response.status}"
                 if response.will_close:
