@@ -472,8 +472,8 @@ def main(argv=None):
     report["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     points = [p for s in report["systems"].values() for p in s.get("points", [])]
     report["wrong_answers_total"] = sum(p["wrong_answers"] + p["warmup"]["wrong_answers"] for p in points)
-    report["failed_requests_total"] = sum(sum(p["failed_by_kind"].values()) + sum(p["warmup"]["failed_by_kind"].values())
-                                          for p in points)
+    report["failed_requests_total"] = sum(sum(p["failed_by_kind"].values())
+                                          + sum(p["warmup"]["failed_by_kind"].values()) for p in points)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(report, f, indent=1)
