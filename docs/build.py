@@ -208,6 +208,8 @@ def run_tests():
 RESULT_FILES = {  # inline [[name: path]] sources and generated tables: the benchmark runs' own files
     "bench": "bench/results/latest.json",
     "notify": "bench/results/notifications.json",
+    "peers": "bench/results/peers.json",
+    "soak": "bench/results/soak.json",
 }
 
 

@@ -318,8 +318,30 @@ class Results:
                                   "<code>make bench</code>.")
 
     def gen_peers(self):
-        return self._result_table("peers", "Against the servers a user would pick instead (same model and runtime)",
-                                  "<code>make bench-peers</code>.")
+        """bench/peers/run.py's result: every system at every concurrency, one row each."""
+        r = self.sources.get("peers")
+        title = "Against the servers a user would pick instead (same model and runtime, same client)"
+        if not r or not r.get("systems"):
+            return not_measured(f"{title}: no result file.", "<code>make bench-peers</code>.")
+        names = {"service": "this service (queue)", "flask": "Flask, model in the request", "litserve": "LitServe",
+                 "ray": "Ray Serve"}
+        rows = []
+        for system, data in r["systems"].items():
+            for point in data.get("points", []):
+                lat = point.get("latency_ms", {})
+                rows.append([esc(names.get(system, system)), str(point["concurrency"]),
+                             f'{point["requests_per_s"]:.1f}', f'{lat.get("p50", 0):.0f}', f'{lat.get("p95", 0):.0f}',
+                             f'{point.get("server_cpu_ms_per_request", 0):.1f}',
+                             f'{point.get("cpu_cores", {}).get("others", 0):.2f}',
+                             str(point.get("wrong_answers", 0))])
+        machine = dict(r.get("machine") or {})
+        return (f'<p class="tablecap">{esc(title)}</p>' +
+                table(["system", "clients", "req/s", "p50 ms", "p95 ms", "server CPU ms/req", "others' cores",
+                       "wrong"], rows) +
+                provenance(r.get("date"), machine, r["_path"], r.get("quick")) +
+                f'<p class="provenance">Model {esc(r.get("model"))}; load average at start '
+                f'{esc(machine.get("load_average_at_start"))}; {r.get("wrong_answers_total", 0)} wrong answers, '
+                f'{r.get("failed_requests_total", 0)} failed requests in all.</p>')
 
     def gen_page_screenshot(self):
         path = os.path.join(DOCS, "page.png")
