@@ -12,21 +12,25 @@ key=value fields. The web server and the worker both log the request id as `id=`
 `grep id=<id>` over all logs shows one request's whole path. LOG_FORMAT=json writes the same as JSON lines.
 """
 import json
+import logging
 import os
 import socket
 import sys
 import threading
 import time
+import traceback
 
 import settings
 
 LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40}
-_lock = threading.Lock()
+lock = threading.Lock()  # one line at a time (the launcher's copier of its children's lines takes it too)
+_lock = lock  # the name tests/test_reliability.py uses
 _server = settings.SERVER_NAME or socket.gethostname()
 _script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
 if _script == "__main__.py":  # `python -m gunicorn ...`: name the package that runs
     _script = os.path.basename(os.path.dirname(sys.argv[0]))
 _threshold = LEVELS.get(settings.LOG_LEVEL, 20)
+stream = None  # where lines go (None: sys.stderr); the launcher writes its own to stdout, beside its children's
 
 
 def _timestamp(now):
@@ -57,6 +61,41 @@ def log(action, level="INFO", **fields):
     if LEVELS.get(level, 20) < _threshold:
         return
     line = format_line(action, level, **fields)
-    with _lock:
-        sys.stderr.write(line + "\n")
-        sys.stderr.flush()
+    with lock:
+        out = stream or sys.stderr
+        out.write(line + "\n")
+        out.flush()
+
+
+_LEVEL_NAMES = {10: "DEBUG", 20: "INFO", 30: "WARNING", 40: "ERROR", 50: "ERROR"}
+
+
+class Handler(logging.Handler):
+    """Python logging → logutil lines, for libraries that log through `logging` (gunicorn, werkzeug):
+    one event per record, action = `action` or the logger's name, the message in `msg`."""
+
+    def __init__(self, action=None, demote=None):
+        super().__init__()
+        self.action = action
+        self.demote = demote  # a function record → True to log that record at DEBUG (werkzeug's access lines)
+
+    def emit(self, record):
+        try:
+            level = "DEBUG" if self.demote and self.demote(record) else _LEVEL_NAMES.get(record.levelno, "INFO")
+            fields = {"msg": record.getMessage()}
+            if record.exc_info:
+                fields["error"] = "".join(traceback.format_exception(*record.exc_info)).strip()
+            log(self.action or record.name, level, **fields)
+        except Exception:
+            self.handleError(record)
+
+
+def route_logging(name, action=None, demote=None):
+    """Send the `logging` logger `name` through logutil only (its own handlers and format removed)."""
+    logger = logging.getLogger(name)
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    logger.addHandler(Handler(action, demote))
+    logger.setLevel(LEVELS.get(settings.LOG_LEVEL, 20))
+    logger.propagate = False
+    return logger
