@@ -3,7 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run redis test bench bench-notify docs clean
+.PHONY: help run redis test bench bench-notify docs clean
+
+help:  ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /\1\t/' | expand -t 14
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -11,25 +14,25 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
-run: $(VENV)/.installed
+run: $(VENV)/.installed  ## the service: Redis + web server on :5000 + WORKERS model workers, until Ctrl-C
 	$(PY) launcher.py
 
-redis: $(VENV)/.installed
+redis: $(VENV)/.installed  ## only the embedded redis-server on 127.0.0.1:6379 (the course's shell 1)
 	$(PY) launcher.py redis
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed  ## the test suite against real processes
 	$(PY) -m pytest
 
-clean:
+clean:  ## remove .venv and pytest's cache
 	rm -rf $(VENV) .pytest_cache
 
 # Benchmarks against processes it starts itself; writes bench/results/latest.json (a few minutes).
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed  ## benchmarks, writes bench/results/latest.json (a few minutes)
 	$(PY) bench/run.py
 
 # Notifications against polling (latency CDFs, commands vs waiting time, fan-out, a lost notification):
 # bench/results/notifications.json, used by the write-up's question 5 (about 4 minutes).
-bench-notify: $(VENV)/.installed
+bench-notify: $(VENV)/.installed  ## notifications against polling, bench/results/notifications.json
 	$(PY) bench/notifications.py
 
 # The write-up: docs/writeup.pdf from docs/writeup.md, the real source files, a live run of the service, the
@@ -38,5 +41,5 @@ $(VENV)/.docs-installed: $(VENV)/.installed docs/requirements.txt
 	$(PY) -m pip install --quiet -r docs/requirements.txt
 	touch $@
 
-docs: $(VENV)/.docs-installed
+docs: $(VENV)/.docs-installed  ## rebuild docs/writeup.pdf (a few minutes)
 	$(PY) docs/build.py

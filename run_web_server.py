@@ -124,6 +124,8 @@ def metrics():
 @app.errorhandler(HTTPException)
 def http_error(exc):
     # 404, 405, 413 ... as JSON like every other answer, not Werkzeug's HTML page.
+    if exc.code == 500:  # Flask hands an unhandled exception here, as InternalServerError, not to unexpected()
+        return unexpected(getattr(exc, "original_exception", None) or exc)
     if exc.code == 413:
         return error(413, f"upload larger than MAX_UPLOAD_BYTES ({settings.MAX_UPLOAD_BYTES} bytes)")
     return error(exc.code, exc.description)
