@@ -63,6 +63,9 @@ def _json_error(sock, status_int, reason, mesg):
     head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n\r\n").encode("latin1")
     gunicorn.util.write_nonblock(sock, head + body)
+    # The rest of a refused request may still be unread: closing now would send RST and could destroy the
+    # answer before the client reads it (gevent's worker closes right after this). Linger briefly instead.
+    gunicorn.util.close_graceful(sock, timeout=1.0)
 
 
 gunicorn.util.write_error = _json_error  # read at call time by gunicorn.workers.base.handle_error

@@ -24,6 +24,8 @@ import argparse
 import ctypes
 import json
 import os
+import re
+import selectors
 import shlex
 import shutil
 import signal
@@ -69,9 +71,9 @@ def cores():
 
 
 # --- supervisord's config --------------------------------------------------------------------------
-def _program(name, command, priority, stopwaitsecs, startsecs=1):
-    # /dev/stdout + maxbytes 0 + redirect_stderr: supervisord copies the child's lines to its own stdout
-    # as they are, with no prefix, so every line stays in logutil's format.
+def _program(run_dir, name, command, priority, stopwaitsecs, startsecs=1):
+    # A FIFO per program + maxbytes 0 + redirect_stderr: supervisord copies the child's output there as it
+    # is, with no prefix; the launcher reads every FIFO (see Output) and knows which program wrote a line.
     return f"""
 [program:{name}]
 command={command}
@@ -86,9 +88,18 @@ stopwaitsecs={stopwaitsecs}
 stopasgroup=true
 killasgroup=true
 redirect_stderr=true
-stdout_logfile=/dev/stdout
+stdout_logfile={fifo_path(run_dir, name).replace("%", "%%")}
 stdout_logfile_maxbytes=0
 """
+
+
+def program_names(settings, redis_port):
+    return ["events"] + (["redis"] if redis_port else []) + ["web"] + [f"worker.{n}" for n in
+                                                                     range(1, settings.WORKERS + 1)]
+
+
+def fifo_path(run_dir, name):
+    return os.path.join(run_dir, f"{name}.out")
 
 
 def supervisor_config(run_dir, settings, redis_port):
@@ -112,18 +123,18 @@ directory={HERE}
 events=PROCESS_STATE
 priority=0
 autorestart=true
-stderr_logfile=/dev/stdout
+stderr_logfile={q(fifo_path(run_dir, "events"))}
 stderr_logfile_maxbytes=0
 """]
     if redis_port:
         # Redis' banner and warnings go to its own file: they are not in logutil's format.
         args = redis_args(redis_port) + ["--logfile", os.path.join(run_dir, "redis.log")]
-        parts.append(_program("redis", q(shlex.join(args)), priority=1, stopwaitsecs=10))
-    parts.append(_program("web", f"{q(py)} -m gunicorn run_web_server:app", priority=20, stopwaitsecs=stop_web,
+        parts.append(_program(run_dir, "redis", q(shlex.join(args)), priority=1, stopwaitsecs=10))
+    parts.append(_program(run_dir, "web", f"{q(py)} -m gunicorn run_web_server:app", priority=20, stopwaitsecs=stop_web,
                           startsecs=2))
     for n in range(1, settings.WORKERS + 1):
         # A worker finishes its batch on SIGTERM; a batch is far shorter than REQUEST_TIMEOUT.
-        parts.append(_program(f"worker.{n}", f"{q(py)} run_model_server.py", priority=10,
+        parts.append(_program(run_dir, f"worker.{n}", f"{q(py)} run_model_server.py", priority=10,
                               stopwaitsecs=int(settings.REQUEST_TIMEOUT) + 10))
     return "".join(parts)
 
@@ -165,8 +176,12 @@ def _get_json(url):
         return None, {}
 
 
-def ready_fields(base, health):
+def ready_fields(base, health, worker):
     fields = {"url": base, "model": health.get("model"), "workers": None}
+    if worker:  # what the first worker said it loaded
+        fields.update(worker)
+        fields["workers"] = health.get("live_workers")
+        return fields
     status, activity = _get_json(base + "/activity")
     workers = [w for w in activity.get("workers", []) if w.get("state") != "dead"] if status == 200 else []
     if workers:  # the model the workers really loaded (MODEL=auto names none)
@@ -209,23 +224,25 @@ def run(settings, log):
     signal.signal(signal.SIGTERM, lambda signum, frame: stop.append(signum))
     log("launcher.start", run_dir=run_dir, workers=settings.WORKERS, redis="embedded" if redis_port else "REDIS_URL")
     # Its own session: Ctrl-C in the terminal reaches the launcher only, which stops supervisord once, cleanly.
+    output = Output(run_dir, program_names(settings, redis_port))
     supervisord = subprocess.Popen([sys.executable, "-m", "supervisor.supervisord", "-c", conf], env=env, cwd=HERE,
-                                   start_new_session=True, preexec_fn=_die_with_parent, stdout=subprocess.PIPE)
-    # supervisord writes every child's lines to this pipe; the launcher copies them to its stdout whole,
-    # so its own lines never cut into theirs, and `make run > file` works (supervisord's /dev/stdout would
-    # write at offset 0 of a file opened without O_APPEND).
-    copier = threading.Thread(target=_copy_lines, args=(supervisord.stdout,), daemon=True)
-    copier.start()
+                                   start_new_session=True, preexec_fn=_die_with_parent, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT)
+    output.add("supervisord", supervisord.stdout.fileno())
+    output.start()
     host = "127.0.0.1" if settings.HOST in ("0.0.0.0", "") else settings.HOST
     base = f"http://{host}:{settings.PORT}"
-    ready = False
+    ready, healthy_since = False, None
     try:
         while not stop and supervisord.poll() is None:
             if not ready:
                 status, health = _get_json(base + "/healthz")
                 if status == 200 and health.get("ok"):
-                    ready = True
-                    log("ready", **ready_fields(base, health))
+                    healthy_since = healthy_since or time.monotonic()
+                    # A worker's heartbeat may come a moment before its worker.ready line.
+                    if output.worker or time.monotonic() - healthy_since > 5:
+                        ready = True
+                        log("ready", **ready_fields(base, health, output.worker))
             time.sleep(0.25 if not ready else 0.5)
     finally:
         if supervisord.poll() is None:
@@ -234,7 +251,7 @@ def run(settings, log):
             supervisord.wait(int(settings.REQUEST_TIMEOUT) + 60)
         except subprocess.TimeoutExpired:
             _kill_tree(supervisord.pid)
-        copier.join(5)
+        output.stop()
         gave_up = os.path.exists(os.path.join(run_dir, "gave_up"))
         shutil.rmtree(run_dir, ignore_errors=True)
     if stop and not gave_up:
@@ -245,12 +262,72 @@ def run(settings, log):
     return 1
 
 
-def _copy_lines(pipe):
-    import logutil
-    for line in iter(pipe.readline, b""):
-        with logutil.lock:  # the launcher's own log() takes it too
-            sys.stdout.buffer.write(line)
-            sys.stdout.buffer.flush()
+class Output:
+    """Every program's output, read from its FIFO and written to the launcher's stdout a whole line at a time.
+
+    A line in logutil's format passes unchanged; any other line (TensorFlow's C++ start-up notes, a Python
+    warning, a crash) is wrapped into one logutil line `process.output name=<program> line=...`, so with
+    LOG_FORMAT=json every line on stdout is one JSON object. The launcher keeps a writer open on each FIFO
+    too: a restarting program's FIFO then never reads as ended.
+    """
+
+    def __init__(self, run_dir, names):
+        self.selector = selectors.DefaultSelector()
+        self.worker = {}  # model (and runtime) from the first worker.ready line, for the ready line
+        self.keep = []
+        self.partial = {}
+        for name in names:
+            path = fifo_path(run_dir, name)
+            os.mkfifo(path, 0o600)
+            self.add(name, os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+            self.keep.append(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def add(self, name, fd):
+        os.set_blocking(fd, False)
+        self.selector.register(fd, selectors.EVENT_READ, name)
+        self.partial[fd] = b""
+
+    def start(self):
+        self.thread.start()
+
+    def _run(self):
+        while self.selector.get_map():
+            for key, _ in self.selector.select(0.2):
+                try:
+                    data = os.read(key.fd, 65536)
+                except BlockingIOError:
+                    continue
+                if not data:  # supervisord's own pipe, when it has ended
+                    self._emit(key.data, self.partial.pop(key.fd))
+                    self.selector.unregister(key.fd)
+                    continue
+                *lines, self.partial[key.fd] = (self.partial[key.fd] + data).split(b"\n")
+                for line in lines:
+                    self._emit(key.data, line)
+            if self.done.is_set() and not any(self.selector.select(0)):
+                break
+
+    def _emit(self, name, raw):
+        import logutil
+        text = raw.decode("utf-8", "replace").rstrip("\r")
+        if not text.strip():
+            return
+        if not logutil.is_line(text):
+            logutil.log("process.output", name=name, line=text)
+            return
+        if not self.worker and "worker.ready" in text:
+            self.worker = {k: v for k, v in re.findall(r'"?(model|runtime)"?[=:] ?"?([\w.-]+)', text)}
+        with logutil.lock:  # the launcher's own log() takes it too: lines never cut into each other
+            sys.stdout.write(text + "\n")
+            sys.stdout.flush()
+
+    def stop(self):
+        self.done.set()
+        self.thread.join(5)
+        for fd in self.keep:
+            os.close(fd)
 
 
 def _kill_tree(pid):

@@ -14,6 +14,7 @@ key=value fields. The web server and the worker both log the request id as `id=`
 import json
 import logging
 import os
+import re
 import socket
 import sys
 import threading
@@ -50,10 +51,25 @@ def format_line(action, level="INFO", now=None, **fields):
     if settings.LOG_FORMAT == "json":
         record = {"ts": _timestamp(now), "server": _server, "script": _script, "pid": os.getpid(),
                   "level": level, "action": action}
-        record.update(fields)
+        # A field never replaces the line's own ts/server/pid/...: it gets a trailing "_" instead.
+        record.update({(k + "_" if k in record else k): v for k, v in fields.items()})
         return json.dumps(record, default=str)
     head = f"{_timestamp(now)} {_server} {_script} {os.getpid()} {level} {action}"
     return " ".join([head] + [f"{k}={_text_value(v)}" for k, v in fields.items()])
+
+
+_TEXT_HEAD = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z \S+ \S+ \d+ (DEBUG|INFO|WARNING|ERROR) \S")
+
+
+def is_line(text):
+    """True if `text` is one line in this format (LOG_FORMAT's): the launcher passes those through as they are."""
+    if settings.LOG_FORMAT == "json":
+        try:
+            record = json.loads(text)
+        except ValueError:
+            return False
+        return isinstance(record, dict) and "ts" in record and "action" in record
+    return bool(_TEXT_HEAD.match(text))
 
 
 def log(action, level="INFO", **fields):
@@ -67,6 +83,7 @@ def log(action, level="INFO", **fields):
         out.flush()
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _LEVEL_NAMES = {10: "DEBUG", 20: "INFO", 30: "WARNING", 40: "ERROR", 50: "ERROR"}
 
 
@@ -82,7 +99,7 @@ class Handler(logging.Handler):
     def emit(self, record):
         try:
             level = "DEBUG" if self.demote and self.demote(record) else _LEVEL_NAMES.get(record.levelno, "INFO")
-            fields = {"msg": record.getMessage()}
+            fields = {"msg": _ANSI.sub("", record.getMessage())}  # werkzeug colours its lines for a terminal
             if record.exc_info:
                 fields["error"] = "".join(traceback.format_exception(*record.exc_info)).strip()
             log(self.action or record.name, level, **fields)

@@ -138,5 +138,11 @@ def unexpected(exc):
 
 
 if __name__ == "__main__":
-    log("web.start", host=settings.HOST, port=settings.PORT, server="flask")
+    import flask.cli
+    from logutil import route_logging
+    # Flask's own server in logutil's format too: its banner off, werkzeug's lines through logutil, its
+    # per-request lines at DEBUG (the app logs request.done itself).
+    flask.cli.show_server_banner = lambda *args, **kwargs: None
+    route_logging("werkzeug", action="werkzeug", demote=lambda record: " - - [" in record.getMessage())
+    log("web.start", host=settings.HOST, port=settings.PORT, via="flask")
     app.run(host=settings.HOST, port=settings.PORT, threaded=True)
