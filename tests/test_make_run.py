@@ -188,6 +188,15 @@ def test_make_run_survives_kills_logs_json_and_stops_cleanly(tmp_path):
         assert not launcher.logged("process.died", name="redis")
         assert not launcher.logged("process.died", name="worker.2" if worker_name(launcher, worker) == "worker.1"
                                    else "worker.1")
+
+        # Redis dies too (its jobs with it: no persistence); it is started again and the service comes back.
+        redis_proc = launcher.child("redis-server")
+        redis_proc.kill()
+        launcher.wait_for(lambda: [r for r in launcher.logged("process.started", name="redis")
+                                   if r["proc_pid"] != redis_proc.pid], "Redis restarted")
+        launcher.wait_for(launcher.healthy, "healthy after the Redis restart")
+        r = requests.post(launcher.url + "/predict", files={"image": ("g.png", grey_png(77))}, timeout=30)
+        assert r.status_code == 200 and r.json()["predictions"][0]["label"] == standin_label(77)
     finally:
         (tmp_path / "launcher.log").write_text("\n".join(launcher.lines))  # for a reader of a failure
         launcher.note_processes()
@@ -238,6 +247,40 @@ def test_nonsense_settings_are_refused_with_one_line_and_exit_2(env, message):
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 2 and message in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and done.stdout == ""
+
+
+@pytest.mark.timeout(180)
+def test_ctrl_c_under_make_run_stops_everything_without_an_error_line(tmp_path):
+    # As in a terminal: Ctrl-C reaches make and everything in its process group. The shared venv stands in
+    # for .venv (-o: do not reinstall it).
+    venv = sys.prefix
+    if not os.path.exists(os.path.join(venv, ".installed")):
+        pytest.skip("needs a venv made by the Makefile")
+    port, redis_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    env.update(TEST_ENV, PORT=str(port), EMBEDDED_REDIS_PORT=str(redis_port), WORKERS="1", KEY_PREFIX="makectrlc")
+    out = open(tmp_path / "make.out", "w+b")
+    make = subprocess.Popen(["make", "run", f"VENV={venv}", "-o", os.path.join(venv, ".installed")], cwd=REPO,
+                            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while b" ready " not in open(tmp_path / "make.out", "rb").read():
+        assert time.monotonic() < deadline and make.poll() is None, open(tmp_path / "make.out").read()[-3000:]
+        time.sleep(0.2)
+    tree = psutil.Process(make.pid).children(recursive=True)
+    os.killpg(make.pid, signal.SIGINT)
+    make.wait(90)
+    out.seek(0)
+    text = out.read().decode()
+    assert "make: ***" not in text and "Traceback" not in text, text[-3000:]
+    assert "launcher.stopped signal=SIGINT" in text
+    # make itself ends by the SIGINT it got (GNU make re-raises it), silently; the launcher exited 0.
+    assert make.returncode in (0, -signal.SIGINT, 128 + signal.SIGINT)
+    time.sleep(0.5)
+    assert not [p for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert port_is_free(port) and port_is_free(redis_port)
+    with pytest.raises(requests.ConnectionError):
+        requests.get(url + "/healthz", timeout=5)
 
 
 def test_make_help_lists_every_target():
