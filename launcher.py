@@ -8,9 +8,9 @@ runs supervisord (PyPI `supervisor`) over:
   events    this file again (`launcher.py events`): supervisord's event listener, which logs every start,
             death and restart in logutil's format
 A process that dies is started again by supervisord (immediately if it had run for a while; after 1, 2, 3 ...
-s of backoff while it keeps failing to start); the others go on serving. A process that cannot start at all
-(STARTRETRIES fast failures, e.g. missing model weights) stops the whole service with exit code 1, as it
-cannot be right by itself. Ctrl-C or SIGTERM stops everything (workers and web finish what they hold, Redis
+s of backoff while it keeps failing to start); the others go on serving. A process that cannot stay up
+(STARTRETRIES fast failures, or CRASH_LOOP deaths in a short time, e.g. missing model weights) stops the
+whole service with exit code 1, as it cannot come right by itself. Ctrl-C or SIGTERM stops everything (workers and web finish what they hold, Redis
 last) and exits 0.
 
 Every line on stdout is in logutil's format (LOG_FORMAT=json: one JSON object per line): children write
@@ -40,6 +40,7 @@ import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STARTRETRIES = 5  # fast failures in a row before supervisord gives a process up (then everything stops)
+CRASH_LOOP = (5, 120)  # this many deaths of one process within this many seconds: give up too
 
 
 def redis_server_binary():
@@ -346,26 +347,37 @@ def _kill_tree(pid):
 # --- supervisord's event listener -------------------------------------------------------------------
 def events(log):
     """Turn supervisord's PROCESS_STATE events into logutil lines (stdout is the event protocol; the lines go
-    to stderr, which supervisord copies to its stdout)."""
+    to stderr, which supervisord copies to the launcher). Gives up — stops everything — on a process that
+    cannot start (supervisord's FATAL) or that died CRASH_LOOP[0] times within CRASH_LOOP[1] s (a worker
+    that loads TensorFlow for 10 s and then exits 1 outlives supervisord's start check every time)."""
+    from collections import defaultdict, deque
+
     from supervisor import childutils
+    deaths = defaultdict(deque)
     while True:
         headers, payload = childutils.listener.wait(sys.stdin, sys.stdout)
         event = headers["eventname"].replace("PROCESS_STATE_", "")
         data = childutils.get_headers(payload)
         name, pid = data.get("processname"), data.get("pid")
+        give_up = None
         if name == "events":
             pass
         elif event == "RUNNING":
             log("process.started", name=name, proc_pid=int(pid))
         elif event == "EXITED":
-            if data.get("expected") == "1":
-                log("process.exited", level="WARNING", name=name, proc_pid=int(pid), next="restart")
-            else:
-                log("process.died", level="ERROR", name=name, proc_pid=int(pid), next="restart")
+            log("process.died", level="ERROR", name=name, proc_pid=int(pid), next="restart")
+            now, times = time.monotonic(), deaths[name]
+            times.append(now)
+            while times and now - times[0] > CRASH_LOOP[1]:
+                times.popleft()
+            if len(times) >= CRASH_LOOP[0]:
+                give_up = f"died {len(times)} times within {CRASH_LOOP[1]} s"
         elif event == "BACKOFF":
             log("process.start_failed", level="WARNING", name=name, next="retry after backoff")
         elif event == "FATAL":
-            log("process.gave_up", level="ERROR", name=name, tries=STARTRETRIES, next="stopping everything")
+            give_up = f"could not start {STARTRETRIES} times in a row"
+        if give_up:
+            log("process.gave_up", level="ERROR", name=name, reason=give_up, next="stopping everything")
             open(os.path.join(os.environ["IMGQ_RUN_DIR"], "gave_up"), "w").close()
             os.kill(os.getppid(), signal.SIGTERM)
         childutils.listener.ok(sys.stdout)

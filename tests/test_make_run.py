@@ -230,6 +230,26 @@ def worker_name(launcher, proc):
     return record["name"]
 
 
+@pytest.mark.timeout(180)
+def test_a_worker_that_cannot_start_stops_everything_with_exit_1(tmp_path):
+    launcher = Launcher(tmp_path, MODEL="no-such-model", WORKERS="1")  # the worker says why and exits 1
+    try:
+        deadline = time.monotonic() + 120  # 5 tries with backoff: about 20 s
+        while launcher.popen.poll() is None and time.monotonic() < deadline:
+            launcher.note_processes()
+            time.sleep(0.1)
+        code = launcher.popen.poll()
+    finally:
+        if launcher.popen.poll() is None:
+            os.killpg(launcher.popen.pid, signal.SIGKILL)
+    assert code == 1
+    time.sleep(0.5)
+    text = "\n".join(launcher.lines)
+    assert "process.gave_up name=worker.1" in text and "unknown MODEL" in text, text[-3000:]
+    assert not [p for p in launcher.seen.values() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert port_is_free(launcher.port) and port_is_free(launcher.redis_port)
+
+
 def test_help_prints_usage_exits_0_and_starts_nothing():
     port, redis_port = free_port(), free_port()
     env = dict(os.environ, PORT=str(port), EMBEDDED_REDIS_PORT=str(redis_port))
