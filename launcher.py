@@ -13,9 +13,10 @@ s of backoff while it keeps failing to start); the others go on serving. A proce
 whole service with exit code 1, as it cannot come right by itself. Ctrl-C or SIGTERM stops everything (workers and web finish what they hold, Redis
 last) and exits 0.
 
-Every line on stdout is in logutil's format (LOG_FORMAT=json: one JSON object per line): children write
-their own lines through supervisord without a prefix; supervisord's and Redis' own logs go to files in the
-run directory (`launcher.run_dir` line). Once a worker is live, one `ready` line says where to send requests.
+Every line on stdout is in logutil's format (LOG_FORMAT=json: one JSON object per line): supervisord copies
+each program's output, without a prefix, into a FIFO of its own; the launcher passes logutil lines through
+and wraps any other line (see Output). supervisord's and Redis' own logs go to files in the run directory
+(the `launcher.start run_dir=` line). Once a worker is live, one `ready` line says where to send requests.
 
 `python launcher.py redis` (`make redis`) runs only the embedded redis-server, in the foreground: shell 1 of
 the course's three-shell flow.

@@ -29,7 +29,8 @@ class Launcher:
         self.port, self.redis_port = free_port(), free_port()
         self.home = tmp_path / "home"
         self.home.mkdir()
-        full = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "XDG_RUNTIME_DIR")}
+        unset = ("REDIS_URL", "XDG_RUNTIME_DIR", "MODEL_THREADS", "TF_CPP_MIN_LOG_LEVEL")
+        full = {k: v for k, v in os.environ.items() if k not in unset}
         full.update(TEST_ENV, PORT=str(self.port), EMBEDDED_REDIS_PORT=str(self.redis_port), WORKERS="2",
                     KEY_PREFIX="makerun", HOME=str(self.home))
         full.update(env)
@@ -164,6 +165,10 @@ def test_make_run_survives_kills_logs_json_and_stops_cleanly(tmp_path):
         launcher.wait_for(lambda: len(load.results) >= 20, "20 answers before the kills")
 
         worker = launcher.child("run_model_server.py")
+        # WORKERS=2 share the cores; TensorFlow's C++ notes are off.
+        cores = len(os.sched_getaffinity(0))
+        assert worker.environ()["MODEL_THREADS"] == str(max(1, cores // 2))
+        assert worker.environ()["TF_CPP_MIN_LOG_LEVEL"] == "2"
         worker.kill()
         launcher.wait_for(lambda: launcher.logged("process.died", proc_pid=worker.pid), "the worker's death logged")
         launcher.wait_for(lambda: [r for r in launcher.logged("process.started") if r["name"] == worker_name(launcher, worker)
