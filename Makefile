@@ -14,11 +14,13 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
+# `@`: no echo, every line of `make run` is a log line. No shell syntax in the command either: make then runs
+# the launcher itself (no sh in between that Ctrl-C would kill), sees its exit code 0, and prints no error.
 run: $(VENV)/.installed  ## the service: Redis + web server on :5000 + WORKERS model workers, until Ctrl-C
-	$(PY) launcher.py
+	@$(PY) launcher.py
 
 redis: $(VENV)/.installed  ## only the embedded redis-server on 127.0.0.1:6379 (the course's shell 1)
-	$(PY) launcher.py redis
+	@$(PY) launcher.py redis
 
 test: $(VENV)/.installed  ## the test suite against real processes
 	$(PY) -m pytest

@@ -3,7 +3,9 @@
 Where it sits: the HTTP server in front of run_web_server.py. Besides the numbers, it makes gunicorn's own
 output fit the service: its log lines go through logutil (one format, LOG_FORMAT=json too), and the errors
 gunicorn answers itself, before Flask sees the request (400 bad request line, 414, 431 ...), are JSON
-`{"success": false, "error": ...}` like every other answer instead of gunicorn's HTML page.
+`{"success": false, "error": ...}` like every other answer instead of gunicorn's HTML page. Against slow
+clients: the gevent worker (a stalled connection holds no thread), HEADER_TIMEOUT for the request head and
+BodyDeadline (408 after BODY_TIMEOUT) for the body.
 """
 import io
 import json

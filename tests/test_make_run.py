@@ -283,7 +283,8 @@ def test_ctrl_c_under_make_run_stops_everything_without_an_error_line(tmp_path):
         pytest.skip("needs a venv made by the Makefile")
     port, redis_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
-    env.update(TEST_ENV, PORT=str(port), EMBEDDED_REDIS_PORT=str(redis_port), WORKERS="1", KEY_PREFIX="makectrlc")
+    env.update(TEST_ENV, PORT=str(port), EMBEDDED_REDIS_PORT=str(redis_port), WORKERS="1", KEY_PREFIX="makectrlc",
+               LOG_FORMAT="text")
     out = open(tmp_path / "make.out", "w+b")
     make = subprocess.Popen(["make", "run", f"VENV={venv}", "-o", os.path.join(venv, ".installed")], cwd=REPO,
                             env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
@@ -299,6 +300,9 @@ def test_ctrl_c_under_make_run_stops_everything_without_an_error_line(tmp_path):
     text = out.read().decode()
     assert "make: ***" not in text and "Traceback" not in text, text[-3000:]
     assert "launcher.stopped signal=SIGINT" in text
+    # Every line, from the first (make echoes no command) to the last, is a logutil text line.
+    from test_logutil import TEXT_LINE
+    assert all(TEXT_LINE.match(line) for line in text.splitlines()), text[:2000]
     # make itself ends by the SIGINT it got (GNU make re-raises it), silently; the launcher exited 0.
     assert make.returncode in (0, -signal.SIGINT, 128 + signal.SIGINT)
     time.sleep(0.5)
