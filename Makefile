@@ -3,7 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: run redis test bench bench-notify docs clean
+.PHONY: help run redis test bench bench-notify bench-peers soak docs clean
+
+help:  ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /\1\t/' | expand -t 14
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -11,27 +14,37 @@ $(VENV)/.installed: requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
-run: $(VENV)/.installed
-	$(PY) launcher.py
+# `@`: no echo, every line of `make run` is a log line. No shell syntax in the command either: make then runs
+# the launcher itself (no sh in between that Ctrl-C would kill), sees its exit code 0, and prints no error.
+run: $(VENV)/.installed  ## the service: Redis + web server on :5000 + WORKERS model workers, until Ctrl-C
+	@$(PY) launcher.py
 
-redis: $(VENV)/.installed
-	$(PY) launcher.py redis
+redis: $(VENV)/.installed  ## only the embedded redis-server on 127.0.0.1:6379 (the course's shell 1)
+	@$(PY) launcher.py redis
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed  ## the test suite against real processes
 	$(PY) -m ruff check .
 	$(PY) -m pytest
 
-clean:
+clean:  ## remove .venv and pytest's cache
 	rm -rf $(VENV) .pytest_cache
 
 # Benchmarks against processes it starts itself; writes bench/results/latest.json (a few minutes).
-bench: $(VENV)/.installed
+bench: $(VENV)/.installed  ## benchmarks, writes bench/results/latest.json (a few minutes)
 	$(PY) bench/run.py
 
 # Notifications against polling (latency CDFs, commands vs waiting time, fan-out, a lost notification):
 # bench/results/notifications.json, used by the write-up's question 5 (about 4 minutes).
-bench-notify: $(VENV)/.installed
+bench-notify: $(VENV)/.installed  ## notifications against polling, bench/results/notifications.json
 	$(PY) bench/notifications.py
+
+# The service next to Flask-in-the-request, LitServe and Ray Serve (bench/peers/, their own venv).
+bench-peers: $(VENV)/.installed  ## the service against Flask, LitServe and Ray Serve, bench/results/peers.json
+	$(PY) bench/peers/run.py
+
+# Twenty minutes of mixed good, bad and abandoned uploads with a worker killed every few minutes.
+soak: $(VENV)/.installed  ## 20-minute soak run: outcomes, keys and memory over time, bench/results/soak.json
+	$(PY) bench/soak.py
 
 # The write-up: docs/writeup.pdf from docs/writeup.md, the real source files, a live run of the service, the
 # tests and bench/results/latest.json when present (a few minutes). Needs Pango (docs/build.py installs it).
@@ -39,5 +52,5 @@ $(VENV)/.docs-installed: $(VENV)/.installed docs/requirements.txt
 	$(PY) -m pip install --quiet -r docs/requirements.txt
 	touch $@
 
-docs: $(VENV)/.docs-installed
+docs: $(VENV)/.docs-installed  ## rebuild docs/writeup.pdf (a few minutes)
 	$(PY) docs/build.py

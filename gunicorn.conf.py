@@ -1,23 +1,138 @@
-"""gunicorn settings for `gunicorn run_web_server:app`, taken from settings.py (read by gunicorn at start)."""
+"""gunicorn settings for `gunicorn run_web_server:app`, taken from settings.py (read by gunicorn at start).
+
+Where it sits: the HTTP server in front of run_web_server.py. Besides the numbers, it makes gunicorn's own
+output fit the service: its log lines go through logutil (one format, LOG_FORMAT=json too), and the errors
+gunicorn answers itself, before Flask sees the request (400 bad request line, 414, 431 ...), are JSON
+`{"success": false, "error": ...}` like every other answer instead of gunicorn's HTML page. Against slow
+clients: the gevent worker (a stalled connection holds no thread), HEADER_TIMEOUT for the request head and
+BodyDeadline (408 after BODY_TIMEOUT) for the body.
+"""
+import io
+import json
 import os
 import shutil
+import socket
 import tempfile
+import threading
 
+import gunicorn.util
+from gunicorn.glogging import Logger
+
+import logutil
 import settings
 
 bind = f"{settings.HOST}:{settings.PORT}"
 workers = settings.WEB_PROCESSES
-worker_class = "gthread"  # a waiting request holds a thread, not a process
+# gevent: every connection is a greenlet, so 200 clients that stall mid-request cost memory, not the threads
+# a normal request needs (gthread's 2 x 64 threads were all held by 140 such clients). gthread stays
+# available (WEB_WORKER=gthread). Either way a request waiting for its result holds no process.
+worker_class = settings.WEB_WORKER
 threads = settings.WEB_THREADS
+worker_connections = settings.WEB_CONNECTIONS
+# gevent (and gthread between requests) closes a connection whose request head is not complete this long.
+keepalive = settings.HEADER_TIMEOUT
 timeout = int(settings.REQUEST_TIMEOUT) + 30
 graceful_timeout = int(settings.REQUEST_TIMEOUT) + 5
-accesslog = None  # the app logs one line per request itself
+accesslog = None  # the app logs one line per request itself (request.done)
+loglevel = settings.LOG_LEVEL.lower()
+# gunicorn 25+ opens a control socket at one shared default path ($XDG_RUNTIME_DIR or ~/.gunicorn/gunicorn.ctl):
+# every gunicorn on the machine would fight over it. Nothing here uses gunicornc, so: off.
+control_socket_disable = True
 
 # With several processes, /metrics must add up all of them: prometheus_client's multiprocess mode keeps
 # each process's counters in files here (set before the workers import prometheus_client).
 _own_metrics_dir = workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ
 if _own_metrics_dir:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="imgq-metrics-")
+
+
+class LogutilLogger(Logger):
+    """gunicorn's error log ("Booting worker", "Worker timeout" ...) as logutil lines (action `gunicorn`)."""
+
+    def setup(self, cfg):
+        super().setup(cfg)
+        for old in list(self.error_log.handlers):
+            self.error_log.removeHandler(old)
+        self.error_log.addHandler(logutil.Handler("gunicorn"))
+
+
+logger_class = LogutilLogger
+
+
+def _json_error(sock, status_int, reason, mesg):
+    # Replaces gunicorn.util.write_error (gunicorn's HTML error page) with the service's JSON error.
+    body = json.dumps({"success": False, "error": f"{reason}: {mesg}"}).encode()
+    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode("latin1")
+    gunicorn.util.write_nonblock(sock, head + body)
+    # The rest of a refused request may still be unread: closing now would send RST and could destroy the
+    # answer before the client reads it (gevent's worker closes right after this). Linger briefly instead.
+    gunicorn.util.close_graceful(sock, timeout=1.0)
+
+
+gunicorn.util.write_error = _json_error  # read at call time by gunicorn.workers.base.handle_error
+
+
+class BodyDeadline:
+    """WSGI wrapper: read the request body within BODY_TIMEOUT s in total, else answer 408 and close.
+
+    gunicorn has no body timeout: a client that sends its headers and a few bytes of body would hold its
+    request (a thread under gthread) forever. At the deadline a timer shuts the socket's read side, so the
+    read in progress returns what it has, however the client trickles; the app then gets the whole body
+    from memory (Flask refuses bodies over MAX_UPLOAD_BYTES with 413 before anything is read).
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        sock = environ.get("gunicorn.socket")
+        length = environ.get("CONTENT_LENGTH") or ""
+        chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
+        limit = settings.MAX_UPLOAD_BYTES
+        if sock is None or not (chunked or (length.isdigit() and 0 < int(length) <= limit)):
+            return self.app(environ, start_response)
+        want = int(length) if not chunked else limit + 1
+        timer = threading.Timer(settings.BODY_TIMEOUT, _shut_read_side, args=(sock,))
+        timer.daemon = True
+        timer.start()
+        body, complete = io.BytesIO(), False
+        try:
+            while body.tell() < want:
+                chunk = environ["wsgi.input"].read(min(65536, want - body.tell()))
+                if not chunk:
+                    break
+                body.write(chunk)
+            complete = body.tell() == want if not chunked else body.tell() <= limit
+        except Exception:  # the reader's "no more data" when the socket was shut mid-chunk
+            complete = False
+        finally:
+            timer.cancel()
+        if not complete:
+            status = "413 Request Entity Too Large" if chunked and body.tell() > limit else "408 Request Timeout"
+            message = (f"upload larger than MAX_UPLOAD_BYTES ({limit} bytes)" if status.startswith("413") else
+                       f"the request body did not arrive within BODY_TIMEOUT ({settings.BODY_TIMEOUT:g} s)")
+            logutil.log("request.incomplete", level="WARNING", status=int(status[:3]),
+                        content_length=length or "chunked")
+            payload = json.dumps({"success": False, "error": message}).encode()
+            start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(payload))),
+                                    ("Connection", "close")])
+            return [payload]
+        environ["wsgi.input"] = io.BytesIO(body.getvalue())
+        environ["CONTENT_LENGTH"] = str(body.tell())
+        environ.pop("HTTP_TRANSFER_ENCODING", None)
+        return self.app(environ, start_response)
+
+
+def _shut_read_side(sock):
+    try:
+        sock.shutdown(socket.SHUT_RD)
+    except OSError:
+        pass
+
+
+def post_worker_init(worker):
+    worker.wsgi = BodyDeadline(worker.wsgi)
 
 
 def child_exit(server, worker):

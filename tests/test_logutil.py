@@ -32,3 +32,36 @@ def test_json_lines_and_level_filter():
     assert records[0]["id"] == "abc" and records[0]["ms"] == 12.5 and records[0]["ts"].endswith("Z")
     assert {"server", "script", "pid", "level"} <= set(records[0])
 
+
+
+def test_flask_own_server_logs_only_logutil_lines(tmp_path):
+    """The course's `python run_web_server.py`: werkzeug's banner and lines through logutil, JSON end to end."""
+    import signal
+    import time
+
+    import requests
+
+    from conftest import free_port
+    port = free_port()
+    env = dict(os.environ, LOG_FORMAT="json", PORT=str(port), REDIS_URL="redis://127.0.0.1:1/0",
+               REDIS_CONNECT_TIMEOUT="0.2", PYTHONUNBUFFERED="1")
+    with open(tmp_path / "web.log", "w+b") as out:
+        web = subprocess.Popen([sys.executable, "run_web_server.py"], cwd=REPO, env=env, stdout=out,
+                               stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    assert requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 503
+                    break
+                except requests.ConnectionError:
+                    assert time.monotonic() < deadline and web.poll() is None
+                    time.sleep(0.2)
+        finally:
+            web.send_signal(signal.SIGINT)
+            web.wait(30)
+        out.seek(0)
+        lines = out.read().decode().splitlines()
+    records = [json.loads(line) for line in lines]  # every line is one JSON object
+    assert records and all(r["action"] and r["server"] for r in records)
+    assert any(r["action"] == "werkzeug" and "Running on" in r["msg"] for r in records)
