@@ -21,6 +21,8 @@ from gunicorn.glogging import Logger
 import logutil
 import settings
 
+settings.check("gunicorn")  # a wrong setting: one line and exit 2, before the port is bound
+
 bind = f"{settings.HOST}:{settings.PORT}"
 workers = settings.WEB_PROCESSES
 # gevent: every connection is a greenlet, so 200 clients that stall mid-request cost memory, not the threads

@@ -398,11 +398,10 @@ def parse_args(argv):
 
 def main(argv):
     args = parse_args(argv)  # before settings: --help must work and start nothing, whatever the environment
-    try:
-        import settings
-    except ValueError as exc:  # WORKERS=two ...
-        print(f"launcher: a setting is not a number: {exc}", file=sys.stderr)
-        return 2
+    import settings
+    if args.command != "redis" and settings.WORKERS < 1:
+        settings.refuse("WORKERS", settings.WORKERS, "1 or more: make run with no model worker could only answer 504")
+    settings.check("launcher")  # one line per wrong setting, exit 2
     import logutil
     from logutil import log
     if args.command == "redis":
