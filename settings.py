@@ -45,7 +45,14 @@ STANDIN_LATENCY_MS = _float("STANDIN_LATENCY_MS", 0)
 BATCH_SIZE = _int("BATCH_SIZE", 32)
 # How long a worker may wait for more jobs to fill a batch once it has one (0 = take what is there).
 BATCH_WAIT_MS = _float("BATCH_WAIT_MS", 0)
-# TensorFlow threads per worker (0 = TensorFlow decides). Lower them when several workers share a machine.
+# auto (each model on the runtime measured fastest for it, models.AUTO_RUNTIME) | litert | tensorflow.
+MODEL_RUNTIME = _str("MODEL_RUNTIME", "auto")
+# Threads one worker's model uses (LiteRT's interpreter; TensorFlow's intra-op pool). 0 = every core.
+MODEL_THREADS = _int("MODEL_THREADS", 0)
+# 1 = MODEL=resnet50 (or auto) may download Keras' ResNet50 weights when no local file exists (else never).
+RESNET50_DOWNLOAD = _bool("RESNET50_DOWNLOAD", False)
+# TensorFlow runtime only, overriding MODEL_THREADS for its intra-op pool / setting its inter-op pool
+# (0 = MODEL_THREADS / TensorFlow decides).
 TF_INTRA_OP_THREADS = _int("TF_INTRA_OP_THREADS", 0)
 TF_INTER_OP_THREADS = _int("TF_INTER_OP_THREADS", 0)
 
