@@ -32,6 +32,10 @@ import settings  # noqa: E402
 from bench import load  # noqa: E402
 from bench.stack import Stack  # noqa: E402
 
+
+def _stderr(line):
+    print(line, file=sys.stderr, flush=True)
+
 RUNTIMES = ("tensorflow", "litert")
 BATCH_SIZES = (1, 2, 4, 8, 32)
 THREADS = (1, 2)
@@ -92,7 +96,7 @@ def measure_point(stack, predict, upload, config, duration, one_n):
 
 
 def run_sweep(image_bytes, model="efficientnet_lite0", runtimes=RUNTIMES, batch_sizes=BATCH_SIZES,
-              threads=THREADS, workers=WORKERS, duration=4.0, one_n=15, log=print):
+              threads=THREADS, workers=WORKERS, duration=4.0, one_n=15, log=_stderr):
     """Every point of the grid on one Redis + one gunicorn; returns {"points": [...], "best": {runtime: point}}."""
     upload = (image_bytes, "castle_image.jpg")
     points = []
@@ -122,7 +126,7 @@ def run_sweep(image_bytes, model="efficientnet_lite0", runtimes=RUNTIMES, batch_
             "loadavg_after": [round(x, 2) for x in os.getloadavg()]}
 
 
-def compare_defaults(image_bytes, model="efficientnet_lite0", duration=8.0, one_n=30, log=print):
+def compare_defaults(image_bytes, model="efficientnet_lite0", duration=8.0, one_n=30, log=_stderr):
     """Today's default (TensorFlow, BATCH_SIZE=32) next to the new defaults, same run, same image."""
     upload = (image_bytes, "castle_image.jpg")
     out = {"today": dict(TODAY), "new": new_defaults()}
@@ -164,7 +168,7 @@ def random_resnet50_weights():
 
 
 def model_alone(models_=("efficientnet_lite0", "resnet50"), runtimes=RUNTIMES, threads=THREADS, batch_size=32,
-                repeats=5, log=print):
+                repeats=5, log=_stderr):
     """bench/model_speed.py for every model x runtime x threads: batch-1 ms and images/s at batch_size."""
     rows = []
     for model in models_:
@@ -210,7 +214,7 @@ def main(argv=None):
     except ValueError as exc:
         print(f"sweep: {exc} (give one with --image)", file=sys.stderr)
         return 2
-    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    log = _stderr
     out = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cpus": os.cpu_count(),
            "loadavg_before": [round(x, 2) for x in os.getloadavg()], "quick": args.quick}
     if args.quick:
