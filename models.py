@@ -37,8 +37,9 @@ INPUT_SIZES = {
 }
 REAL_MODELS = ("resnet50", "efficientnet_lite0")
 RUNTIMES = ("litert", "tensorflow")
-# MODEL_RUNTIME=auto: the runtime measured fastest for each model on the 2-core VM (README, Models).
-AUTO_RUNTIME = {"efficientnet_lite0": "litert", "resnet50": "litert"}
+# MODEL_RUNTIME=auto: the runtime measured fastest for each model on the 2-core VM (README, Models). ResNet50:
+# LiteRT is faster at batch 1, TensorFlow's oneDNN kernels about 2x faster at batch 32 (the service's limit).
+AUTO_RUNTIME = {"efficientnet_lite0": "litert", "resnet50": "tensorflow"}
 
 
 class ModelUnavailable(RuntimeError):
@@ -80,9 +81,14 @@ def runtime_for(name, runtime=None):
     return AUTO_RUNTIME[name] if runtime == "auto" else runtime
 
 
+def configured_threads():
+    """MODEL_THREADS, else its older TensorFlow-only name TF_INTRA_OP_THREADS, else 0 (= every core)."""
+    return settings.MODEL_THREADS if settings.MODEL_THREADS > 0 else max(0, settings.TF_INTRA_OP_THREADS)
+
+
 def model_threads():
-    """MODEL_THREADS resolved: 0 = every core of this machine."""
-    return settings.MODEL_THREADS if settings.MODEL_THREADS > 0 else (os.cpu_count() or 1)
+    """The threads one worker's model uses: configured_threads(), 0 resolved to every core of this machine."""
+    return configured_threads() or (os.cpu_count() or 1)
 
 
 class StandinModel:
@@ -121,7 +127,7 @@ def _tensorflow():
         import tensorflow as tf
         try:
             # Only possible before TensorFlow runs its first op; later the pools are fixed for the process.
-            intra = settings.TF_INTRA_OP_THREADS or settings.MODEL_THREADS
+            intra = configured_threads()
             if intra > 0:
                 tf.config.threading.set_intra_op_parallelism_threads(intra)
             if settings.TF_INTER_OP_THREADS > 0:
@@ -255,7 +261,7 @@ def _load(name, runtime):
     if runtime == "tensorflow":
         return KerasModel(name, *build())
     import litert_runtime
-    return litert_runtime.load(name, weights, INPUT_SIZES[name], imagenet_labels(), settings.MODEL_THREADS,
+    return litert_runtime.load(name, weights, INPUT_SIZES[name], imagenet_labels(), model_threads(),
                                settings.MODEL_CACHE_DIR, build)
 
 

@@ -42,7 +42,8 @@ RESNET50_WEIGHTS = _str("RESNET50_WEIGHTS", "")
 MODEL_CACHE_DIR = _str("MODEL_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "redis-keras-queue"))
 # Fixed per-batch delay of the stand-in model, in ms (0 = instant). Used by the scaling benchmark.
 STANDIN_LATENCY_MS = _float("STANDIN_LATENCY_MS", 0)
-BATCH_SIZE = _int("BATCH_SIZE", 32)
+# Most jobs one take gets. 8: measured best with LiteRT on 2 cores (README, Models); LiteRT runs them one by one.
+BATCH_SIZE = _int("BATCH_SIZE", 8)
 # How long a worker may wait for more jobs to fill a batch once it has one (0 = take what is there).
 BATCH_WAIT_MS = _float("BATCH_WAIT_MS", 0)
 # auto (each model on the runtime measured fastest for it, models.AUTO_RUNTIME) | litert | tensorflow.
@@ -51,8 +52,8 @@ MODEL_RUNTIME = _str("MODEL_RUNTIME", "auto")
 MODEL_THREADS = _int("MODEL_THREADS", 0)
 # 1 = MODEL=resnet50 (or auto) may download Keras' ResNet50 weights when no local file exists (else never).
 RESNET50_DOWNLOAD = _bool("RESNET50_DOWNLOAD", False)
-# TensorFlow runtime only, overriding MODEL_THREADS for its intra-op pool / setting its inter-op pool
-# (0 = MODEL_THREADS / TensorFlow decides).
+# TF_INTRA_OP_THREADS: the older name of MODEL_THREADS, used (by both runtimes) when MODEL_THREADS is 0.
+# TF_INTER_OP_THREADS: TensorFlow's inter-op pool (TensorFlow runtime only; 0 = TensorFlow decides).
 TF_INTRA_OP_THREADS = _int("TF_INTRA_OP_THREADS", 0)
 TF_INTER_OP_THREADS = _int("TF_INTER_OP_THREADS", 0)
 
@@ -89,7 +90,7 @@ LIVE_RECORDS = _int("LIVE_RECORDS", 500)
 # --- Processes -----------------------------------------------------------------------------------
 HOST = _str("HOST", "127.0.0.1")
 PORT = _int("PORT", 5000)
-WORKERS = _int("WORKERS", 1)              # model workers started by `make run`
+WORKERS = _int("WORKERS", 2)              # model workers started by `make run` (2: measured best on 2 cores)
 WEB_PROCESSES = _int("WEB_PROCESSES", 2)  # gunicorn worker processes (Python runs one core per process)
 WEB_THREADS = _int("WEB_THREADS", 64)     # threads per gunicorn process (one per waiting request)
 

@@ -126,19 +126,60 @@ def run_sweep(image_bytes, model="efficientnet_lite0", runtimes=RUNTIMES, batch_
             "loadavg_after": [round(x, 2) for x in os.getloadavg()]}
 
 
-def compare_defaults(image_bytes, model="efficientnet_lite0", duration=8.0, one_n=30, log=_stderr):
-    """Today's default (TensorFlow, BATCH_SIZE=32) next to the new defaults, same run, same image."""
+def interleaved(image_bytes, configs, model="efficientnet_lite0", rounds=3, duration=3.0, one_n=10, log=_stderr):
+    """Several configurations side by side, measured in turns: each has its own web server and workers on one
+    Redis (idle ones only block on their own queue), and every round loads each in turn, so a busy machine's
+    ups and downs fall on all of them alike. Returns {name: point}: the median of the rounds' requests/s,
+    and latency percentiles over every round's requests."""
     upload = (image_bytes, "castle_image.jpg")
-    out = {"today": dict(TODAY), "new": new_defaults()}
-    with Stack(MODEL=model) as stack:
-        url, _ = stack.start_web(processes=settings.WEB_PROCESSES)
-        predict = url + "/predict"
-        for name in ("today", "new"):
-            # MODEL_THREADS=0 for today: TensorFlow's own pools, as before the setting existed.
-            p = measure_point(stack, predict, upload, out[name], duration, one_n)
-            out[name] = p
-            log(f"[defaults] {name}: {p['saturated']['requests_per_s']} req/s, one at a time p50 "
-                f"{p['one_at_a_time']['latency_ms']['p50']} ms")
+    out = {}
+    with Stack(MODEL=model) as first:
+        stacks = {}
+        try:
+            for name, config in configs.items():
+                stack = first if not stacks else Stack(redis_server=first.redis_server, MODEL=model)
+                url, _ = stack.start_web(processes=settings.WEB_PROCESSES)
+                _start_workers(stack, config["WORKERS"], {k: v for k, v in config.items() if k != "WORKERS"})
+                stacks[name] = (stack, url + "/predict")
+            runs = {name: {"rps": [], "sat": [], "one": [], "batch": [], "failed": 0} for name in configs}
+            for r in range(rounds):
+                for name, config in configs.items():
+                    stack, predict = stacks[name]
+                    clients = min(64, max(8, 2 * config["BATCH_SIZE"] * config["WORKERS"]))
+                    load.run(predict, upload, total=clients, concurrency=clients)
+                    sat = load.run(predict, upload, duration=duration, concurrency=clients)
+                    load.run(predict, upload, total=2, concurrency=1)
+                    one = load.run(predict, upload, total=one_n, concurrency=1)
+                    stack.check_alive()
+                    ok = [x for x in sat["records"] if x["status"] == "ok"]
+                    mine = runs[name]
+                    mine["rps"].append(len(ok) / sat["elapsed_s"])
+                    mine["sat"] += [x["latency_s"] for x in ok]
+                    mine["batch"] += [x["timings"]["batch"] for x in ok]
+                    mine["one"] += [x["latency_s"] for x in one["records"] if x["status"] == "ok"]
+                    mine["failed"] += sum(x["status"] != "ok" for x in sat["records"] + one["records"])
+                    log(f"[interleaved] round {r + 1} {name}: {mine['rps'][-1]:.1f} req/s")
+        finally:
+            for stack, _ in list(stacks.values())[1:]:
+                stack.stop_all()
+    for name, config in configs.items():
+        mine = runs[name]
+        out[name] = dict(config, saturated={"requests_per_s": round(float(np.median(mine["rps"])), 1),
+                                            "rounds_requests_per_s": [round(x, 1) for x in mine["rps"]],
+                                            "latency_ms": _stats(mine["sat"]),
+                                            "mean_batch": round(float(np.mean(mine["batch"])), 1) if mine["batch"] else None},
+                         one_at_a_time={"latency_ms": _stats(mine["one"])}, failed=mine["failed"])
+    return out
+
+
+def compare_defaults(image_bytes, model="efficientnet_lite0", rounds=3, duration=5.0, one_n=15, log=_stderr):
+    """Today's default (TensorFlow, BATCH_SIZE=32, TensorFlow's own threads) next to the new defaults, measured
+    in turns in the same run (interleaved), castle uploads."""
+    out = interleaved(image_bytes, {"today": dict(TODAY), "new": new_defaults()}, model, rounds, duration, one_n, log)
+    for name in ("today", "new"):
+        p = out[name]
+        log(f"[defaults] {name}: {p['saturated']['requests_per_s']} req/s, one at a time p50 "
+            f"{p['one_at_a_time']['latency_ms']['p50']} ms")
     today, new = out["today"], out["new"]
     out["saturated_ratio"] = round(new["saturated"]["requests_per_s"] / today["saturated"]["requests_per_s"], 2)
     out["one_at_a_time_p50_ratio"] = round(new["one_at_a_time"]["latency_ms"]["p50"]

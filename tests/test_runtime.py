@@ -157,7 +157,8 @@ def test_auto_never_downloads_and_says_which(cache_dir, resnet50_file, tmp_path)
     os.makedirs(tmp_path / "keras_home" / "models")
     shutil.copy(resnet50_file, tmp_path / "keras_home" / "models" / models.RESNET50_FILE)
     load("resnet50", "litert", cache_dir, resnet50_file)  # cached conversion (same weights content)
-    log, _ = run_worker_load(dict(env, KERAS_HOME=str(tmp_path / "keras_home")))
+    # MODEL_RUNTIME=litert: a cache hit, no TensorFlow start (auto would run ResNet50 on TensorFlow).
+    log, _ = run_worker_load(dict(env, KERAS_HOME=str(tmp_path / "keras_home"), MODEL_RUNTIME="litert"))
     [chosen] = [line for line in log.splitlines() if " model.chosen " in line]
     assert "model=resnet50 runtime=litert" in chosen and "keras_home" in chosen, chosen
     assert "model.tflite model=resnet50 cached=true" in log
@@ -186,3 +187,22 @@ def test_worker_on_litert_logs_its_policy_and_classifies(redis_server, cache_dir
     for line in ready:
         assert "model=efficientnet_lite0" in line and "runtime=litert" in line and "threads=1" in line
         assert "batch_size=4" in line and "batch_wait_ms=2.0" in line
+
+
+def test_auto_runtime_is_litert_for_lite0_and_tensorflow_for_resnet50():
+    assert models.runtime_for("efficientnet_lite0", "auto") == "litert"
+    assert models.runtime_for("resnet50", "auto") == "tensorflow"
+    assert models.runtime_for("resnet50", "litert") == "litert"
+
+
+def test_sweep_quick_runs_and_reports_a_best_configuration(tmp_path):
+    out = tmp_path / "sweep.json"
+    done = subprocess.run([sys.executable, "bench/sweep.py", "--quick", "--out", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    import json
+    result = json.loads(out.read_text())["sweep"]
+    assert len(result["points"]) == 8 and set(result["best"]) == {"tensorflow", "litert"}
+    for point in result["points"]:
+        assert point["failed"] == 0 if "failed" in point else point["saturated"]["failed"] == 0
+        assert point["saturated"]["requests_per_s"] > 0 and point["one_at_a_time"]["latency_ms"]["p50"] > 0
