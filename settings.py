@@ -42,7 +42,7 @@ RESNET50_WEIGHTS = _str("RESNET50_WEIGHTS", "")
 MODEL_CACHE_DIR = _str("MODEL_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "redis-keras-queue"))
 # Fixed per-batch delay of the stand-in model, in ms (0 = instant). Used by the scaling benchmark.
 STANDIN_LATENCY_MS = _float("STANDIN_LATENCY_MS", 0)
-# Most jobs one take gets. 8: measured best with LiteRT on 2 cores (README, Models); LiteRT runs them one by one.
+# Most jobs one take gets and one model call classifies. 8: chosen from the 2-core sweep (README, Benchmarks).
 BATCH_SIZE = _int("BATCH_SIZE", 8)
 # How long a worker may wait for more jobs to fill a batch once it has one (0 = take what is there).
 BATCH_WAIT_MS = _float("BATCH_WAIT_MS", 0)
@@ -90,7 +90,7 @@ LIVE_RECORDS = _int("LIVE_RECORDS", 500)
 # --- Processes -----------------------------------------------------------------------------------
 HOST = _str("HOST", "127.0.0.1")
 PORT = _int("PORT", 5000)
-WORKERS = _int("WORKERS", 2)              # model workers started by `make run` (2: measured best on 2 cores)
+WORKERS = _int("WORKERS", 1)              # model workers started by `make run`
 WEB_PROCESSES = _int("WEB_PROCESSES", 2)  # gunicorn worker processes (Python runs one core per process)
 WEB_THREADS = _int("WEB_THREADS", 64)     # threads per gunicorn process (one per waiting request)
 
