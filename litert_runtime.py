@@ -15,10 +15,11 @@ XNNPACK gets the graph in ~50 pieces: 1,302 ops and a 235 KB file holding no wei
 Freezing the variables to constants first (convert_variables_to_constants_v2) gives 77 ops, all in one
 XNNPACK delegate node, and a 102 MB file. (EfficientNet-Lite0 happened to fall back to freezing already.)
 
-The .tflite has a free batch dimension and predict() runs each batch in one invoke, resizing the
-interpreter's input when the batch size changes: a resize costs ~0.1 ms (~20 ms the first time a larger
-size allocates). Per image, Lite0 is as fast at batch 8 as at batch 1 (7.9 vs 8.3 ms, 1 thread), ResNet50
-faster batched (61 vs 70 ms): measured 2026-12-01 on the busy 2-core VM.
+The .tflite has a free batch dimension. predict() runs a batch in invokes of `chunk` images (None: the whole
+batch in one), resizing the interpreter's input when the size changes: ~0.1 ms (~20 ms the first time a
+larger size allocates). models.LITERT_CHUNK picks per model: with XNNPACK, Lite0 is fastest per image at
+batch 1 (2 threads: 4.0 ms/image at batch 1, 4.3-4.8 at 8 and 32; 1 thread 7.9 against 8.3-9.6), ResNet50
+batched (2 threads: ~40 ms at batch 1, ~33 at batch 8 and 32): measured 2026-12-01 on the shared 2-core VM.
 """
 import hashlib
 import importlib.metadata
@@ -81,12 +82,13 @@ class LiteRTModel:
 
     runtime = "litert"
 
-    def __init__(self, name, content, input_size, labels, threads):
+    def __init__(self, name, content, input_size, labels, threads, chunk=None):
         from ai_edge_litert.interpreter import Interpreter
         self.name = name
         self.input_size = tuple(input_size)
         self.labels = labels
         self.threads = resolve_threads(threads)
+        self.chunk = chunk
         # model_content (not model_path): the bytes were already read and checked by the caller.
         self._interpreter = Interpreter(model_content=content, num_threads=self.threads)
         self._interpreter.allocate_tensors()
@@ -102,21 +104,28 @@ class LiteRTModel:
         if batch.ndim != 4 or batch.shape[1:] != (*self.input_size, 3):
             raise ValueError(f"{self.name} takes uint8 batches (n, {self.input_size[0]}, {self.input_size[1]}, 3), "
                              f"not {batch.shape}")
-        if len(batch) != self._batch:
-            self._interpreter.resize_tensor_input(self._input, [len(batch), *self.input_size, 3])
+        pixels = batch.astype(np.float32)
+        step = self.chunk or len(batch)
+        if step >= len(batch):
+            return self._invoke(pixels)
+        return np.concatenate([self._invoke(pixels[i:i + step]) for i in range(0, len(batch), step)])
+
+    def _invoke(self, pixels):
+        if len(pixels) != self._batch:
+            self._interpreter.resize_tensor_input(self._input, [len(pixels), *self.input_size, 3])
             self._interpreter.allocate_tensors()
-            self._batch = len(batch)
-        self._interpreter.set_tensor(self._input, batch.astype(np.float32))
+            self._batch = len(pixels)
+        self._interpreter.set_tensor(self._input, pixels)
         self._interpreter.invoke()
         return self._interpreter.get_tensor(self._output).copy()  # the interpreter reuses its buffer
 
     def warm_up(self, batch_size):
-        """Run once at batch_size then at 1, so the largest buffers are allocated before the first job."""
+        """Run once at batch_size then at 1, so the invoke sizes of real batches are allocated before the first job."""
         for n in sorted({1, max(1, batch_size)}, reverse=True):
             self.predict(np.zeros((n, *self.input_size, 3), dtype=np.uint8))
 
 
-def load(name, weights_path, input_size, labels, threads, cache_dir, build_keras):
+def load(name, weights_path, input_size, labels, threads, cache_dir, build_keras, chunk=None):
     """A LiteRTModel for `name`, from the cache when it holds this weights file's conversion, else converted.
 
     build_keras() → (keras_model, preprocess) is called only on a miss (it imports TensorFlow).
@@ -126,7 +135,7 @@ def load(name, weights_path, input_size, labels, threads, cache_dir, build_keras
     if os.path.exists(path):
         try:
             with open(path, "rb") as f:
-                model = LiteRTModel(name, f.read(), input_size, labels, threads)
+                model = LiteRTModel(name, f.read(), input_size, labels, threads, chunk)
             log("model.tflite", model=name, cached=True, path=path)
             return model
         except Exception as exc:  # truncated, foreign or unreadable: convert again and replace it
@@ -134,7 +143,7 @@ def load(name, weights_path, input_size, labels, threads, cache_dir, build_keras
     started = time.perf_counter()
     keras_model, preprocess = build_keras()
     content = convert(keras_model, input_size, preprocess)
-    model = LiteRTModel(name, content, input_size, labels, threads)
+    model = LiteRTModel(name, content, input_size, labels, threads, chunk)
     try:
         os.makedirs(cache_dir, exist_ok=True)
         # Write aside then rename: several workers may start at once, none may read a half-written file.

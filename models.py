@@ -40,6 +40,9 @@ RUNTIMES = ("litert", "tensorflow")
 # MODEL_RUNTIME=auto: the runtime measured fastest for each model on the 2-core VM (README, Models). ResNet50:
 # LiteRT is faster at batch 1, TensorFlow's oneDNN kernels about 2x faster at batch 32 (the service's limit).
 AUTO_RUNTIME = {"efficientnet_lite0": "litert", "resnet50": "tensorflow"}
+# LiteRT: images per invoke (None = the whole batch in one): Lite0 is fastest per image one at a time, ResNet50
+# batched (litert_runtime's docstring has the figures).
+LITERT_CHUNK = {"efficientnet_lite0": 1, "resnet50": None}
 
 
 class ModelUnavailable(RuntimeError):
@@ -262,7 +265,7 @@ def _load(name, runtime):
         return KerasModel(name, *build())
     import litert_runtime
     return litert_runtime.load(name, weights, INPUT_SIZES[name], imagenet_labels(), model_threads(),
-                               settings.MODEL_CACHE_DIR, build)
+                               settings.MODEL_CACHE_DIR, build, LITERT_CHUNK[name])
 
 
 def choose_auto():
