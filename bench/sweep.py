@@ -96,7 +96,7 @@ def measure_point(stack, predict, upload, config, duration, one_n):
 
 
 def run_sweep(image_bytes, model="efficientnet_lite0", runtimes=RUNTIMES, batch_sizes=BATCH_SIZES,
-              threads=THREADS, workers=WORKERS, duration=4.0, one_n=15, log=_stderr):
+              threads=THREADS, workers=WORKERS, duration=3.0, one_n=15, log=_stderr):
     """Every point of the grid on one Redis + one gunicorn; returns {"points": [...], "best": {runtime: point}}."""
     upload = (image_bytes, "castle_image.jpg")
     points = []
@@ -263,7 +263,7 @@ def main(argv=None):
         out["sweep"] = run_sweep(image_bytes, "standin", batch_sizes=(1, 4), threads=(1,), workers=(1, 2),
                                  duration=args.duration or 0.7, one_n=3, log=log)
     else:
-        out["sweep"] = run_sweep(image_bytes, duration=args.duration or 4.0, log=log)
+        out["sweep"] = run_sweep(image_bytes, duration=args.duration or 3.0, log=log)
         if not args.no_models:
             out["model_alone"] = model_alone(log=log)
     path = args.out or os.path.join(HERE, "results", "sweep-quick.json" if args.quick else "sweep.json")
