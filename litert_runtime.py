@@ -13,7 +13,8 @@ keeps every weight as a resource variable (VAR_HANDLE + READ_VARIABLE ops, 320 o
 not folded into the convolutions (RSQRT/SUB/MUL/ADD per layer), every kernel is TRANSPOSEd at run time and
 XNNPACK gets the graph in ~50 pieces: 1,302 ops and a 235 KB file holding no weights, ~1.2 s per image.
 Freezing the variables to constants first (convert_variables_to_constants_v2) gives 77 ops, all in one
-XNNPACK delegate node, and a 102 MB file. (EfficientNet-Lite0 happened to fall back to freezing already.)
+XNNPACK delegate node, and a 102 MB file. (from_keras_model freezes too, but would leave the preprocessing
+out; EfficientNet-Lite0 happened to be frozen already.)
 
 The .tflite has a free batch dimension. predict() runs a batch in invokes of `chunk` images (None: the whole
 batch in one), resizing the interpreter's input when the size changes: ~0.1 ms (~20 ms the first time a
