@@ -9,9 +9,16 @@ importing TensorFlow; each applies its own normalisation inside predict(). The s
 queue tests and benchmarks only: it is never the default and says "standin" in every result.
 
 Where it sits: upload → job → Redis → worker → *model* → result. The real models are resnet50 (Keras
-application; ImageNet weights from RESNET50_WEIGHTS, the Keras cache or Keras' download) and
-efficientnet_lite0 (efficientnet_lite0.py; weights ship with pip). MODEL=auto serves ResNet50 when its
-weights can be had, else Lite0. TensorFlow is imported only when a real model loads.
+application; ImageNet weights from RESNET50_WEIGHTS or the Keras cache, downloaded only on request:
+RESNET50_DOWNLOAD=1 or `python models.py --download-resnet50`) and efficientnet_lite0
+(efficientnet_lite0.py; weights ship with pip). MODEL=auto serves ResNet50 when a local weights file
+exists, else Lite0, and never downloads.
+
+Each real model runs on one of two runtimes (MODEL_RUNTIME): `tensorflow` (one tf.function call per batch,
+the reference and the conversion source) or `litert` (the same Keras model converted to .tflite and run by
+LiteRT's interpreter with XNNPACK, litert_runtime.py). `auto` picks AUTO_RUNTIME[model], the one measured
+fastest. TensorFlow is imported only when a model runs on it or is being converted (a LiteRT cache hit
+does not import it).
 """
 import json
 import os
@@ -29,6 +36,13 @@ INPUT_SIZES = {
     "standin": (224, 224),
 }
 REAL_MODELS = ("resnet50", "efficientnet_lite0")
+RUNTIMES = ("litert", "tensorflow")
+# MODEL_RUNTIME=auto: the runtime measured fastest for each model on the 2-core VM (README, Models). ResNet50:
+# LiteRT is faster at batch 1, TensorFlow's oneDNN kernels about 2x faster at batch 32 (the service's limit).
+AUTO_RUNTIME = {"efficientnet_lite0": "litert", "resnet50": "tensorflow"}
+# LiteRT: images per invoke (None = the whole batch in one): Lite0 is fastest per image one at a time, ResNet50
+# batched (litert_runtime's docstring has the figures).
+LITERT_CHUNK = {"efficientnet_lite0": 1, "resnet50": None}
 
 
 class ModelUnavailable(RuntimeError):
@@ -62,6 +76,24 @@ def imagenet_labels():
     return _labels
 
 
+def runtime_for(name, runtime=None):
+    """The runtime `name` runs on: MODEL_RUNTIME (or `runtime`), with auto resolved per model."""
+    runtime = runtime or settings.MODEL_RUNTIME
+    if runtime not in ("auto", *RUNTIMES):
+        raise ModelUnavailable(f"unknown MODEL_RUNTIME {runtime!r}: choose auto, {', '.join(RUNTIMES)}")
+    return AUTO_RUNTIME[name] if runtime == "auto" else runtime
+
+
+def configured_threads():
+    """MODEL_THREADS, else its older TensorFlow-only name TF_INTRA_OP_THREADS, else 0 (= every core)."""
+    return settings.MODEL_THREADS if settings.MODEL_THREADS > 0 else max(0, settings.TF_INTRA_OP_THREADS)
+
+
+def model_threads():
+    """The threads one worker's model uses: configured_threads(), 0 resolved to every core of this machine."""
+    return configured_threads() or (os.cpu_count() or 1)
+
+
 class StandinModel:
     """A deterministic stand-in for queue tests: no TensorFlow, no weights, not an image classifier.
 
@@ -71,6 +103,8 @@ class StandinModel:
     """
 
     name = "standin"
+    runtime = "none"
+    threads = 1
 
     def __init__(self, latency_ms=0.0):
         self.input_size = INPUT_SIZES["standin"]
@@ -105,8 +139,9 @@ def _tensorflow():
         import tensorflow as tf
         try:
             # Only possible before TensorFlow runs its first op; later the pools are fixed for the process.
-            if settings.TF_INTRA_OP_THREADS > 0:
-                tf.config.threading.set_intra_op_parallelism_threads(settings.TF_INTRA_OP_THREADS)
+            intra = configured_threads()
+            if intra > 0:
+                tf.config.threading.set_intra_op_parallelism_threads(intra)
             if settings.TF_INTER_OP_THREADS > 0:
                 tf.config.threading.set_inter_op_parallelism_threads(settings.TF_INTER_OP_THREADS)
         except RuntimeError as exc:
@@ -122,9 +157,12 @@ class KerasModel:
     instead of keras' model.predict, whose per-call setup costs more than Lite0's own compute at batch 1.
     """
 
+    runtime = "tensorflow"
+
     def __init__(self, name, keras_model, preprocess=None):
         tf = _tensorflow()
         self.name = name
+        self.threads = tf.config.threading.get_intra_op_parallelism_threads() or (os.cpu_count() or 1)
         self.input_size = INPUT_SIZES[name]
         self.labels = imagenet_labels()
         self.keras_model = keras_model
@@ -172,7 +210,8 @@ def find_resnet50_weights():
 
 
 def _download_resnet50_weights():
-    """(path, None) from Keras' own download (cached for next time), or (None, why not)."""
+    """(path, None) from Keras' own download (cached for next time, with a progress bar), or (None, why not).
+    Only called when the user asked for it (RESNET50_DOWNLOAD=1, `python models.py --download-resnet50`)."""
     import keras
     url = "https://storage.googleapis.com/tensorflow/keras-applications/resnet/" + RESNET50_FILE
     try:
@@ -183,23 +222,27 @@ def _download_resnet50_weights():
 
 
 def resnet50_weights():
-    """Path of ResNet50 ImageNet weights: RESNET50_WEIGHTS, else the Keras cache, else Keras' download.
+    """Path of ResNet50 ImageNet weights: RESNET50_WEIGHTS, else the Keras cache, else (only with
+    RESNET50_DOWNLOAD=1) Keras' download.
 
     Raises ModelUnavailable (one line: what is missing, how to provide it) when none works.
     """
     path, why = find_resnet50_weights()
     if path is None and not settings.RESNET50_WEIGHTS:  # an explicit file that is missing is an error, not a hint
-        path, download_why = _download_resnet50_weights()
-        why = f"{why}; {download_why}"
+        if settings.RESNET50_DOWNLOAD:
+            path, download_why = _download_resnet50_weights()
+            why = f"{why}; {download_why}"
+        else:
+            why = f"{why} (downloads only with RESNET50_DOWNLOAD=1 or `python models.py --download-resnet50`)"
     if path is None:
         raise ModelUnavailable(f"ResNet50 ImageNet weights unavailable: {why}. Set RESNET50_WEIGHTS to a local "
                                f"{RESNET50_FILE}, or use MODEL=efficientnet_lite0 (weights ship with pip)")
     return path
 
 
-def _load_resnet50():
+def _keras_resnet50(path):
+    """(Keras ResNet50 with the weights at path, its preprocessing)."""
     _tensorflow()  # before keras runs anything, so the thread settings still apply
-    path = resnet50_weights()
     import keras
     model = keras.applications.ResNet50(weights=None)
     try:
@@ -209,43 +252,72 @@ def _load_resnet50():
                                f"Keras' {RESNET50_FILE}, or use MODEL=efficientnet_lite0") from None
     log("model.weights", model="resnet50", source=path)
     # Caffe-style: RGB→BGR and ImageNet mean subtraction, as the weights were trained.
-    return KerasModel("resnet50", model, keras.applications.resnet50.preprocess_input)
+    return model, keras.applications.resnet50.preprocess_input
 
 
-def _load_efficientnet_lite0():
+def _keras_lite0():
     _tensorflow()
     import efficientnet_lite0
-    return KerasModel("efficientnet_lite0", efficientnet_lite0.build())
+    return efficientnet_lite0.build(), None
 
 
-def load_model(name=None):
-    """Build the model named by `name` (default settings.MODEL), warmed up and ready to predict.
+def _load(name, runtime):
+    """The real model `name` on `runtime`, not yet warmed up."""
+    if name == "resnet50":
+        weights = resnet50_weights()
+        build = lambda: _keras_resnet50(weights)  # noqa: E731
+    else:
+        import efficientnet_lite0  # no TensorFlow at import
+        weights = efficientnet_lite0.source_weights_path()
+        build = _keras_lite0
+    if runtime == "tensorflow":
+        return KerasModel(name, *build())
+    import litert_runtime
+    return litert_runtime.load(name, weights, INPUT_SIZES[name], imagenet_labels(), model_threads(),
+                               settings.MODEL_CACHE_DIR, build, LITERT_CHUNK[name])
 
-    auto = ResNet50 when its weights can be had, else EfficientNet-Lite0; one log line says which and why.
-    May raise ModelUnavailable.
+
+def choose_auto():
+    """MODEL=auto's choice without loading anything or downloading: (model name, reason)."""
+    path, why = find_resnet50_weights()
+    if path:
+        return "resnet50", f"MODEL=auto and ResNet50 weights are at {path}"
+    if settings.RESNET50_WEIGHTS:  # a file named on purpose but missing is a mistake to report, not hide
+        raise ModelUnavailable(f"ResNet50 ImageNet weights unavailable: {why}. Fix RESNET50_WEIGHTS or unset it")
+    if settings.RESNET50_DOWNLOAD:
+        return "resnet50", "MODEL=auto and RESNET50_DOWNLOAD=1: downloading ResNet50 weights"
+    return "efficientnet_lite0", (f"MODEL=auto: no local ResNet50 weights ({why}; set RESNET50_WEIGHTS, or "
+                                  f"RESNET50_DOWNLOAD=1 to download them); serving EfficientNet-Lite0")
+
+
+def load_model(name=None, runtime=None):
+    """Build the model named by `name` (default settings.MODEL) on `runtime` (default MODEL_RUNTIME), warmed
+    up and ready to predict.
+
+    auto = ResNet50 when a local weights file exists, else EfficientNet-Lite0 (never a download unless
+    RESNET50_DOWNLOAD=1); one log line says which and why. May raise ModelUnavailable.
     """
     name = name or settings.MODEL
     input_size(name)  # unknown names fail here, with the list of known ones
     if name == "standin":
         return StandinModel(settings.STANDIN_LATENCY_MS)
     if name == "auto":
+        name, reason = choose_auto()
         try:
-            model = _load_resnet50()
-            log("model.chosen", model="resnet50", reason="MODEL=auto and ResNet50 weights are available")
+            model = _load(name, runtime_for(name, runtime))
         except ModelUnavailable as exc:
-            if settings.RESNET50_WEIGHTS:  # a file named on purpose but missing is a mistake to report, not hide
+            if name != "resnet50" or settings.RESNET50_WEIGHTS:
                 raise
-            log("model.chosen", model="efficientnet_lite0",
-                reason=f"MODEL=auto: {exc}")
-            model = _load_efficientnet_lite0()
-    elif name == "resnet50":
-        model = _load_resnet50()
+            name, reason = "efficientnet_lite0", f"MODEL=auto: {exc}"  # the download asked for failed
+            model = _load(name, runtime_for(name, runtime))
+        log("model.chosen", model=name, runtime=model.runtime, reason=reason)
     else:
-        model = _load_efficientnet_lite0()
+        model = _load(name, runtime_for(name, runtime))
     started = time.perf_counter()
     model.warm_up(settings.BATCH_SIZE)
-    log("model.ready", model=model.name, warm_up_s=round(time.perf_counter() - started, 2),
-        batch_size=settings.BATCH_SIZE)
+    log("model.ready", model=model.name, runtime=model.runtime, threads=model.threads,
+        batch_size=settings.BATCH_SIZE, batch_wait_ms=settings.BATCH_WAIT_MS,
+        warm_up_s=round(time.perf_counter() - started, 2))
     return model
 
 
@@ -271,3 +343,26 @@ def raw_speed(model, batch_size=None, repeats=5):
     one, many = median_seconds(1), median_seconds(batch_size)
     return {"model": model.name, "batch_1_ms": round(one * 1000, 2), "batch_size": batch_size,
             "batch_ms": round(many * 1000, 2), "images_per_s": round(batch_size / many, 1)}
+
+
+def main(argv=None):
+    import argparse
+    parser = argparse.ArgumentParser(description="Model files: fetch ResNet50's ImageNet weights on purpose.")
+    parser.add_argument("--download-resnet50", action="store_true",
+                        help=f"download Keras' {RESNET50_FILE} (98 MB, with progress) into the Keras cache")
+    args = parser.parse_args(argv)
+    if not args.download_resnet50:
+        parser.print_help()
+        return 2
+    path, why = find_resnet50_weights()
+    if path is None:
+        path, why = _download_resnet50_weights()
+    if path is None:
+        print(f"models.py: {why}", file=__import__("sys").stderr)
+        return 1
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -109,7 +109,8 @@ class Worker:
 
     # --- the loop ----------------------------------------------------------------------------------
     def run(self):
-        log("worker.ready", worker=self.id, model=self.model.name, batch_size=settings.BATCH_SIZE,
+        log("worker.ready", worker=self.id, model=self.model.name, runtime=getattr(self.model, "runtime", None),
+            threads=getattr(self.model, "threads", None), batch_size=settings.BATCH_SIZE,
             batch_wait_ms=settings.BATCH_WAIT_MS)
         self._heartbeat_thread = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
         self._heartbeat_thread.start()

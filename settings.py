@@ -137,10 +137,18 @@ STANDIN_LATENCY_MS = _float("STANDIN_LATENCY_MS", 0, low=0)
 # Tests only (poison jobs): the stand-in model kills its own worker process, like an OOM kill or a native
 # crash, when a batch holds a solid grey image of this level (0..255). -1: never.
 STANDIN_CRASH_LEVEL = _int("STANDIN_CRASH_LEVEL", -1, low=-1, high=255)
-BATCH_SIZE = _int("BATCH_SIZE", 32, low=1)
+# Most jobs one take gets and one model call classifies. 8: chosen from the 2-core sweep (README, Benchmarks).
+BATCH_SIZE = _int("BATCH_SIZE", 8, low=1)
 # How long a worker may wait for more jobs to fill a batch once it has one (0 = take what is there).
 BATCH_WAIT_MS = _float("BATCH_WAIT_MS", 0, low=0)
-# TensorFlow threads per worker (0 = TensorFlow decides). Lower them when several workers share a machine.
+# auto (each model on the runtime measured fastest for it, models.AUTO_RUNTIME) | litert | tensorflow.
+MODEL_RUNTIME = _str("MODEL_RUNTIME", "auto", choices=("auto", "litert", "tensorflow"))
+# Threads one worker's model uses (LiteRT's interpreter; TensorFlow's intra-op pool). 0 = every core.
+MODEL_THREADS = _int("MODEL_THREADS", 0, low=0)
+# 1 = MODEL=resnet50 (or auto) may download Keras' ResNet50 weights when no local file exists (else never).
+RESNET50_DOWNLOAD = _bool("RESNET50_DOWNLOAD", False)
+# TF_INTRA_OP_THREADS: the older name of MODEL_THREADS, used (by both runtimes) when MODEL_THREADS is 0.
+# TF_INTER_OP_THREADS: TensorFlow's inter-op pool (TensorFlow runtime only; 0 = TensorFlow decides).
 TF_INTRA_OP_THREADS = _int("TF_INTRA_OP_THREADS", 0, low=0)
 TF_INTER_OP_THREADS = _int("TF_INTER_OP_THREADS", 0, low=0)
 

@@ -15,6 +15,8 @@ own counters (INFO stats, INFO commandstats). Sections, each bounded in time:
   polling     NOTIFICATIONS=0, POLL_INTERVAL=0.25 (the course's way) next to notifications
   scaling     MODEL=standin STANDIN_LATENCY_MS=100 BATCH_SIZE=1: requests/s with 1, 2 and 4 workers
   queue_path  MODEL=standin (instant) and a tiny image: requests/s through gunicorn
+  runtimes    (not with --quick) bench/sweep.py: both models alone on both runtimes; today's default
+              (TensorFlow, BATCH_SIZE=32) next to the new defaults; the runtime x batch x threads x workers sweep
 
 Every figure is measured in this run; CPU seconds of the client and of each server process are recorded
 next to each load figure, because client and service share the same cores.
@@ -403,6 +405,24 @@ def verdicts(r):
     }
 
 
+def runtime_verdicts(r):
+    """The runtime's goals: Lite0 on LiteRT >= 1.8x TensorFlow (best of each, model alone), ResNet50 on its
+    auto runtime at least as fast as on TensorFlow, and the new defaults against today's end to end."""
+    import models
+    alone, d = r["model_alone"], r["defaults_vs_today"]
+    lite0 = alone["litert_over_tensorflow"]["efficientnet_lite0"]
+    best = alone["best_images_per_s"]
+    resnet = round(best[f"resnet50/{models.AUTO_RUNTIME['resnet50']}"] / best["resnet50/tensorflow"], 2)
+    return {
+        "lite0_litert_over_tensorflow": {"value": lite0, "goal": ">= 1.8", "met": lite0 >= 1.8},
+        "resnet50_auto_over_tensorflow": {"value": resnet, "goal": ">= 1.0", "met": resnet >= 1.0},
+        "saturated_new_over_today": {"value": d["saturated_ratio"], "goal": ">= 1.4",
+                                     "met": d["met"]["saturated_ratio"]},
+        "one_at_a_time_p50_new_over_today": {"value": d["one_at_a_time_p50_ratio"], "goal": "<= 0.5",
+                                             "met": d["met"]["one_at_a_time_p50_ratio"]},
+    }
+
+
 def print_table(r):
     m, low, sat = r["model"], r["low_load"], r["saturation"]
     print(f"\nmodel {m['model']}: batch 1 {m['batch_1_ms']} ms, batch {m['batch_size']} "
@@ -485,6 +505,11 @@ def main(argv=None):
                       "course_bytes_per_request": course, "fraction_of_course": round(ours / course["bytes"], 3)}
         r["scaling"] = timed("scaling", section_scaling, args)
         r["queue_path"] = timed("queue path", section_queue_path, args)
+        if not args.quick:  # bench/sweep.py --quick is the runtimes' smoke run
+            from bench import sweep
+            r["model_alone"] = timed("models alone, both runtimes", sweep.model_alone)
+            r["defaults_vs_today"] = timed("defaults vs today's", sweep.compare_defaults, image_bytes)
+            r["runtime_sweep"] = timed("runtime sweep", sweep.run_sweep, image_bytes)
     except KeyboardInterrupt:
         print("[bench] interrupted; every process it started has been stopped", file=sys.stderr)
         return 130
@@ -492,6 +517,8 @@ def main(argv=None):
     r["total_seconds"] = round(time.monotonic() - started, 1)
     r["machine"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     r["verdicts"] = verdicts(r)
+    if "defaults_vs_today" in r:
+        r["verdicts"].update(runtime_verdicts(r))
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out + ".tmp", "w") as f:
         json.dump(r, f, indent=1)

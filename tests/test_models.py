@@ -34,11 +34,12 @@ def lite0_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def lite0(lite0_cache):
-    """Lite0 loaded once for the module, converting into a fresh cache (small warm-up batch for speed)."""
+    """Lite0 on TensorFlow (the reference) loaded once for the module, converting into a fresh cache (small
+    warm-up batch for speed). tests/test_runtime.py compares LiteRT against it."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(settings, "MODEL_CACHE_DIR", lite0_cache)
         mp.setattr(settings, "BATCH_SIZE", 4)
-        yield models.load_model("efficientnet_lite0")
+        yield models.load_model("efficientnet_lite0", runtime="tensorflow")
 
 
 def encode(image, fmt="PNG"):
@@ -178,10 +179,14 @@ def test_real_torch_file_loads_as_arrays():
 
 @pytest.fixture
 def no_resnet50_download(monkeypatch, tmp_path):
-    """No RESNET50_WEIGHTS, an empty Keras cache, and a download that fails as it does offline."""
+    """No RESNET50_WEIGHTS, an empty Keras cache, no RESNET50_DOWNLOAD; a download attempt fails the test."""
     monkeypatch.setattr(settings, "RESNET50_WEIGHTS", "")
+    monkeypatch.setattr(settings, "RESNET50_DOWNLOAD", False)
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
-    monkeypatch.setattr(models, "_download_resnet50_weights", lambda: (None, "download failed (offline test)"))
+
+    def no_download():
+        raise AssertionError("a download was attempted without RESNET50_DOWNLOAD=1")
+    monkeypatch.setattr(models, "_download_resnet50_weights", no_download)
     monkeypatch.setattr(settings, "BATCH_SIZE", 2)
 
 
@@ -196,7 +201,7 @@ def test_resnet50_loads_weights_file(monkeypatch, tmp_path):
         legacy_h5_format.save_weights_to_hdf5_group(f, source)
     monkeypatch.setattr(settings, "RESNET50_WEIGHTS", str(path))
     monkeypatch.setattr(settings, "BATCH_SIZE", 2)
-    model = models.load_model("resnet50")
+    model = models.load_model("resnet50", runtime="tensorflow")
     assert model.name == "resnet50" and model.input_size == (224, 224) and len(model.labels) == 1000
     np.testing.assert_array_equal(model.keras_model.get_layer("conv1_conv").get_weights()[0],
                                   source.get_layer("conv1_conv").get_weights()[0])
@@ -210,6 +215,7 @@ def test_resnet50_missing_weights_is_one_clear_line(no_resnet50_download, monkey
         models.load_model("resnet50")
     message = str(caught.value)
     assert "\n" not in message and "RESNET50_WEIGHTS" in message and "MODEL=efficientnet_lite0" in message
+    assert "RESNET50_DOWNLOAD=1" in message and "--download-resnet50" in message
     monkeypatch.setattr(settings, "RESNET50_WEIGHTS", str(tmp_path / "nowhere.h5"))
     with pytest.raises(models.ModelUnavailable, match="nowhere.h5 is not a file"):
         models.load_model("resnet50")
@@ -217,10 +223,11 @@ def test_resnet50_missing_weights_is_one_clear_line(no_resnet50_download, monkey
 
 def test_auto_falls_back_to_lite0_and_says_why(no_resnet50_download, monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(settings, "MODEL_CACHE_DIR", str(tmp_path / "cache"))
-    model = models.load_model("auto")
+    model = models.load_model("auto", runtime="tensorflow")
     assert model.name == "efficientnet_lite0"
     chosen = [line for line in capsys.readouterr().err.splitlines() if " model.chosen " in line]
     assert len(chosen) == 1 and "model=efficientnet_lite0" in chosen[0] and "RESNET50_WEIGHTS" in chosen[0]
+    assert "RESNET50_DOWNLOAD=1" in chosen[0]
 
 
 def test_auto_does_not_hide_a_missing_weights_file(monkeypatch, tmp_path):
