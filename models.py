@@ -103,7 +103,7 @@ class StandinModel:
     """
 
     name = "standin"
-    runtime = "none"
+    runtime = "numpy"  # no model runtime: a few numpy operations
     threads = 1
 
     def __init__(self, latency_ms=0.0):
