@@ -6,7 +6,7 @@ transaction or Lua script, because with several web servers and several workers 
 is a race: the course's LRANGE + LTRIM pair lets two workers read the same jobs, and the second LTRIM then
 drops jobs that nobody ran.
 
-Life of a job:  queue --take_batch--> inflight:{worker} --complete--> result:{id} (deleted from inflight)
+Life of a job:  queue --take_batch--> inflight:{worker} --complete--> result:{id} (trimmed from inflight)
                                             \--beat() of a live worker, when {worker} is dead--> back to queue
 """
 import time
@@ -32,6 +32,31 @@ if #jobs > 0 then
 end
 return jobs
 """
+
+# Write a batch's results (SET result:<id> EX ttl each) and drop the batch from the worker's in-flight list,
+# in one atomic step. A pipelined worker holds several batches in that list at once, in the order it took
+# them, and answers them in that order, so the batch answered is always the oldest ARGV[3] entries: LTRIM,
+# after checking that the first and the last of them start with the bytes the worker took (ARGV[4], ARGV[5]:
+# each job's first bytes, its id). A list that does not match (a peer took this worker for dead and
+# requeued its jobs meanwhile) is left alone and the script returns -1: the worker then removes its jobs by
+# value. ARGV[3] = -1: delete the whole list (a worker holding one batch at a time).
+# KEYS[1]: in-flight list. ARGV: result key prefix, ttl, n, first head, last head, then id, result pairs.
+_COMPLETE = """
+for i = 6, #ARGV, 2 do
+  redis.call('SET', ARGV[1] .. ARGV[i], ARGV[i + 1], 'EX', ARGV[2])
+end
+local n = tonumber(ARGV[3])
+if n < 0 then return redis.call('DEL', KEYS[1]) end
+if n == 0 then return 0 end
+local first = redis.call('LINDEX', KEYS[1], 0)
+local last = redis.call('LINDEX', KEYS[1], n - 1)
+if first and last and string.sub(first, 1, #ARGV[4]) == ARGV[4] and string.sub(last, 1, #ARGV[5]) == ARGV[5] then
+  redis.call('LTRIM', KEYS[1], n, -1)
+  return n
+end
+return -1
+"""
+HEAD_BYTES = 48  # the first bytes of a job that _COMPLETE compares: the id and then some
 
 # Refresh this worker's heartbeat (registering it when the heartbeat was gone: first beat, a Redis
 # restart, or a peer that took it for dead), then put the in-flight jobs of every worker whose heartbeat
@@ -69,9 +94,11 @@ class JobQueue:
         self.redis = client
         self.prefix = prefix or settings.KEY_PREFIX
         self.queue_key = keys.queue(self.prefix)
+        self.fill_seconds = 0.0
         self._push = client.register_script(_PUSH)
         self._take = client.register_script(_TAKE)
         self._beat = client.register_script(_BEAT)
+        self._complete = client.register_script(_COMPLETE)
 
     # --- web server side ---------------------------------------------------------------------------
     def push(self, job_text, max_length=None):
@@ -96,32 +123,51 @@ class JobQueue:
     # --- worker side -------------------------------------------------------------------------------
     def take_batch(self, worker_id, batch_size, block_timeout, wait_ms=0.0):
         """Wait up to block_timeout s for a job, then take up to batch_size jobs into worker_id's
-        in-flight list. With wait_ms > 0, keep waiting that long for the batch to fill. Returns raw jobs."""
+        in-flight list. With wait_ms > 0, keep waiting that long for the batch to fill. Returns raw jobs.
+        Sets fill_seconds: how long the batch took to fill after its first job came."""
         inflight = keys.inflight(worker_id, self.prefix)
         first = self.redis.blmove(self.queue_key, inflight, block_timeout, "LEFT", "RIGHT")
         if first is None:
             return []
         jobs = [first]
-        deadline = time.monotonic() + wait_ms / 1000.0
+        began = time.monotonic()
+        deadline = began + wait_ms / 1000.0
         while True:
             if len(jobs) < batch_size:
                 jobs += self._take(keys=[self.queue_key, inflight], args=[batch_size - len(jobs)])
             remaining = deadline - time.monotonic()
             if len(jobs) >= batch_size or remaining <= 0:
+                self.fill_seconds = time.monotonic() - began
                 return jobs
             more = self.redis.blmove(self.queue_key, inflight, max(remaining, 0.001), "LEFT", "RIGHT")
             if more is None:
+                self.fill_seconds = time.monotonic() - began
                 return jobs
             jobs.append(more)
 
-    def complete(self, worker_id, results, ttl=None):
-        """Write every result (job id → JSON) with a TTL and empty the in-flight list, in one transaction."""
+    def complete(self, worker_id, results, ttl=None, taken=None):
+        """Write every result (job id → JSON) with a TTL and drop the answered jobs from the in-flight list,
+        in one script call. taken: the batch's raw jobs as take_batch returned them, when the worker holds
+        more than one batch (only these are dropped; they must be the oldest in the list). Without it the
+        whole in-flight list is deleted (a worker that holds one batch at a time)."""
         ttl = settings.RESULT_TTL if ttl is None else ttl
-        with self.redis.pipeline(transaction=True) as pipe:
-            for job_id, text in results.items():
-                pipe.set(keys.result(job_id, self.prefix), text, ex=ttl)
-            pipe.delete(keys.inflight(worker_id, self.prefix))
-            pipe.execute()
+        inflight = keys.inflight(worker_id, self.prefix)
+        if taken is None:
+            head = [-1, b"", b""]
+        elif taken:
+            head = [len(taken), taken[0][:HEAD_BYTES], taken[-1][:HEAD_BYTES]]
+        else:
+            head = [0, b"", b""]
+        args = [keys.result("", self.prefix), int(ttl), *head]
+        for job_id, text in results.items():
+            args += (job_id, text)
+        if self._complete(keys=[inflight], args=args) == -1:
+            # Rare: the list changed under us. Remove exactly our jobs, wherever they are; a crash before this
+            # leaves them in flight, to be run again (their results were written: the rerun's are never read).
+            with self.redis.pipeline(transaction=False) as pipe:
+                for raw in taken:
+                    pipe.lrem(inflight, 1, raw)
+                pipe.execute()
 
     def return_inflight(self, worker_id):
         """Put this worker's untaken in-flight jobs back at the head of the queue. Returns how many."""
