@@ -20,6 +20,7 @@ import classify
 import live
 import models
 import settings
+import upload
 from helpers import BadImage, prepare_image
 from jobqueue import JobQueue, connect
 from logutil import log
@@ -64,11 +65,14 @@ def index():
 @app.post("/predict")
 def predict():
     started = time.monotonic()
-    upload = request.files.get("image")
-    if upload is None:
+    try:
+        data = upload.image_bytes(request)  # not request.files: see upload.py
+    except upload.BadUpload as exc:
+        return error(400, str(exc))
+    if data is None:
         return error(400, "no file in the multipart field 'image' (try: curl -F image=@photo.jpg ...)")
     try:
-        pixels = prepare_image(upload.read(), INPUT_SIZE)
+        pixels = prepare_image(data, INPUT_SIZE)
     except BadImage as exc:
         log("request.rejected", level="WARNING", status=exc.status, error=str(exc))
         return error(exc.status, str(exc))
