@@ -23,16 +23,6 @@ if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[2]) then return -1 end
 return redis.call('RPUSH', KEYS[1], ARGV[1])
 """
 
-# Move up to ARGV[1] jobs from the head of the queue to the worker's in-flight list, atomically.
-_TAKE = """
-local jobs = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
-if #jobs > 0 then
-  redis.call('LTRIM', KEYS[1], #jobs, -1)
-  redis.call('RPUSH', KEYS[2], unpack(jobs))
-end
-return jobs
-"""
-
 # Write a batch's results (SET result:<id> EX ttl each) and drop the batch from the worker's in-flight list,
 # in one atomic step. A pipelined worker holds several batches in that list at once, in the order it took
 # them, and answers them in that order, so the batch answered is always the oldest ARGV[3] entries: LTRIM,
@@ -96,7 +86,6 @@ class JobQueue:
         self.queue_key = keys.queue(self.prefix)
         self.fill_seconds = 0.0
         self._push = client.register_script(_PUSH)
-        self._take = client.register_script(_TAKE)
         self._beat = client.register_script(_BEAT)
         self._complete = client.register_script(_COMPLETE)
 
@@ -134,7 +123,7 @@ class JobQueue:
         deadline = began + wait_ms / 1000.0
         while True:
             if len(jobs) < batch_size:
-                jobs += self._take(keys=[self.queue_key, inflight], args=[batch_size - len(jobs)])
+                jobs += self._take_more(inflight, batch_size - len(jobs))
             remaining = deadline - time.monotonic()
             if len(jobs) >= batch_size or remaining <= 0:
                 self.fill_seconds = time.monotonic() - began
@@ -144,6 +133,15 @@ class JobQueue:
                 self.fill_seconds = time.monotonic() - began
                 return jobs
             jobs.append(more)
+
+    def _take_more(self, inflight, n):
+        """Move up to n jobs from the head of the queue to the in-flight list, atomically: one MULTI of n
+        LMOVEs (those past the end of the queue answer nil). Not a Lua script: Lua would copy each 150 KB
+        job into a Lua string and back (measured 125-160 against 69-75 us of Redis CPU per job)."""
+        with self.redis.pipeline(transaction=True) as pipe:
+            for _ in range(n):
+                pipe.lmove(self.queue_key, inflight, "LEFT", "RIGHT")
+            return [job for job in pipe.execute() if job is not None]
 
     def complete(self, worker_id, results, ttl=None, taken=None):
         """Write every result (job id → JSON) with a TTL and drop the answered jobs from the in-flight list,
