@@ -50,18 +50,27 @@ def measure(model, image, duration, batch_size, web_processes, extra_env):
         predict = url + "/predict"
         load.run(predict, upload, total=3 * clients, concurrency=clients)  # warm: connections, shapes
         procs = {"web": web, "worker": worker, "redis": redis_proc}
+        client = stack.redis()
+        stats0 = client.info("stats")
         before = {k: p.cpu_seconds() for k, p in procs.items()}
         result = load.run(predict, upload, duration=duration, concurrency=clients)
         after = {k: p.cpu_seconds() for k, p in procs.items()}
+        stats1 = client.info("stats")
         stack.check_alive()
     ok = [r for r in result["records"] if r["status"] == "ok"]
     n = max(len(ok), 1)
     per = {k: round((after[k] - before[k]) * 1000 / n, 3) for k in procs}
     batches = [r["timings"]["batch"] for r in ok if r.get("timings")]
+    # Each answer carries its batch's model time and size: summing time/size over answers counts every
+    # batch's model call once, so this is the share of the window in which the model was running.
+    model_s = sum(r["timings"]["inference_ms"] / r["timings"]["batch"] for r in ok if r.get("timings")) / 1000
     return {"model": model, "image": os.path.basename(image), "duration_s": round(result["elapsed_s"], 1),
             "clients": clients, "requests_ok": len(ok), "requests_failed": len(result["records"]) - len(ok),
             "req_per_s": round(len(ok) / result["elapsed_s"], 1),
             "mean_batch": round(sum(batches) / max(len(batches), 1), 1),
+            "model_busy": round(model_s / result["elapsed_s"], 3),
+            "redis_bytes_per_request": round(sum(stats1[k] - stats0[k] for k in (
+                "total_net_input_bytes", "total_net_output_bytes")) / n),
             "cpu_ms_per_request": dict(per, client=round(result["client_cpu_s"] * 1000 / n, 3),
                                        service=round(sum(per.values()), 3)),
             "load_average": [round(x, 2) for x in os.getloadavg()]}
@@ -86,8 +95,9 @@ def main(argv=None):
         out["outside_model_ms"] = round(cpu["service"] - out["model_alone_cpu_ms_per_image"], 3)
     print(f"{out['model']}, {out['image']}, {out['clients']} clients, {out['duration_s']} s: "
           f"{out['req_per_s']} req/s ({out['requests_ok']} ok, {out['requests_failed']} failed), "
-          f"mean batch {out['mean_batch']}")
-    print("CPU ms per request: " + ", ".join(f"{k} {v}" for k, v in cpu.items()))
+          f"mean batch {out['mean_batch']}, model busy {out['model_busy']:.0%} of the time")
+    print("CPU ms per request: " + ", ".join(f"{k} {v}" for k, v in cpu.items()) +
+          f"; Redis bytes per request {out['redis_bytes_per_request']:,}")
     if "outside_model_ms" in out:
         print(f"model alone {out['model_alone_cpu_ms_per_image']} ms/image → outside the model "
               f"{out['outside_model_ms']} ms/request")
