@@ -62,29 +62,32 @@ def test_junk_without_an_id_is_dropped_with_its_batch(queue):
     assert not r.exists(f"{queue.prefix}:inflight:w")
 
 
-def test_sigterm_with_a_batch_taken_ahead_returns_it_and_answers_the_running_one(service):
+def test_sigterm_while_two_batches_are_in_flight_loses_nothing(service):
     """BATCH_SIZE=1 and a 1 s model: once the worker knows how long the model takes, it takes the next job
-    shortly before the model finishes. SIGTERM then: the running job is answered, the job taken ahead (not
-    started) goes back to the queue, nothing is left in flight."""
+    shortly before the model finishes, so for a moment two jobs are in flight (one running or being answered,
+    one taken ahead or just started). SIGTERM then: the worker exits 0 with nothing left in flight; every job
+    was either answered or put back on the queue, and a new worker answers the rest, each its own answer."""
     worker = service.start_worker(STANDIN_LATENCY_MS=1000, BATCH_SIZE=1)
     url, _ = service.start_web()
     assert requests.post(url + "/predict", files={"image": ("g.png", grey_png(5))}, timeout=30).ok  # learns 1 s
     client = service.redis_server.client()
+    key = f"{service.prefix}:inflight:" + worker.log_text().split("worker=")[1].split()[0]
+    queue = f"{service.prefix}:queue"
     with concurrent.futures.ThreadPoolExecutor(max_workers=3) as pool:
         futures = [pool.submit(requests.post, url + "/predict", files={"image": ("g.png", grey_png(level))},
                                timeout=60) for level in (20, 21, 22)]
         deadline = time.monotonic() + 20
-        key = f"{service.prefix}:inflight:" + worker.log_text().split("worker=")[1].split()[0]
-        while client.llen(key) < 2:  # a job running and one taken ahead
+        while client.llen(key) < 2:
             assert time.monotonic() < deadline, worker.log_text()[-2000:]
-            time.sleep(0.005)
+            time.sleep(0.002)
         worker.signal(signal.SIGTERM)
         assert worker.popen.wait(15) == 0, worker.log_text()[-3000:]
         assert not client.exists(key)
-        assert client.llen(f"{service.prefix}:queue") == 2  # the one taken ahead and the one never taken
         concurrent.futures.wait(futures, timeout=5, return_when=concurrent.futures.FIRST_COMPLETED)
-        time.sleep(0.2)  # room for a second answer, if there were one (there must not be)
-        assert sum(f.done() for f in futures) == 1
+        time.sleep(0.3)  # answers already written reach their clients
+        answered, waiting = sum(f.done() for f in futures), client.llen(queue)
+        assert answered >= 1 and answered + waiting == 3, (answered, waiting, worker.log_text()[-3000:])
         service.start_worker()
         labels = sorted(f.result().json()["predictions"][0]["label"] for f in futures)
     assert labels == sorted(standin_label(level) for level in (20, 21, 22))
+    assert client.llen(queue) == 0 and not [k for k in service.keys() if ":result:" in k]
