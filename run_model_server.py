@@ -52,7 +52,8 @@ class Worker:
         self.stopping = threading.Event()
         self.stop_signal = None
         self._heartbeat_thread = None
-        self._blocked = False  # True only inside take_batch, where a signal may interrupt
+        self._blocked = False  # True only while waiting to take and inside take_batch: a signal may interrupt
+        self._abandoned = []   # jobs of batches whose results could not be written (Redis down too long)
 
     # --- signals -----------------------------------------------------------------------------------
     def _on_signal(self, signum, frame):
@@ -108,6 +109,8 @@ class Worker:
             try:
                 self._blocked = True
                 self._wait_until_take_is_due()
+                if self.stopping.is_set():
+                    break
                 raws = self.queue.take_batch(self.id, settings.BATCH_SIZE, settings.BLOCK_TIMEOUT,
                                              settings.BATCH_WAIT_MS)
                 self._blocked = False
@@ -210,7 +213,10 @@ class Worker:
             try:
                 self._answer(*item)
             except Exception as exc:  # never let the writer die: every later batch would wait for it
-                log("batch.unanswered", level="ERROR", worker=self.id, error=repr(exc))
+                log("batch.failed", level="ERROR", worker=self.id, error=repr(exc))
+                batch = item[0]
+                self._write({job["id"]: jobs.make_result(job["id"], error="the worker failed on this batch")
+                             for job in batch["jobs"]}, batch["raws"])
 
     def _answer(self, batch, probabilities, inference_ms):
         results, good = batch["results"], batch["jobs"]
@@ -233,15 +239,20 @@ class Worker:
     def _write(self, results, raws):
         # Results are worth a retry while their clients may still wait; the in-flight list keeps the jobs
         # safe meanwhile (a restarted Redis has lost them anyway, and their clients got a 503).
+        # A batch given up on stays at the head of the in-flight list; it is dropped with the next batch
+        # answered (its clients have had their 504 by then), so the list stays in the order complete() needs.
+        taken = self._abandoned + list(raws)
         give_up = time.monotonic() + settings.REQUEST_TIMEOUT
         delay = 0.1
         while True:
             try:
-                self.queue.complete(self.id, results, taken=raws)
+                self.queue.complete(self.id, results, taken=taken)
+                self._abandoned = []
                 return
             except REDIS_ERRORS as exc:
                 if time.monotonic() > give_up:
                     log("results.lost", level="ERROR", worker=self.id, jobs=len(results), error=str(exc))
+                    self._abandoned = taken
                     return
                 log("redis.unavailable", level="WARNING", worker=self.id, error=str(exc), retry_s=delay)
                 time.sleep(delay)
