@@ -91,3 +91,40 @@ def test_sigterm_while_two_batches_are_in_flight_loses_nothing(service):
         labels = sorted(f.result().json()["predictions"][0]["label"] for f in futures)
     assert labels == sorted(standin_label(level) for level in (20, 21, 22))
     assert client.llen(queue) == 0 and not [k for k in service.keys() if ":result:" in k]
+
+
+def test_results_given_up_on_during_an_outage_do_not_jam_the_in_flight_list(service):
+    """Redis goes away while a batch runs and stays away longer than REQUEST_TIMEOUT: the worker gives up
+    on those results (their client has its 503/504). When Redis is back (empty: no persistence), later
+    batches are answered and dropped from the in-flight list as before."""
+    server = service.use_own_redis()
+    worker = service.start_worker(STANDIN_LATENCY_MS=1500, BATCH_SIZE=1, REQUEST_TIMEOUT=2)
+    url, _ = service.start_web(REQUEST_TIMEOUT=2)
+    client = server.client()
+    key = f"{service.prefix}:inflight:" + worker.log_text().split("worker=")[1].split()[0]
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        lost = pool.submit(requests.post, url + "/predict", files={"image": ("g.png", grey_png(1))}, timeout=30)
+        deadline = time.monotonic() + 20
+        while not client.llen(key):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        server.stop()
+        assert lost.result().status_code in (503, 504)
+    deadline = time.monotonic() + 30
+    while "results.lost" not in worker.log_text():
+        assert time.monotonic() < deadline, worker.log_text()[-2000:]
+        time.sleep(0.1)
+    server.start()
+    deadline = time.monotonic() + 30
+    while True:  # the worker reconnects by itself
+        response = requests.post(url + "/predict", files={"image": ("g.png", grey_png(2))}, timeout=30)
+        if response.status_code == 200:
+            break
+        assert time.monotonic() < deadline, response.text
+    assert response.json()["predictions"][0]["label"] == standin_label(2)
+    assert requests.post(url + "/predict", files={"image": ("g.png", grey_png(3))}, timeout=30).status_code == 200
+    deadline = time.monotonic() + 10
+    while client.exists(key):
+        assert time.monotonic() < deadline, client.lrange(key, 0, -1)
+        time.sleep(0.05)
+    assert worker.popen.poll() is None and "Traceback" not in worker.log_text()
