@@ -9,11 +9,13 @@ processes, the default) and one worker (bench/stack.py), drives them with 2 x BA
 by the requests answered in the window. With the instant stand-in the worker's figure is almost all queue
 path (the stand-in's own work is one mean over the batch); with a real model, `--model-cpu` also measures
 the model's own call alone (same batch size, in this process, after the stack is stopped) and subtracts it,
-so "outside model" is web + worker − model + Redis per request.
+so "outside model" is web + worker − model + Redis per request. `--ratio` measures the model's images/s
+alone first (bench/model_speed.py, as bench/run.py does) and prints req/s over it.
 """
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -37,6 +39,13 @@ def model_cpu_ms_per_image(name, batch_size, repeats=5):
     for _ in range(repeats):
         model.predict(batch)
     return (time.process_time() - started) * 1000 / (repeats * batch_size)
+
+
+def model_images_per_s(name, batch_size):
+    """The model alone, in a process of its own (bench/model_speed.py), as bench/run.py measures it."""
+    done = subprocess.run([sys.executable, os.path.join(HERE, "model_speed.py"), name, "--batch-size",
+                           str(batch_size), "--repeats", "5"], capture_output=True, text=True, check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])["images_per_s"]
 
 
 def measure(model, image, duration, batch_size, web_processes, extra_env):
@@ -84,12 +93,18 @@ def main(argv=None):
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--web-processes", type=int, default=2)
     parser.add_argument("--model-cpu", action="store_true", help="also measure the model alone and subtract it")
+    parser.add_argument("--ratio", action="store_true",
+                        help="also measure the model alone (images/s, before the load) and print req/s over it")
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for every process")
     parser.add_argument("--json", help="write the figures here too")
     args = parser.parse_args(argv)
     extra = dict(e.split("=", 1) for e in args.env)
+    alone = model_images_per_s(args.model, args.batch_size) if args.ratio and args.model != "standin" else None
     out = measure(args.model, args.image, args.duration, args.batch_size, args.web_processes, extra)
     cpu = out["cpu_ms_per_request"]
+    if alone:
+        out["model_alone_images_per_s"] = alone
+        out["saturation_ratio"] = round(out["req_per_s"] / alone, 3)
     if args.model_cpu and args.model != "standin":
         out["model_alone_cpu_ms_per_image"] = round(model_cpu_ms_per_image(args.model, args.batch_size), 3)
         out["outside_model_ms"] = round(cpu["service"] - out["model_alone_cpu_ms_per_image"], 3)
@@ -98,6 +113,8 @@ def main(argv=None):
           f"mean batch {out['mean_batch']}, model busy {out['model_busy']:.0%} of the time")
     print("CPU ms per request: " + ", ".join(f"{k} {v}" for k, v in cpu.items()) +
           f"; Redis bytes per request {out['redis_bytes_per_request']:,}")
+    if alone:
+        print(f"model alone {alone} images/s → saturation ratio {out['saturation_ratio']}")
     if "outside_model_ms" in out:
         print(f"model alone {out['model_alone_cpu_ms_per_image']} ms/image → outside the model "
               f"{out['outside_model_ms']} ms/request")

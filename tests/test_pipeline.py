@@ -128,3 +128,10 @@ def test_results_given_up_on_during_an_outage_do_not_jam_the_in_flight_list(serv
         assert time.monotonic() < deadline, client.lrange(key, 0, -1)
         time.sleep(0.05)
     assert worker.popen.poll() is None and "Traceback" not in worker.log_text()
+
+
+def test_a_lua_script_reads_the_id_at_its_fixed_place(queue):
+    """What the heartbeat / poison-job script relies on: string.sub(job, 8, 39) is the job's id."""
+    job_id = jobs.new_id()
+    raw = jobs.make_job(job_id, np.zeros((224, 224, 3), dtype=np.uint8), 30)
+    assert queue.redis.eval("return string.sub(ARGV[1], 8, 39)", 0, raw).decode() == job_id
