@@ -158,7 +158,7 @@ def handoff(path):
              ("Redis", "redis", 4.15), ("worker", "worker", 6.15)]
     msgs = [
         ("client", "web request", "POST /predict", "client"),
-        ("web request", "web request", "prepare_image: uint8 224×224×3\nmake_job: JSON text", "note"),
+        ("web request", "web request", "prepare_image: uint8 224×224×3\nmake_job: JSON header + raw pixels", "note"),
         ("web request", "listener", "register(id): an Event", "web"),
         ("web request", "Redis", "EVALSHA _PUSH (LLEN, RPUSH queue)", "web"),
         ("worker", "Redis", "BLMOVE queue → inflight:{w}", "worker"),

@@ -123,7 +123,7 @@ class Results:
         rows = [["course", "<code>image_queue</code>", "float32 (1, 224, 224, 3)", f"{224 * 224 * 3 * 4:,}",
                  f"{len(course):,}"],
                 ["ours", "<code>imgq:queue</code>", "uint8 (224, 224, 3)", f"{224 * 224 * 3:,}", f"{len(ours):,}"]]
-        return (table(["design", "key", "pixels", "raw bytes", "JSON element on the list, bytes"], rows) +
+        return (table(["design", "key", "pixels", "raw bytes", "element on the list, bytes"], rows) +
                 f'<p class="provenance">Computed at build time ({esc(self.meta["when"])}) by encoding a 224×224 '
                 f'image with <code>job.make_job</code> and with the course\'s float32 + base64 encoding.</p>')
 
