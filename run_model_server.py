@@ -1,15 +1,26 @@
-"""Model worker: Redis queue → batch → model → results.
+"""Model worker: Redis queue → batch → model → results, as a three-stage pipeline.
 
-Loop: take up to BATCH_SIZE jobs in one atomic step (jobqueue.take_batch, blocking while the queue is
-empty), classify them in one model call, write every result with SET ... EX RESULT_TTL and empty the
-in-flight list (jobqueue.complete). A heartbeat thread keeps this worker's heartbeat key alive and puts
-the in-flight jobs of dead workers back on the queue.
+    main thread   take up to BATCH_SIZE jobs in one atomic step (jobqueue.take_batch, blocking while the
+                  queue is empty) into this worker's in-flight list, parse them (job.parse_job: the pixels
+                  are read in place), stack them → hands the batch to
+    model thread  one model call per batch → hands the probabilities to
+    writer thread top 5 per job, result JSON, log lines, then one script call (jobqueue.complete) that
+                  writes every result with SET ... EX RESULT_TTL and drops the batch from the in-flight list.
 
-SIGTERM / SIGINT: finish the batch in hand, write its results, return untaken jobs, exit 0.
+So the next batch is taken and parsed, and the last one's results written, while the model runs. The main
+thread takes the next batch just before the model is expected to finish (the last batch's model time minus
+how long a take has been taking), not as soon as it can: jobs left on the queue until then can still join
+it, or go to an idle peer. Batches are answered in the order they were taken, which is the order of the
+in-flight list, so complete() drops exactly the oldest jobs there. A heartbeat thread keeps this worker's
+heartbeat key alive and puts the in-flight jobs of dead workers back on the queue.
+
+SIGTERM / SIGINT: finish the batch the model has, write its results (and those not yet written), return
+untaken jobs (including a batch taken ahead but not started), exit 0.
 Settings are checked before anything else (a wrong one: one line on stderr, exit 2); `--help` starts nothing.
 """
 import argparse
 import os
+import queue as queues
 import signal
 import socket
 import sys
@@ -53,7 +64,8 @@ class Worker:
                                                 redis_connect_func=self._on_connect))
         self.stop_signal = None
         self._heartbeat_thread = None
-        self._blocked = False  # True only inside take_batch, where a signal may interrupt
+        self._blocked = False  # True only while waiting to take and inside take_batch: a signal may interrupt
+        self._abandoned = []   # jobs of batches whose results could not be written (Redis down too long)
 
     # --- signals -----------------------------------------------------------------------------------
     def _on_signal(self, signum, frame):
@@ -114,6 +126,19 @@ class Worker:
             batch_wait_ms=settings.BATCH_WAIT_MS)
         self._heartbeat_thread = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
         self._heartbeat_thread.start()
+        # Bounded hand-offs: at most one batch waits for the model, two for the writer (a Redis outage
+        # stalls the writer, which stalls the model, which stops the taking).
+        self._ready, self._done = queues.Queue(maxsize=1), queues.Queue(maxsize=2)
+        self._state = threading.Condition()
+        self._pending = 0               # batches handed to the model thread that it has not started
+        self._unanswered = 0            # batches handed to the model thread whose results are not written yet
+        self._model_busy_since = None   # time.monotonic() the model started its batch; None while idle
+        self._model_s = None            # how long the last model call took
+        self._take_s = 0.005            # how long taking and parsing a batch has been taking (smoothed)
+        threads = [threading.Thread(target=self._model_loop, name="model", daemon=True),
+                   threading.Thread(target=self._writer_loop, name="writer", daemon=True)]
+        for t in threads:
+            t.start()
         backoff = 0.1
         orphans = False
         while not self.stopping.is_set():
@@ -122,6 +147,9 @@ class Worker:
                     self._return_orphans()
                     orphans = False
                 self._blocked = True
+                self._wait_until_take_is_due()
+                if self.stopping.is_set():
+                    break
                 raws = self.queue.take_batch(self.id, settings.BATCH_SIZE, settings.BLOCK_TIMEOUT,
                                              settings.BATCH_WAIT_MS)
                 self._blocked = False
@@ -137,22 +165,55 @@ class Worker:
                 backoff = min(backoff * 2, 2.0)
                 continue
             if raws:
-                self.process(raws)
+                parse_began = time.monotonic()
+                batch = self._parse(raws)
+                with self._state:
+                    self._pending += 1
+                    self._unanswered += 1
+                    self._ready.put(batch)  # never blocks: nothing was waiting when the take was due
+                if settings.BATCH_WAIT_MS <= 0:
+                    # The lead the next take needs: filling the batch once its first job came (the wait for
+                    # that first job says nothing about it), and parsing it.
+                    took = self.queue.fill_seconds * len(raws) / max(len(raws) - 1, 1) + \
+                        (time.monotonic() - parse_began)
+                    self._take_s = 0.8 * self._take_s + 0.2 * min(took, 0.05)
         self._blocked = False
         log("worker.stopping", worker=self.id, signal=self.stop_signal)
+        self._drain(threads)
         self.shutdown()
 
     def _return_orphans(self):
-        # Between batches this worker's in-flight list is empty, so what is in it now was moved there by a
-        # take whose answer never came (BLMOVE done, then a timeout on a hung Redis or a cut connection):
-        # put it back on the queue, or the next batch's complete() would delete it unanswered.
-        returned = self.queue.return_inflight(self.id)
+        # A take whose answer never came (BLMOVE done, then a timeout on a hung Redis or a cut connection)
+        # may have moved jobs into the in-flight list that no batch holds; left there, they would never be
+        # answered. Once every batch handed on is answered, the list holds only those orphans, behind the
+        # batches given up on (self._abandoned, at its head): put the orphans back on the queue.
+        with self._state:
+            while self._unanswered and not self.stopping.is_set():
+                self._state.wait(1.0)
+        returned = self.queue.return_inflight(self.id, keep=len(self._abandoned))
         if returned:
             log("worker.returned", worker=self.id, returned=returned, reason="a take cut short by Redis")
 
-    def process(self, raws):
-        """Classify one batch and write its results. Bad entries get an error result (or a log line when
-        they carry no id); they never stop the rest of the batch."""
+    def _wait_until_take_is_due(self):
+        """Return when the next batch should be taken: the model is idle, or it should finish within twice
+        the time a take needs. Never while a taken batch still waits for the model, nor while the model runs
+        its first batch (no estimate yet)."""
+        with self._state:
+            while not self.stopping.is_set():
+                if not self._pending:
+                    if self._model_busy_since is None:
+                        return
+                    if self._model_s is not None:
+                        remaining = self._model_busy_since + self._model_s - 2 * self._take_s - time.monotonic()
+                        if remaining <= 0:
+                            return
+                        self._state.wait(remaining)
+                        continue
+                self._state.wait(1.0)
+
+    def _parse(self, raws):
+        """Raw jobs → the batch the model thread runs. Bad entries get an error result (or a log line when
+        they carry no id); expired ones are dropped; neither stops the rest of the batch."""
         taken = time.time()
         results, good, expired, bad = {}, [], 0, 0
         for raw in raws:
@@ -169,51 +230,111 @@ class Worker:
                 expired += 1
                 continue
             good.append((job, pixels))
-        if good:
-            started = time.perf_counter()
+        pixels = np.stack([p for _, p in good]) if good else None
+        return {"raws": raws, "results": results, "jobs": [job for job, _ in good], "pixels": pixels,
+                "taken": taken, "expired": expired, "bad": bad}
+
+    def _model_loop(self):
+        while True:
+            batch = self._ready.get()
+            if batch is None:
+                self._done.put(None)
+                return
+            with self._state:
+                self._pending -= 1
+                self._model_busy_since = time.monotonic()
+                self._state.notify_all()
+            probabilities, inference_ms = None, 0.0
+            if batch["jobs"]:
+                started = time.perf_counter()
+                try:
+                    probabilities = self.model.predict(batch["pixels"])
+                except Exception as exc:  # a model failure answers the batch with an error, not a dead worker
+                    log("batch.failed", level="ERROR", worker=self.id, error=repr(exc))
+                elapsed = time.perf_counter() - started
+                inference_ms = round(elapsed * 1000, 2)
+            with self._state:
+                if batch["jobs"]:
+                    self._model_s = elapsed
+                self._model_busy_since = None
+                self._state.notify_all()
+            batch["pixels"] = None  # the batch's copy of the pixels is not needed any more
+            self._done.put((batch, probabilities, inference_ms))
+
+    def _writer_loop(self):
+        while True:
+            item = self._done.get()
+            if item is None:
+                return
             try:
-                probabilities = self.model.predict(np.stack([pixels for _, pixels in good]))
-            except Exception as exc:  # a model failure answers the batch with an error, not a dead worker
+                self._answer(*item)
+            except Exception as exc:  # never let the writer die: every later batch would wait for it
                 log("batch.failed", level="ERROR", worker=self.id, error=repr(exc))
-                probabilities = None
-            inference_ms = round((time.perf_counter() - started) * 1000, 2)
-            for i, (job, _) in enumerate(good):
-                if probabilities is None:
-                    results[job["id"]] = jobs.make_result(job["id"], error="the model failed on this batch")
-                    continue
-                queue_ms = round((taken - job.get("enqueued", taken)) * 1000, 2)
-                extra = {}
-                if job.get("outputs") == "probabilities":  # the protocol endpoints want the whole vector
-                    extra["probabilities"] = jobs.encode_probabilities(probabilities[i])
-                results[job["id"]] = jobs.make_result(
-                    job["id"], model=self.model.name, batch=len(good), queue_ms=queue_ms,
-                    inference_ms=inference_ms,
-                    predictions=jobs.top_predictions(probabilities[i], self.model.labels), **extra)
-                log("job.done", worker=self.id, id=job["id"], **_trace(job), batch=len(good),
-                    queue_ms=queue_ms, inference_ms=inference_ms)
-        self._write(results)
+                batch = item[0]
+                self._write({job["id"]: jobs.make_result(job["id"], error="the worker failed on this batch")
+                             for job in batch["jobs"]}, batch["raws"])
+            finally:
+                with self._state:
+                    self._unanswered -= 1
+                    self._state.notify_all()
+
+    def _answer(self, batch, probabilities, inference_ms):
+        results, good = batch["results"], batch["jobs"]
+        taken = batch["taken"]
+        for i, job in enumerate(good):
+            if probabilities is None:
+                results[job["id"]] = jobs.make_result(job["id"], error="the model failed on this batch")
+                continue
+            queue_ms = round((taken - job.get("enqueued", taken)) * 1000, 2)
+            extra = {}
+            if job.get("outputs") == "probabilities":  # the protocol endpoints want the whole vector
+                extra["probabilities"] = jobs.encode_probabilities(probabilities[i])
+            results[job["id"]] = jobs.make_result(
+                job["id"], model=self.model.name, batch=len(good), queue_ms=queue_ms,
+                inference_ms=inference_ms,
+                predictions=jobs.top_predictions(probabilities[i], self.model.labels), **extra)
+            log("job.done", worker=self.id, id=job["id"], **_trace(job), batch=len(good), queue_ms=queue_ms,
+                inference_ms=inference_ms)
+        self._write(results, batch["raws"])
         metrics.record_batch(self.queue, self.model.name, len(good), inference_ms / 1000 if good else 0.0,
-                             [max(taken - job.get("enqueued", taken), 0.0) for job, _ in good],
-                             failed=len(good) if good and probabilities is None else 0, expired=expired, bad=bad)
+                             [max(taken - job.get("enqueued", taken), 0.0) for job in good],
+                             failed=len(good) if good and probabilities is None else 0,
+                             expired=batch["expired"], bad=batch["bad"])
         if good:  # the page's live view: one script call, a record only while a page watches
             activity.batch_done(self.queue, self.id, self.model.name, len(good), inference_ms)
 
-    def _write(self, results):
+    def _write(self, results, raws):
         # Results are worth a retry while their clients may still wait; the in-flight list keeps the jobs
         # safe meanwhile (a restarted Redis has lost them anyway, and their clients got a 503).
+        # A batch given up on stays at the head of the in-flight list; it is dropped with the next batch
+        # answered (its clients have had their 504 by then), so the list stays in the order complete() needs.
+        taken = self._abandoned + list(raws)
         give_up = time.monotonic() + settings.REQUEST_TIMEOUT
         delay = 0.1
         while True:
             try:
-                self.queue.complete(self.id, results)
+                self.queue.complete(self.id, results, taken=taken)
+                self._abandoned = []
                 return
             except REDIS_ERRORS as exc:
                 if time.monotonic() > give_up:
                     log("results.lost", level="ERROR", worker=self.id, jobs=len(results), error=str(exc))
+                    self._abandoned = taken
                     return
                 log("redis.unavailable", level="WARNING", worker=self.id, error=str(exc), retry_s=delay)
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
+
+    def _drain(self, threads):
+        """Stopping: a batch taken but not started stays in the in-flight list (shutdown returns it); the
+        model finishes its batch and the writer writes every result it holds, before anything is returned."""
+        try:
+            self._ready.get_nowait()
+        except queues.Empty:
+            pass
+        self._ready.put(None)
+        for t in threads:
+            t.join()
 
     def shutdown(self):
         self.stopping.set()

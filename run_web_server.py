@@ -33,6 +33,7 @@ import settings
 import tfserving
 import tracing
 import workerinfo
+import upload
 from helpers import BadImage, prepare_image
 from jobqueue import JobQueue, connect
 from logutil import log
@@ -90,8 +91,9 @@ def request_id_start():
     given = request.headers.get("X-Request-ID", "")
     # Without one, the request's id is its W3C trace id (tracing.py, which runs first): one id to grep for.
     g.request_id = given if SANE_REQUEST_ID.fullmatch(given) else (tracing.trace_id() or uuid.uuid4().hex)
-    # Two clients may send the same id; the job id (a Redis key, a waiter's slot) must still be unique.
-    g.job_id = g.request_id if g.request_id != given else f"{given}-{uuid.uuid4().hex[:8]}"
+    # The job's id is always a fresh uuid4: a Redis key and a waiter's slot must be unique, and two requests
+    # may share a client's X-Request-ID or a trace; the job carries the trace (job.py), request.done the job.
+    g.job_id = uuid.uuid4().hex
     g.request_started = time.monotonic()
     g.done_fields = {}
     quiet = request.method == "GET" and request.path.startswith(QUIET_PATHS)
@@ -145,11 +147,14 @@ def index():
 @app.post("/predict")
 def predict():
     started = time.monotonic()
-    upload = request.files.get("image")
-    if upload is None:
+    try:
+        data = upload.image_bytes(request)  # not request.files: see upload.py
+    except upload.BadUpload as exc:
+        return error(400, str(exc))
+    if data is None:
         return error(400, "no file in the multipart field 'image' (try: curl -F image=@photo.jpg ...)")
     try:
-        pixels = prepare_image(upload.read(), INPUT_SIZE)
+        pixels = prepare_image(data, INPUT_SIZE)
     except BadImage as exc:
         log("request.rejected", level="WARNING", id=g.request_id, status=exc.status, error=str(exc))
         return error(exc.status, str(exc), **exc.headers)  # DecodeBusy: 503 + Retry-After
@@ -170,7 +175,7 @@ def predict():
     REQUESTS.labels("200").inc()
     LATENCY.observe(total)
     metrics.served(result.get("model"))
-    g.done_fields = {"model": result.get("model")}  # request.done (request_id_done) logs it
+    g.done_fields = {"model": result.get("model"), "job": pending.id}  # request.done (request_id_done) logs them
     return jsonify(success=True, id=g.request_id, model=result.get("model"), predictions=result["predictions"],
                    timings={"prepare_ms": round((prepared - started) * 1000, 2),
                             "queue_ms": result.get("queue_ms"),

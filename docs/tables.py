@@ -123,7 +123,7 @@ class Results:
         rows = [["course", "<code>image_queue</code>", "float32 (1, 224, 224, 3)", f"{224 * 224 * 3 * 4:,}",
                  f"{len(course):,}"],
                 ["ours", "<code>imgq:queue</code>", "uint8 (224, 224, 3)", f"{224 * 224 * 3:,}", f"{len(ours):,}"]]
-        return (table(["design", "key", "pixels", "raw bytes", "JSON element on the list, bytes"], rows) +
+        return (table(["design", "key", "pixels", "raw bytes", "element on the list, bytes"], rows) +
                 f'<p class="provenance">Computed at build time ({esc(self.meta["when"])}) by encoding a 224×224 '
                 f'image with <code>job.make_job</code> and with the course\'s float32 + base64 encoding.</p>')
 
@@ -562,10 +562,12 @@ class Results:
             return not_measured("No request was traced in this build.", "<code>make docs</code> (without --fast).")
         web = "\n".join(esc(line) for line in tr["web"])
         worker = "\n".join(esc(line) for line in tr["worker"])
-        hl = lambda text: text.replace(f"id={tr['id']}", f'<span class="hit">id={tr["id"]}</span>')  # noqa: E731
+        # The request's id is its trace id: the web's lines carry it as id=, the worker's as trace= (beside the
+        # job's own id).
+        hl = lambda text: text.replace(tr["id"], f'<span class="hit">{tr["id"]}</span>')  # noqa: E731
         return (f'<p class="tablecap">Web server log (gunicorn process), every line with <code>id={esc(tr["id"])}</code>:</p>'
                 f'<pre class="log">{hl(web)}</pre>'
-                f'<p class="tablecap">Worker log, every line with the same id:</p><pre class="log">{hl(worker)}</pre>' +
+                f'<p class="tablecap">Worker log, every line with the same id (as <code>trace=</code>):</p><pre class="log">{hl(worker)}</pre>' +
                 provenance(self.live["when"], self.live["machine"], f"grep id={tr['id']} over the logs of the live run"))
 
     # section 7
