@@ -162,6 +162,7 @@ class JobQueue:
         self.prefix = prefix or settings.KEY_PREFIX
         self.queue_key = keys.queue(self.prefix)
         self.fill_seconds = 0.0
+        self.isolated = False  # the last batch taken is one suspect job, run alone (see _ISOLATE)
         self._waiting_hint = 0
         self._push = client.register_script(_PUSH)
         self._beat = client.register_script(_BEAT)
@@ -244,9 +245,11 @@ class JobQueue:
                 break
             jobs.append(more)
         self.fill_seconds = time.monotonic() - began
+        self.isolated = False
         if suspects and len(jobs) > 1:
             kept = self._isolate(keys=[inflight, self.queue_key, self.attempts_key], args=[len(jobs)])
             if kept:
+                self.isolated = True  # the worker runs it with nothing else in flight (run_model_server.py)
                 return [jobs[kept - 1]]
         return jobs
 

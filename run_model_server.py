@@ -171,6 +171,10 @@ class Worker:
                     self._pending += 1
                     self._unanswered += 1
                     self._ready.put(batch)  # never blocks: nothing was waiting when the take was due
+                    # A suspect (its worker died holding it) runs with nothing taken ahead: if it kills this
+                    # worker too, no other job is charged an attempt for being in flight beside it.
+                    while self.queue.isolated and self._unanswered and not self.stopping.is_set():
+                        self._state.wait(1.0)
                 if settings.BATCH_WAIT_MS <= 0:
                     # The lead the next take needs: filling the batch once its first job came (the wait for
                     # that first job says nothing about it), and parsing it.

@@ -91,9 +91,10 @@ def request_id_start():
     given = request.headers.get("X-Request-ID", "")
     # Without one, the request's id is its W3C trace id (tracing.py, which runs first): one id to grep for.
     g.request_id = given if SANE_REQUEST_ID.fullmatch(given) else (tracing.trace_id() or uuid.uuid4().hex)
-    # The job's id is always a fresh uuid4: a Redis key and a waiter's slot must be unique, and two requests
-    # may share a client's X-Request-ID or a trace; the job carries the trace (job.py), request.done the job.
-    g.job_id = uuid.uuid4().hex
+    # The job's id (a Redis key, a waiter's slot) must be unique, and two requests may share a client's
+    # X-Request-ID or trace: it is the request's id when that is a trace made here, else a fresh uuid4.
+    # The job carries the trace (job.py), and request.done names the job.
+    g.job_id = g.request_id if g.request_id == tracing.trace_id() and tracing.fresh() else uuid.uuid4().hex
     g.request_started = time.monotonic()
     g.done_fields = {}
     quiet = request.method == "GET" and request.path.startswith(QUIET_PATHS)

@@ -20,6 +20,7 @@ _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-
 # X-Request-ID is free text by convention; keep what is safe to write in a log line and a header.
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=@-]{1,128}$")
 _current = contextvars.ContextVar("trace_id", default=None)
+_fresh = contextvars.ContextVar("trace_fresh", default=False)  # True: made here, not the caller's
 
 
 def parse_traceparent(header):
@@ -55,11 +56,18 @@ def trace_id():
     return _current.get()
 
 
+def fresh():
+    """True when the current trace id was made here (the caller sent no traceparent): then it is unique to
+    this request, and may serve as its job's id too."""
+    return _fresh.get()
+
+
 def begin(traceparent=None, request_id=None):
     """Start serving one request: returns (trace id, traceparent to answer with, X-Request-ID to answer with)."""
     parsed = parse_traceparent(traceparent)
     trace, flags = (parsed[0], parsed[2]) if parsed else (new_trace_id(), "01")
     _current.set(trace)
+    _fresh.set(not parsed)
     logutil.context.set({"trace": trace})
     rid = request_id if request_id and _REQUEST_ID.match(request_id) else trace
     return trace, f"00-{trace}-{new_span_id()}-{flags}", rid
@@ -68,6 +76,7 @@ def begin(traceparent=None, request_id=None):
 def end():
     # gthread reuses threads: a later request on this thread must not inherit this one's trace.
     _current.set(None)
+    _fresh.set(False)
     logutil.context.set(None)
 
 

@@ -1,5 +1,7 @@
 """Trace ids end to end: a request's W3C traceparent (or a fresh one) is in the response, in the web server's
 log lines for the request, and in the worker's lines for its jobs; X-Request-ID is echoed."""
+import re
+
 import requests
 
 import tracing
@@ -31,13 +33,18 @@ def test_a_traceparent_reaches_the_response_and_every_log_line_of_web_and_worker
     echoed = tracing.parse_traceparent(response.headers["traceparent"])
     assert echoed[0] == TRACE and echoed[1] != PARENT and echoed[2] == "01"  # same trace, this server's span
     assert response.headers["X-Request-ID"] == "order-17"
-    job_id = response.json()["id"]
+    assert response.json()["id"] == "order-17"
 
-    web_lines = [line for line in web.log_text().splitlines() if job_id in line]
-    assert {"job.pushed", "request.done"} <= {line.split()[5] for line in web_lines}
-    assert web_lines and all(f"trace={TRACE}" in line for line in web_lines), web_lines
+    # Every web line of the request carries the trace; request.done names the request and its job.
+    web_lines = [line for line in web.log_text().splitlines() if f"trace={TRACE}" in line]
+    assert {"request.received", "job.pushed", "request.done"} <= {line.split()[5] for line in web_lines}
+    done = next(line for line in web_lines if " request.done " in line)
+    assert "id=order-17" in done
+    job_id = re.search(r"job=(\w+)", done).group(1)
+    # The worker's lines for that job carry the same trace.
     worker_lines = [line for line in worker.log_text().splitlines() if job_id in line]
     assert worker_lines and all(f"trace={TRACE}" in line for line in worker_lines), worker_lines
+    assert any(" job.done " in line for line in worker_lines)
 
     # A v2 request of two images: both jobs carry its trace on the worker.
     body = {"inputs": [{"name": "PIXELS", "datatype": "UINT8", "shape": [2, 224, 224, 3],
@@ -74,11 +81,14 @@ def test_the_job_carries_the_trace_and_asks_for_probabilities_only_when_told():
 
     import job
     pixels = np.zeros((224, 224, 3), np.uint8)
-    plain = json.loads(job.make_job("a", pixels, 30))
+    def header(raw):
+        return json.loads(raw.split(b"\n", 1)[0])
+
+    plain = header(job.make_job("a" * 32, pixels, 30))
     assert "trace" not in plain and "outputs" not in plain  # outside a request, and /predict's default
     tracing.begin(f"00-{TRACE}-{PARENT}-01")
     try:
-        traced = json.loads(job.make_job("b", pixels, 30, outputs="probabilities"))
+        traced = header(job.make_job("b" * 32, pixels, 30, outputs="probabilities"))
     finally:
         tracing.end()
     assert traced["trace"] == TRACE and traced["outputs"] == "probabilities"
