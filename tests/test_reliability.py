@@ -289,7 +289,7 @@ def test_a_take_cut_short_by_redis_loses_no_job(redis_server, monkeypatch):
                             HEARTBEAT_INTERVAL=0.5).items():
         monkeypatch.setattr(settings, name, value)
     worker = Worker(models.StandinModel(), client=connect(socket_timeout=5))
-    real_take, failures = worker.queue._take, []
+    real_take, failures = worker.queue._take_more, []
 
     def take_cut_short(*args, **kwargs):
         if not failures:
@@ -297,7 +297,7 @@ def test_a_take_cut_short_by_redis_loses_no_job(redis_server, monkeypatch):
             raise redis.ConnectionError("connection cut after BLMOVE (injected by the test)")
         return real_take(*args, **kwargs)
 
-    worker.queue._take = take_cut_short
+    worker.queue._take_more = take_cut_short
     client = redis_server.client()
     ids = ["first", "second"]
     for n, job_id in enumerate(ids):
