@@ -12,10 +12,10 @@ Conv2dStaticSamePadding, i.e. TensorFlow's asymmetric "same" padding, so Keras' 
 its numerics (checked: a symmetric k//2 padding, which shifts every stride-2 layer by a pixel, drops the
 castle test image from 0.94 to 0.91 and Grace Hopper's military_uniform from 0.36 to 0.20).
 """
-import hashlib
 import os
 
 import settings
+from litert_runtime import file_sha256  # the one content hash of every model cache file
 from logutil import log
 
 # repeats, kernel, stride, expansion, output filters: B0's stages (Lite0 = width and depth 1.0).
@@ -104,18 +104,10 @@ def convert(model, state):
         raise ValueError(f"torch weights not used by the Keras model: {unused[:5]} ...")
 
 
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def build():
     """Lite0 with ImageNet weights: from the cache if this source file was converted before, else convert."""
     source = source_weights_path()
-    cache = os.path.join(settings.MODEL_CACHE_DIR, f"efficientnet_lite0-{_sha256(source)[:16]}.weights.h5")
+    cache = os.path.join(settings.MODEL_CACHE_DIR, f"efficientnet_lite0-{file_sha256(source)[:16]}.weights.h5")
     model = architecture()
     if os.path.exists(cache):
         try:
