@@ -25,6 +25,7 @@ batched (2 threads: ~40 ms at batch 1, ~33 at batch 8 and 32): measured 2026-12-
 import hashlib
 import importlib.metadata
 import os
+import threading
 import time
 
 import numpy as np
@@ -99,6 +100,10 @@ class LiteRTModel:
                              f"not (-1, {self.input_size[0]}, {self.input_size[1]}, 3) → (n, {len(labels)})")
         self._input, self._output = inp["index"], out["index"]
         self._batch = int(inp["shape"][0])
+        # One interpreter holds one set of tensors: two threads invoking it at once corrupt each other's
+        # input ("There is at least 1 reference to internal data"). The worker calls it from one thread;
+        # a caller with several (the Flask peer in bench/peers/) waits its turn here.
+        self._lock = threading.Lock()
 
     def predict(self, batch):
         batch = np.asarray(batch, dtype=np.uint8)
@@ -112,6 +117,10 @@ class LiteRTModel:
         return np.concatenate([self._invoke(pixels[i:i + step]) for i in range(0, len(batch), step)])
 
     def _invoke(self, pixels):
+        with self._lock:
+            return self._invoke_locked(pixels)
+
+    def _invoke_locked(self, pixels):
         if len(pixels) != self._batch:
             self._interpreter.resize_tensor_input(self._input, [len(pixels), *self.input_size, 3])
             self._interpreter.allocate_tensors()

@@ -137,8 +137,8 @@ STANDIN_LATENCY_MS = _float("STANDIN_LATENCY_MS", 0, low=0)
 # Tests only (poison jobs): the stand-in model kills its own worker process, like an OOM kill or a native
 # crash, when a batch holds a solid grey image of this level (0..255). -1: never.
 STANDIN_CRASH_LEVEL = _int("STANDIN_CRASH_LEVEL", -1, low=-1, high=255)
-# Most jobs one take gets and one model call classifies. 8: chosen from the 2-core sweep (README, Benchmarks).
-BATCH_SIZE = _int("BATCH_SIZE", 8, low=1)
+# Most jobs one take gets and one model call classifies. 32: the best point of the 2-core sweep (README, Benchmarks).
+BATCH_SIZE = _int("BATCH_SIZE", 32, low=1)
 # How long a worker may wait for more jobs to fill a batch once it has one (0 = take what is there).
 BATCH_WAIT_MS = _float("BATCH_WAIT_MS", 0, low=0)
 # auto (each model on the runtime measured fastest for it, models.AUTO_RUNTIME) | litert | tensorflow.
