@@ -314,8 +314,31 @@ class Results:
                 provenance(r.get("when"), r.get("machine"), r["_path"], r.get("quick")))
 
     def gen_runtimes(self):
-        return self._result_table("runtimes", "Model runtimes: TensorFlow graph against LiteRT (XNNPACK)",
-                                  "<code>make bench</code>.")
+        """The runtime section of bench/results/latest.json: each model alone on each runtime, and the new
+        defaults against the previous ones end to end (bench/sweep.py)."""
+        b = self.bench or {}
+        title = "Model runtimes: TensorFlow graph against LiteRT (XNNPACK)"
+        alone, vs = b.get("model_alone"), b.get("defaults_vs_today")
+        if not alone or not vs:
+            return not_measured(f"{title}: no runtime section in the benchmark file.", "<code>make bench</code>.")
+        rows = [[esc(r["model"]) + (" (random weights)" if r.get("weights") == "random" else ""), esc(r["runtime"]),
+                 str(r["threads"]), f'{r["batch_1_ms"]:.2f}', f'{r["images_per_s"]:.1f}'] for r in alone["rows"]]
+        ends = []
+        for name, label in (("today", "previous defaults"), ("new", "the defaults")):
+            d = vs[name]
+            ends.append([label, esc(d["MODEL_RUNTIME"]), str(d["BATCH_SIZE"]), str(d["MODEL_THREADS"]),
+                         f'{d["saturated"]["requests_per_s"]:.1f}', f'{d["saturated"]["latency_ms"]["p95"]:.0f}',
+                         f'{d["one_at_a_time"]["latency_ms"]["p50"]:.2f}'])
+        ratios = (f'<p class="provenance">Saturated requests/s, the defaults over the previous ones: '
+                  f'{vs["saturated_ratio"]} (goal {esc(vs["goals"]["saturated_ratio"])}); one request at a time p50: '
+                  f'{vs["one_at_a_time_p50_ratio"]} (goal {esc(vs["goals"]["one_at_a_time_p50_ratio"])}); Lite0 '
+                  f'alone, best LiteRT over best TensorFlow: '
+                  f'{alone["litert_over_tensorflow"]["efficientnet_lite0"]} (goal >= 1.8).</p>')
+        return (f'<p class="tablecap">{esc(title)}: the model alone, random uint8 input</p>' +
+                table(["model", "runtime", "threads", "batch 1 ms", "images/s at batch 32"], rows) +
+                '<p class="tablecap">End to end, castle_image.jpg uploads, measured in turns</p>' +
+                table(["", "runtime", "BATCH_SIZE", "threads", "saturated req/s", "p95 ms", "one request p50 ms"],
+                      ends) + ratios + provenance(b.get("when"), b.get("machine"), self.bench_path, b.get("quick")))
 
     def gen_peers(self):
         """bench/peers/run.py's result: every system at every concurrency, one row each."""
