@@ -366,6 +366,39 @@ class Results:
                 f'{esc(machine.get("load_average_at_start"))}; {r.get("wrong_answers_total", 0)} wrong answers, '
                 f'{r.get("failed_requests_total", 0)} failed requests in all.</p>')
 
+    def gen_capacity(self):
+        """The capacity plan, computed from bench/results/latest.json: CPU per request of each tier at
+        saturation, the model's own cost, Redis' bytes per request, and what one core or one link carries."""
+        b = self.bench or {}
+        sat, model, redis_ = b.get("saturation"), b.get("model"), b.get("redis")
+        if not sat or not model or not redis_ or b.get("quick"):
+            return not_measured("Capacity plan: no full benchmark run.", "<code>make bench</code>.")
+        rps, cores = sat["requests_per_s"], sat["cpu_cores"]
+        web = 1000 * cores.get("web-1", 0) / rps
+        worker = 1000 * cores.get("worker-0", 0) / rps
+        model_ms = model["batch_ms"] / model["batch_size"] * model.get("threads", 1)
+        per_request_bytes = redis_["per_request_low_load"]["bytes"]
+        queue_path = max(r["requests_per_s"] for r in b.get("queue_path", {}).get("runs", [{"requests_per_s": 0}]))
+        rows = [
+            ["web server (upload, decode + resize, job, wait, answer)", f"{web:.1f} ms CPU", f"{1000 / web:.0f} requests/s"],
+            ["worker, the model (LiteRT)", f"{model_ms:.1f} ms CPU at most ({model.get('threads')} threads)",
+             f"{1000 / model_ms:.0f} images/s"],
+            ["worker, all of it (take, parse, model, results)", f"{worker:.1f} ms CPU", f"{1000 / worker:.0f} requests/s"],
+            ["Redis, through its network", f"{per_request_bytes / 1000:.0f} KB",
+             f"{125e6 / per_request_bytes:.0f} requests/s per Gbit/s"],
+        ]
+        text = (f'<p>So a machine that runs both tiers needs about {web + worker:.1f} ms of CPU per request: '
+                f'{1000 / (web + worker):.0f} requests/s per core, with about '
+                f'{round(100 * worker / (web + worker))}% of the cores for workers (<code>WORKERS</code> x '
+                f'<code>MODEL_THREADS</code>) and the rest for web processes (<code>WEB_PROCESSES</code>, one core '
+                f'each). One Redis is limited first by its network ({125e6 / per_request_bytes:.0f} requests/s on '
+                f'1 Gbit/s, ten times that on 10 Gbit/s), then by its one core; on this machine the queue path alone '
+                f'reached {queue_path:.0f} requests/s with the web server as the limit. Beyond that: smaller jobs '
+                f'(a re-encoded 224x224 JPEG instead of raw pixels), or one deployment per model or tenant, each with '
+                f'its own hash tag (<code>KEY_PREFIX={{imgq-a}}</code>) on its own Redis or Cluster slot.</p>')
+        return (table(["cost per request", "measured at saturation", "one core (or link) carries"], rows) + text +
+                provenance(b.get("when"), b.get("machine"), self.bench_path, b.get("quick")))
+
     def gen_page_screenshot(self):
         path = os.path.join(DOCS, "page.png")
         if not os.path.exists(path):
