@@ -283,7 +283,9 @@ def test_ctrl_c_under_make_run_stops_everything_without_an_error_line(tmp_path):
     if not os.path.exists(os.path.join(venv, ".installed")):
         pytest.skip("needs a venv made by the Makefile")
     port, redis_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    # A user's shell: no REDIS_URL, and not inside another make (`make test` runs this test; a nested make
+    # would print "make[1]: Entering directory", which a user's `make run` does not).
+    env = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "MAKELEVEL", "MAKEFLAGS", "MFLAGS")}
     env.update(TEST_ENV, PORT=str(port), EMBEDDED_REDIS_PORT=str(redis_port), WORKERS="1", KEY_PREFIX="makectrlc",
                LOG_FORMAT="text")
     out = open(tmp_path / "make.out", "w+b")

@@ -130,7 +130,7 @@ def test_raw_speed_reports_the_models_own_limit(lite0):
 
 def test_converted_weights_are_cached_by_source_hash(lite0, lite0_cache, monkeypatch, capsys):
     import efficientnet_lite0
-    digest = efficientnet_lite0._sha256(efficientnet_lite0.source_weights_path())[:16]
+    digest = efficientnet_lite0.file_sha256(efficientnet_lite0.source_weights_path())[:16]
     assert os.listdir(lite0_cache) == [f"efficientnet_lite0-{digest}.weights.h5"]
     monkeypatch.setattr(settings, "MODEL_CACHE_DIR", lite0_cache)
     again = efficientnet_lite0.build()
