@@ -46,8 +46,11 @@ def test_flask_own_server_logs_only_logutil_lines(tmp_path):
     env = dict(os.environ, LOG_FORMAT="json", PORT=str(port), REDIS_URL="redis://127.0.0.1:1/0",
                REDIS_CONNECT_TIMEOUT="0.2", PYTHONUNBUFFERED="1")
     with open(tmp_path / "web.log", "w+b") as out:
+        # SIGINT as in a terminal: a suite started in the background (nohup, `cmd &`) inherits SIGINT ignored,
+        # and Python keeps an ignored SIGINT ignored.
         web = subprocess.Popen([sys.executable, "run_web_server.py"], cwd=REPO, env=env, stdout=out,
-                               stderr=subprocess.STDOUT)
+                               stderr=subprocess.STDOUT,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             deadline = time.monotonic() + 120  # a fresh clone on a busy machine imports slowly
             while True:
