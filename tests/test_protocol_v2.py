@@ -84,7 +84,9 @@ def test_tritonclient_classifies_castle_with_the_real_model(service):
 
 
 def test_a_batch_of_8_images_gets_8_answers_each_its_own(service):
-    worker = service.start_worker(BATCH_SIZE=32)
+    # BATCH_WAIT_MS: a batch waits up to 2 s for more jobs, so the 8 jobs of one request (pushed within
+    # milliseconds) share a batch even on a busy machine, where the worker might otherwise take each alone.
+    worker = service.start_worker(BATCH_SIZE=32, BATCH_WAIT_MS=2000)
     url, _ = service.start_web()
     client = _client(url)
     levels = [5, 17, 40, 99, 128, 200, 233, 254]
