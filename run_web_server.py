@@ -7,10 +7,11 @@ the course's shape: {"success": true, "predictions": [{"label": "castle", "proba
 Run it for real under gunicorn (`gunicorn run_web_server:app`, settings in gunicorn.conf.py), or as the
 course does, `python run_web_server.py` (Flask's own threaded server).
 
-Request ids: every request gets one at arrival (the client's X-Request-ID when it is a sane token, else a new
-one), logged as `id=` with `request.received` and `request.done status=...`, and returned in the X-Request-ID
-header and, in every JSON answer (errors too), the field "id". For POST /predict it is also the job's id, so
-`grep id=<id>` follows the request through the worker.
+Request ids: every request gets one at arrival (the client's X-Request-ID when it is a sane token, else its
+W3C trace id, tracing.py), logged as `id=` with `request.received` and `request.done status=...`, and
+returned in the X-Request-ID header and, in every JSON answer (errors too), the field "id". The job of a
+POST /predict carries the trace id (the worker logs it as `trace=`), so `grep <trace id>` follows the request
+through the worker.
 """
 import argparse
 import json
@@ -32,8 +33,8 @@ import protocol_v2
 import settings
 import tfserving
 import tracing
-import workerinfo
 import upload
+import workerinfo
 from helpers import BadImage, prepare_image
 from jobqueue import JobQueue, connect
 from logutil import log
