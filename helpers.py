@@ -224,11 +224,6 @@ def prepare_image(data, size):
     return array
 
 
-def base64_encode_image(array):
-    """uint8 array → base64 text (the course's helper, for uint8 instead of float32)."""
-    return base64.b64encode(np.ascontiguousarray(array, dtype=np.uint8).tobytes()).decode("ascii")
-
-
 def base64_decode_image(text, shape, dtype="uint8"):
     """base64 text → array of `shape`. Raises ValueError if the bytes do not fill the shape exactly."""
     raw = base64.b64decode(text, validate=True)
