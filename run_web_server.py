@@ -7,15 +7,14 @@ the course's shape: {"success": true, "predictions": [{"label": "castle", "proba
 Run it for real under gunicorn (`gunicorn run_web_server:app`, settings in gunicorn.conf.py), or as the
 course does, `python run_web_server.py` (Flask's own threaded server).
 
-Request ids: every request gets one at arrival (the client's X-Request-ID when it is a sane token, else its
-W3C trace id, tracing.py), logged as `id=` with `request.received` and `request.done status=...`, and
+Request ids: every request gets one at arrival (tracing.py: the client's X-Request-ID when it is a sane token,
+else its W3C trace id), logged as `id=` with `request.received` and `request.done status=...`, and
 returned in the X-Request-ID header and, in every JSON answer (errors too), the field "id". The job of a
 POST /predict carries the trace id (the worker logs it as `trace=`), so `grep <trace id>` follows the request
 through the worker.
 """
 import argparse
 import json
-import re
 import time
 import uuid
 
@@ -81,20 +80,16 @@ app.register_blueprint(openapi.blueprint())  # GET /openapi.json
 REQUESTS, LATENCY = metrics.PREDICT_REQUESTS, metrics.PREDICT_LATENCY
 
 
-# --- request ids -------------------------------------------------------------------------------------
-# An incoming X-Request-ID is kept only when it is a short plain token: it goes into logs and Redis keys.
-SANE_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+# --- the access log ------------------------------------------------------------------------------------
 QUIET_PATHS = ("/activity", "/metrics", "/healthz", "/static/")  # polled: their successes log at DEBUG only
 
 
 @app.before_request
-def request_id_start():
-    given = request.headers.get("X-Request-ID", "")
-    # Without one, the request's id is its W3C trace id (tracing.py, which runs first): one id to grep for.
-    g.request_id = given if SANE_REQUEST_ID.fullmatch(given) else (tracing.trace_id() or uuid.uuid4().hex)
-    # The job's id (a Redis key, a waiter's slot) must be unique, and two requests may share a client's
-    # X-Request-ID or trace: it is the request's id when that is a trace made here, else a fresh uuid4.
-    # The job carries the trace (job.py), and request.done names the job.
+def request_start():
+    # g.request_id was set by tracing.py (registered first, so it runs first): the caller's X-Request-ID
+    # when sane, else the W3C trace id. The job's id (a Redis key, a waiter's slot) must be unique, and two
+    # requests may share a client's X-Request-ID or trace: it is the request's id when that is a trace made
+    # here, else a fresh uuid4. The job carries the trace (job.py), and request.done names the job.
     g.job_id = g.request_id if g.request_id == tracing.trace_id() and tracing.fresh() else uuid.uuid4().hex
     g.request_started = time.monotonic()
     g.done_fields = {}
@@ -104,11 +99,10 @@ def request_id_start():
 
 
 @app.after_request
-def request_id_done(response):
+def request_done(response):
     request_id = g.get("request_id")
     if request_id is None:  # before_request did not run (cannot happen in Flask 3; be safe)
         return response
-    response.headers["X-Request-ID"] = request_id
     if response.status_code >= 400 and response.is_json:  # errors made anywhere (live.py too) carry the id
         body = response.get_json(silent=True)
         if isinstance(body, dict) and "id" not in body:
@@ -177,7 +171,7 @@ def predict():
     REQUESTS.labels("200").inc()
     LATENCY.observe(total)
     metrics.served(result.get("model"))
-    g.done_fields = {"model": result.get("model"), "job": pending.id}  # request.done (request_id_done) logs them
+    g.done_fields = {"model": result.get("model"), "job": pending.id}  # request.done (request_done) logs them
     return jsonify(success=True, id=g.request_id, model=result.get("model"), predictions=result["predictions"],
                    timings={"prepare_ms": round((prepared - started) * 1000, 2),
                             "queue_ms": result.get("queue_ms"),

@@ -4,10 +4,11 @@ Where it sits: first and last thing of every web request, beside the flow. Befor
 request's `traceparent` (https://www.w3.org/TR/trace-context/) is parsed, or a fresh trace is started; the
 trace id goes into a context variable that logutil.log() reads, so every line the web process writes for the
 request carries `trace=<32 hex>`. job.make_job copies it into the job (field "trace"), so the worker's
-job lines carry it too. After the view, the response gets `traceparent` (same trace id, this server's own
-span id, the caller's flags) and `X-Request-ID` (the caller's, or the trace id when it sent none).
+job lines carry it too. The request's id is the caller's X-Request-ID when it is a short plain token, else
+the trace id: one id to grep for. After the view, the response gets `traceparent` (same trace id, this
+server's own span id, the caller's flags) and `X-Request-ID` (the request's id).
 
-    tracing.install(app)                 # in run_web_server.py
+    tracing.install(app)                 # in run_web_server.py; then flask.g.request_id in every request
     tracing.trace_id()                   # the current request's trace id, or None outside a request
 """
 import contextvars
@@ -17,8 +18,9 @@ import re
 import logutil
 
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
-# X-Request-ID is free text by convention; keep what is safe to write in a log line and a header.
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=@-]{1,128}$")
+# X-Request-ID is free text by convention; it is kept only when it is a short plain token, safe to write
+# in a log line, a header and a JSON answer.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
 _current = contextvars.ContextVar("trace_id", default=None)
 _fresh = contextvars.ContextVar("trace_fresh", default=False)  # True: made here, not the caller's
 
@@ -69,7 +71,7 @@ def begin(traceparent=None, request_id=None):
     _current.set(trace)
     _fresh.set(not parsed)
     logutil.context.set({"trace": trace})
-    rid = request_id if request_id and _REQUEST_ID.match(request_id) else trace
+    rid = request_id if request_id and _REQUEST_ID.fullmatch(request_id) else trace
     return trace, f"00-{trace}-{new_span_id()}-{flags}", rid
 
 
@@ -86,15 +88,13 @@ def install(app):
 
     @app.before_request
     def _begin():
-        g.trace = begin(request.headers.get("traceparent"), request.headers.get("X-Request-ID"))
+        _, g.traceparent, g.request_id = begin(request.headers.get("traceparent"), request.headers.get("X-Request-ID"))
 
     @app.after_request
     def _echo(response):
-        trace = g.get("trace")
-        if trace:
-            response.headers["traceparent"] = trace[1]
-            # run_web_server's request id, when it set one, is the id the answer and the logs carry.
-            response.headers.setdefault("X-Request-ID", trace[2])
+        if g.get("request_id"):
+            response.headers["traceparent"] = g.traceparent
+            response.headers["X-Request-ID"] = g.request_id
         return response
 
     @app.teardown_request
