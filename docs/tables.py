@@ -303,16 +303,6 @@ class Results:
                 provenance(b.get("when"), b.get("machine"), self.bench_path, b.get("quick")) +
                 (f'<p class="provenance">Load average before the benchmark: {esc(load)}.</p>' if load else ""))
 
-    def _result_table(self, source, title, how):
-        """A benchmark's own summary table (rows of label/value pairs kept in its result file as "table")."""
-        r = self.sources.get(source)
-        if not r or not r.get("table"):
-            return not_measured(f"{title}: no result file.", how)
-        header, rows = r["table"]["header"], r["table"]["rows"]
-        return (f'<p class="tablecap">{esc(title)}</p>' + table([esc(h) for h in header],
-                                                                [[esc(c) for c in row] for row in rows]) +
-                provenance(r.get("when"), r.get("machine"), r["_path"], r.get("quick")))
-
     def gen_runtimes(self):
         """The runtime section of bench/results/latest.json: each model alone on each runtime, and the new
         defaults against the previous ones end to end (bench/sweep.py)."""
