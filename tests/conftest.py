@@ -7,7 +7,9 @@ ImageNet class g, so each request's own answer is known in advance.
 """
 import io
 import os
+import re
 import sys
+import time
 
 import pytest
 from PIL import Image
@@ -58,3 +60,26 @@ def grey_png(level, size=(32, 32)):
 def standin_label(level):
     import models
     return models.imagenet_labels()[level]
+
+
+def post_grey(url, level, timeout=60):
+    """POST /predict with a grey_png(level): the stand-in answers it with standin_label(level)."""
+    import requests
+    return requests.post(url + "/predict", files={"image": ("g.png", grey_png(level))}, timeout=timeout)
+
+
+def worker_id(proc):
+    """The worker id a worker process logged in its worker.ready line."""
+    return re.search(r"worker\.ready worker=(\S+)", proc.log_text()).group(1)
+
+
+def wait_until(condition, timeout=60, step=0.02):
+    """condition()'s first true value, polled every `step` s; fails the test after `timeout` s. Generous
+    defaults: the machine may be busy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(step)

@@ -12,23 +12,14 @@ import time
 
 import requests
 
-from conftest import grey_png, standin_label
+from conftest import standin_label, wait_until
+from conftest import post_grey as post
 
 PASSWORD = "hunter2-not-for-clients"
 
 
-def post(url, level, timeout=60):
-    return requests.post(url + "/predict", files={"image": ("g.png", grey_png(level))}, timeout=timeout)
 
 
-def wait_until(condition, timeout=60, step=0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(step)
 
 
 def answered_200(url, level):

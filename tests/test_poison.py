@@ -10,16 +10,14 @@ import concurrent.futures
 import json
 import time
 
-import requests
 
 import keys
-from conftest import grey_png, standin_label
+from conftest import standin_label
+from conftest import post_grey
 
 POISON = 13
 
 
-def post(url, level, timeout=240):
-    return requests.post(url + "/predict", files={"image": ("g.png", grey_png(level))}, timeout=timeout)
 
 
 def test_poison_image_is_dead_lettered_after_max_attempts_and_everyone_else_is_answered(service):
@@ -31,13 +29,13 @@ def test_poison_image_is_dead_lettered_after_max_attempts_and_everyone_else_is_a
     levels = [level for level in range(40, 70)]  # innocent images, sent with the poison: they share batches
     deaths, exit_codes = 0, []
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(levels) + 1) as pool:
-        poison = pool.submit(post, url, POISON)
+        poison = pool.submit(post_grey, url, POISON, 240)
         # The poison first in the queue (no worker yet), so the first batch holds it and seven innocents.
         deadline = time.monotonic() + 60
         while client.llen(keys.queue(service.prefix)) < 1:
             assert time.monotonic() < deadline, "the poison was never queued"
             time.sleep(0.02)
-        innocents = {pool.submit(post, url, level): level for level in levels}
+        innocents = {pool.submit(post_grey, url, level, 240): level for level in levels}
         give_up = time.monotonic() + 200
         while not poison.done():
             assert time.monotonic() < give_up, "the poison request never ended"
@@ -64,7 +62,7 @@ def test_poison_image_is_dead_lettered_after_max_attempts_and_everyone_else_is_a
 
     # The worker that survives keeps serving.
     for level in (1, 2, 3):
-        answer = post(url, level, timeout=60)
+        answer = post_grey(url, level, timeout=60)
         assert answer.status_code == 200 and answer.json()["predictions"][0]["label"] == standin_label(level)
 
     # The dead-letter list holds the poison with its reason, and the job exactly as it was queued.

@@ -12,22 +12,14 @@ import time
 
 import requests
 
-from conftest import grey_png, save_evidence, standin_label
+from conftest import save_evidence, standin_label, wait_until, worker_id
+from conftest import post_grey as post
 
 
-def post(url, level, timeout=60):
-    return requests.post(url + "/predict", files={"image": ("g.png", grey_png(level))}, timeout=timeout)
 
 
-def worker_id(proc):
-    return re.search(r"worker\.ready worker=(\S+)", proc.log_text()).group(1)
 
 
-def wait_until(condition, timeout=60, step=0.02):  # generous: the machine may be busy
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(step)
 
 
 def result_keys(service):

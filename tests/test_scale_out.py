@@ -15,18 +15,12 @@ import requests
 
 from bench.stack import Stack
 from bench.topologies import ClusterSet, Hosts, SentinelSet
-from conftest import CASTLE, TEST_ENV, free_port, grey_png, save_evidence, standin_label
+from conftest import CASTLE, TEST_ENV, free_port, save_evidence, standin_label, wait_until, worker_id
+from conftest import post_grey as post
 
 
-def post(url, level, timeout=60):
-    return requests.post(url + "/predict", files={"image": ("g.png", grey_png(level))}, timeout=timeout)
 
 
-def wait_until(condition, timeout=30, step=0.05):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(step)
 
 
 def test_sentinel_failover_under_load(tmp_path):
@@ -57,7 +51,7 @@ def test_sentinel_failover_under_load(tmp_path):
             threads = [threading.Thread(target=client, args=(n,), daemon=True) for n in range(8)]
             for t in threads:
                 t.start()
-            wait_until(lambda: sum(o[3] == 200 for o in outcomes) >= 50)
+            wait_until(lambda: sum(o[3] == 200 for o in outcomes) >= 50, timeout=30)
             old_port = sentinels.primary_port()
             killed_at = time.time()
             sentinels.kill_primary()
@@ -105,11 +99,11 @@ def test_redis_cluster_castle_and_a_killed_worker(tmp_path):
             slow = dict(STANDIN_LATENCY_MS=100, BATCH_SIZE=4)
             victim, survivor = stack.start_worker(**slow), stack.start_worker(**slow)
             url, web = stack.start_web()
-            victim_id = re.search(r"worker\.ready worker=(\S+)", victim.log_text()).group(1)
+            victim_id = worker_id(victim)
             inflight, node = f"{stack.prefix}:inflight:{victim_id}", cluster.client()
             with concurrent.futures.ThreadPoolExecutor(max_workers=50) as pool:
                 futures = {pool.submit(post, url, level): level for level in range(100)}
-                wait_until(lambda: "job.done" in victim.log_text() and node.llen(inflight) > 0)
+                wait_until(lambda: "job.done" in victim.log_text() and node.llen(inflight) > 0, timeout=30)
                 victim.popen.send_signal(signal.SIGKILL)  # mid-batch: its in-flight list holds jobs
                 answers = [(futures[f], f.result()) for f in concurrent.futures.as_completed(futures)]
             for level, response in answers:
@@ -168,7 +162,7 @@ def test_redis_web_and_workers_on_separate_hosts(tmp_path):
             if os.path.exists(CASTLE):
                 lite0 = stack.start("worker", hosts.wrap("worker1", [sys.executable, "run_model_server.py"]),
                                     dict(MODEL="efficientnet_lite0"))
-                wait_until(lambda: "worker.ready" in lite0.log_text(), timeout=240)
+                lite0.wait_for_log("worker.ready", timeout=240)
             with concurrent.futures.ThreadPoolExecutor(max_workers=100) as pool:
                 answers = list(pool.map(lambda level: (level, post(url, level)), range(100)))
             for level, response in answers:
