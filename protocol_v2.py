@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 import redis
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 import classify
@@ -70,7 +70,15 @@ def error_response(status, message, **headers):
 
 
 def install_error_handlers(bp):
-    """Werkzeug's errors (413 body too large ...) and crashes in this protocol's shape, {"error": ...}."""
+    """ProtocolError, Werkzeug's errors (413 body too large ...) and crashes in this protocol's shape,
+    {"error": ...}; for this blueprint and tfserving.py's."""
+
+    @bp.errorhandler(ProtocolError)
+    def protocol_error(exc):
+        if exc.status >= 500:
+            return error_response(exc.status, str(exc), **({"Retry-After": "1"} if exc.status == 503 else {}))
+        log("request.rejected", level="WARNING", status=exc.status, error=str(exc))
+        return error_response(exc.status, str(exc))
 
     @bp.errorhandler(HTTPException)
     def http_error(exc):
@@ -107,9 +115,7 @@ def run(queue, waiter, pixel_list, started):
     """classify_all with the errors turned into ProtocolError (status + message, as /predict answers them)."""
     try:
         return classify_all(queue, waiter, pixel_list, started + settings.REQUEST_TIMEOUT)
-    except classify.QueueFull as exc:
-        raise ProtocolError(str(exc), 503)
-    except classify.ClassifyError as exc:
+    except classify.ClassifyError as exc:  # QueueFull 503, TimedOut 504, ...
         raise ProtocolError(str(exc), exc.status)
     except redis.RedisError as exc:
         log("request.redis_down", level="ERROR", error=str(exc))
@@ -306,7 +312,7 @@ def output_tensors(probabilities, labels, wanted):
         else:
             tensor = {"name": OUTPUT, "datatype": "FP32", "shape": list(probabilities.shape)}
             raw = probabilities.astype("<f4").tobytes() if binary else None
-            data = [float(x) for x in probabilities.ravel()] if not binary else None
+            data = probabilities.ravel().tolist() if not binary else None
         if binary:
             tensor["parameters"] = {"binary_data_size": len(raw)}
         else:
@@ -315,25 +321,21 @@ def output_tensors(probabilities, labels, wanted):
     return out
 
 
+def ready(queue):
+    """(ready, why not): a live model worker and a Redis that answers. The reason never quotes Redis' own
+    error, which names its host and port (as /healthz does not)."""
+    try:
+        workers = queue.live_workers()
+    except redis.RedisError:
+        return False, "Redis is unavailable"
+    return workers > 0, None if workers else "no live model worker"
+
+
 def blueprint(queue, waiter):
     bp = Blueprint("protocol_v2", __name__)
     input_size = models.input_size()
 
-    @bp.errorhandler(ProtocolError)
-    def protocol_error(exc):
-        if exc.status >= 500:
-            return error_response(exc.status, str(exc), **({"Retry-After": "1"} if exc.status == 503 else {}))
-        log("request.rejected", level="WARNING", status=exc.status, error=str(exc))
-        return error_response(exc.status, str(exc))
-
     install_error_handlers(bp)
-
-    def ready():
-        try:
-            workers = queue.live_workers()
-        except redis.RedisError as exc:
-            return False, f"Redis is unavailable: {exc}"
-        return workers > 0, None if workers else "no live model worker"
 
     @bp.get("/v2")
     def server_metadata():
@@ -346,7 +348,7 @@ def blueprint(queue, waiter):
 
     @bp.get("/v2/health/ready")
     def server_ready():
-        ok, why = ready()
+        ok, why = ready(queue)
         return (jsonify(ready=True), 200) if ok else (jsonify(ready=False, error=why), 503)
 
     @bp.get("/v2/models/<name>")
@@ -364,7 +366,7 @@ def blueprint(queue, waiter):
     @bp.get("/v2/models/<name>/versions/<version>/ready")
     def model_ready(name, version=None):
         check_model(name, version)
-        ok, why = ready()
+        ok, why = ready(queue)
         body = {"name": name, "ready": ok}
         if why:
             body["error"] = why
@@ -391,8 +393,7 @@ def blueprint(queue, waiter):
                 "parameters": {"served_by": served_model, "job_ids": ",".join(r["id"] for r in results)}}
         if isinstance(request_json.get("id"), str):
             head["id"] = request_json["id"]
-        log("request.done", endpoint="v2.infer", images=len(results), model=served_model,
-            ms=round((time.monotonic() - started) * 1000, 1))
+        g.done_fields = {"model": served_model, "images": len(results)}  # run_web_server's request.done logs them
         binary = [raw for _, raw in tensors if raw is not None]
         if not binary:
             return jsonify(head)

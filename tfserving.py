@@ -13,14 +13,12 @@ import binascii
 import time
 
 import numpy as np
-import redis
-from flask import Blueprint, jsonify, request
+from flask import Blueprint, g, jsonify, request
 
 import metrics
 import models
 import protocol_v2
 import settings
-from logutil import log
 
 TOP_K = 5
 
@@ -68,19 +66,12 @@ def blueprint(queue, waiter):
     bp = Blueprint("tfserving", __name__)
     input_size = models.input_size()
 
-    @bp.errorhandler(protocol_v2.ProtocolError)
-    def tf_error(exc):
-        if exc.status < 500:
-            log("request.rejected", level="WARNING", status=exc.status, error=str(exc))
-        return protocol_v2.error_response(exc.status, str(exc),
-                                          **({"Retry-After": "1"} if exc.status == 503 else {}))
-
     protocol_v2.install_error_handlers(bp)
 
     @bp.get("/v1/models/<name>")
     def status(name):
         protocol_v2.check_model(name)
-        ok, _ = _ready(queue)
+        ok, _ = protocol_v2.ready(queue)
         return jsonify(model_version_status=[{
             "version": protocol_v2.MODEL_VERSION, "state": "AVAILABLE" if ok else "UNAVAILABLE",
             "status": {"error_code": "OK" if ok else "UNAVAILABLE",
@@ -111,17 +102,10 @@ def blueprint(queue, waiter):
         predictions = []
         for row in probabilities:
             top = np.argsort(-row, kind="stable")[:TOP_K]
-            predictions.append({"probabilities": [float(x) for x in row], "classes": [int(j) for j in top],
+            predictions.append({"probabilities": row.tolist(), "classes": [int(j) for j in top],
                                 "labels": [labels[j] for j in top], "scores": [float(row[j]) for j in top]})
-        log("request.done", endpoint="tfserving.predict", images=len(results), model=results[0].get("model"),
-            ms=round((time.monotonic() - started) * 1000, 1))
+        g.done_fields = {"model": results[0].get("model"), "images": len(results)}  # request.done logs them
         return jsonify(predictions=predictions)
 
     return bp
 
-
-def _ready(queue):
-    try:
-        return queue.live_workers() > 0, None
-    except redis.RedisError as exc:
-        return False, str(exc)
