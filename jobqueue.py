@@ -132,16 +132,6 @@ table.insert(dead, 1, requeued)
 return dead
 """
 
-# /healthz in one round trip (a probe must answer within one REDIS_SOCKET_TIMEOUT): queue length and
-# how many registered workers still have a heartbeat.
-_STATUS = """
-local live = 0
-for _, worker in ipairs(redis.call('SMEMBERS', KEYS[2])) do
-  live = live + redis.call('EXISTS', ARGV[1] .. worker)
-end
-return {redis.call('LLEN', KEYS[1]), live}
-"""
-
 
 def connect(url=None, **options):
     """A Redis client for REDIS_URL (one Redis, Sentinel or Cluster: see redisconn.py) that fails fast when
@@ -167,7 +157,6 @@ class JobQueue:
         self._push = client.register_script(_PUSH)
         self._beat = client.register_script(_BEAT)
         self._isolate = client.register_script(_ISOLATE)
-        self._status = client.register_script(_STATUS)
         self._complete = client.register_script(_COMPLETE)
         self.attempts_key = keys.attempts(self.prefix)
 
@@ -190,12 +179,6 @@ class JobQueue:
         if not members:
             return 0
         return self.redis.exists(*[keys.heartbeat(m, self.prefix) for m in members])
-
-    def status(self):
-        """(queue length, live workers) in one round trip, for /healthz."""
-        length, live = self._status(keys=[self.queue_key, keys.workers(self.prefix)],
-                                    args=[keys.heartbeat("", self.prefix)])
-        return length, live
 
     def counters(self):
         """The running counts of requeued and dead-lettered jobs (0 until the first happens)."""

@@ -99,7 +99,7 @@ class Worker:
                 # case Redis restarted between two beats or a /healthz pruned it while this worker stalled.
                 if announced is None or not healthy or time.monotonic() - announced > workerinfo.REFRESH_S:
                     workerinfo.announce(hb_queue.redis, hb_queue.prefix, self.id, self.model.name,
-                                        workerinfo.runtime_of(self.model))
+                                        self.model.runtime)
                     announced = time.monotonic()
                 if not healthy:
                     log("redis.back", worker=self.id)

@@ -196,8 +196,10 @@ def healthz():
     status = {"redis": "ok", "model": None, "model_setting": settings.MODEL,
               "notifications": "on" if waiter.listening else "off (polling every %gs)" % waiter.poll_interval}
     try:
-        status["queue_length"], status["live_workers"] = queue.status()  # one round trip
+        status["queue_length"] = queue.length()
+        # The live workers, each with its model: one heartbeat test, so the count and the list agree.
         status["workers"] = workerinfo.serving(queue.redis, queue.prefix)
+        status["live_workers"] = len(status["workers"])
         # What serves, as the workers say (MODEL=auto picks at each worker's start); "a, b" if they differ.
         served = sorted({w["model"] for w in status["workers"] if w["model"]})
         status["model"] = ", ".join(served) or None

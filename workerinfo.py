@@ -7,24 +7,11 @@ records of workers that died without retiring are pruned there, so the hash neve
 by more than the dead ones since the last /healthz.
 """
 import json
-import sys
 import time
 
 import keys
 
 REFRESH_S = 60  # a lost record (Redis restarted between two beats) is back within this; one HSET a minute
-
-
-def runtime_of(model):
-    """What runs the model: its own `runtime` attribute when it has one, else "tensorflow 2.21.0" for the
-    Keras models and "numpy 2.4.6" for the stand-in."""
-    if getattr(model, "runtime", None):
-        return str(model.runtime)
-    tf = sys.modules.get("tensorflow")
-    if model.name != "standin" and tf is not None:
-        return f"tensorflow {tf.__version__}"
-    import numpy
-    return f"numpy {numpy.__version__}"
 
 
 def announce(client, prefix, worker_id, model_name, runtime):
