@@ -145,7 +145,7 @@ def child_env(settings, redis_port, run_dir):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if redis_port:
         env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
-    if settings.WORKERS > 1 and "MODEL_THREADS" not in os.environ:
+    if settings.WORKERS > 1 and "MODEL_THREADS" not in os.environ and not settings.TF_INTRA_OP_THREADS:
         # Several workers on one machine share its cores instead of each taking all of them.
         env["MODEL_THREADS"] = str(max(1, cores() // settings.WORKERS))
     if settings.LOG_LEVEL != "DEBUG":
@@ -179,30 +179,16 @@ def _get_json(url):
 
 
 def ready_fields(base, health, worker):
-    fields = {"url": base, "model": health.get("model"), "workers": None}
-    if worker:  # what the first worker said it loaded
-        fields.update(worker)
-        fields["workers"] = health.get("live_workers")
-        return fields
-    status, activity = _get_json(base + "/activity")
-    workers = [w for w in activity.get("workers", []) if w.get("state") != "dead"] if status == 200 else []
-    if workers:  # the model the workers really loaded (MODEL=auto names none)
-        fields["model"] = workers[0].get("model") or fields["model"]
-        if workers[0].get("runtime"):
-            fields["runtime"] = workers[0]["runtime"]
-    if health.get("runtime"):
-        fields["runtime"] = health["runtime"]
-    fields["workers"] = health.get("live_workers")
+    """The ready line: /healthz's model (what the live workers recorded they serve) and worker count, and
+    what the first worker logged it loaded (model, runtime) when its worker.ready line was seen."""
+    fields = {"url": base, "model": health.get("model"), "workers": health.get("live_workers")}
+    fields.update(worker or {})
     return fields
 
 
 # --- run -------------------------------------------------------------------------------------------
 def run(settings, log):
-    for name, value in (("WORKERS", settings.WORKERS), ("WEB_PROCESSES", settings.WEB_PROCESSES),
-                        ("WEB_THREADS", settings.WEB_THREADS)):
-        if value < 1:
-            print(f"launcher: {name}={value} makes no service; set it to 1 or more", file=sys.stderr)
-            return 2
+    # WORKERS, WEB_PROCESSES and WEB_THREADS below 1 were refused by main()'s settings.check.
     if not port_free(settings.HOST, settings.PORT):
         print(f"launcher: port {settings.PORT} is in use; set PORT to another one", file=sys.stderr)
         return 1
