@@ -55,7 +55,7 @@ def measure(model, image, duration, batch_size, web_processes, extra_env):
     with Stack(**env) as stack:
         worker = stack.start_worker(timeout=300)
         url, web = stack.start_web(processes=web_processes)
-        redis_proc = stack._own_redis.proc
+        redis_proc = stack.redis_server.proc
         predict = url + "/predict"
         load.run(predict, upload, total=3 * clients, concurrency=clients)  # warm: connections, shapes
         procs = {"web": web, "worker": worker, "redis": redis_proc}

@@ -46,6 +46,7 @@ import requests  # noqa: E402
 
 import settings  # noqa: E402
 from bench import load  # noqa: E402
+from bench.peers.common import READY  # noqa: E402
 from bench.stack import Proc, Stack, free_port  # noqa: E402
 
 VENV = os.path.join(HERE, ".venv")
@@ -184,7 +185,7 @@ def machine_busy_seconds():
 def wait_ready(proc, url, count, timeout=300):
     """Until the app logged its READY line `count` times (each model process loaded) and answers a POST."""
     deadline = time.monotonic() + timeout
-    while proc.log_text().count("PEER READY") < count:
+    while proc.log_text().count(READY) < count:
         if proc.popen.poll() is not None:
             raise RuntimeError(f"{proc.name} exited ({proc.popen.returncode}):\n{proc.log_text()[-3000:]}")
         if time.monotonic() > deadline:
@@ -245,7 +246,7 @@ class ServiceSystem:
         self.stack.start_worker(timeout=300)
         base, _ = self.stack.start_web(processes=settings.WEB_PROCESSES, threads=settings.WEB_THREADS)
         self.url = base + "/predict"
-        procs = list(self.stack.procs) + [self.stack._own_redis.proc]
+        procs = list(self.stack.procs) + [self.stack.redis_server.proc]
         self.tree = Tree([psutil.Process(p.popen.pid) for p in procs])
         self.log_text = lambda: "\n".join(p.log_text()[-1500:] for p in procs)
 
@@ -372,7 +373,7 @@ def run_system(name, args, upload, workdir):
 
 def describe(name, args):
     model = {"MODEL": args.model,
-             "MODEL_RUNTIME": os.environ.get("MODEL_RUNTIME") or getattr(settings, "MODEL_RUNTIME", "tensorflow")}
+             "MODEL_RUNTIME": settings.MODEL_RUNTIME}
     if name == "service":
         return dict(model, what="redis + gunicorn + 1 worker (bench/stack.py, default settings)",
                     web_processes=settings.WEB_PROCESSES, web_threads=settings.WEB_THREADS, workers=1,
@@ -455,7 +456,7 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds through every stop() below
     report = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "model": args.model,
-              "model_runtime": os.environ.get("MODEL_RUNTIME") or getattr(settings, "MODEL_RUNTIME", "tensorflow"),
+              "model_runtime": settings.MODEL_RUNTIME,
               "expect": args.expect, "image": os.path.basename(args.image),
               "concurrency": args.concurrency, "duration_s": args.duration, "warmup_s": args.warmup,
               "client": "bench/load.py: closed loop, keep-alive http.client, fresh multipart boundary per request",
