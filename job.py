@@ -13,8 +13,9 @@ the worker writes on its lines for the job; "outputs": "probabilities" asks the 
 probability vector as well (result field "probabilities": base64 of 1000 float32 little-endian), for the
 protocol endpoints.
 
-The value always starts with the 40 bytes `{"id":"<32 hex digits>"`, so a Lua script can read a job's id
-as string.sub(job, 8, 39) without parsing JSON (job_id_of below does the same in Python). Compact JSON
+The value always starts with `{"id":"<id>"`, so a Lua script finds a job's id in its first bytes without
+parsing the header or touching the pixels (jobqueue.py's job_field matches it in the first 512 bytes;
+job_id_of below reads the 32-hex ids make_job writes at their fixed place). Compact JSON
 escapes every newline, so the first b"\n" ends the header. `deadline` is when the waiting client gives up
 (enqueued + REQUEST_TIMEOUT): a worker drops a job found after its deadline, because nobody is waiting for
 the answer. A header with no newline after it but an "image" field holding base64 (the previous format) is
