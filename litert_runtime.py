@@ -74,11 +74,6 @@ def convert(keras_model, input_size, preprocess=None):
     return converter.convert()
 
 
-def resolve_threads(threads):
-    """MODEL_THREADS semantics: 0 = every core of the machine."""
-    return threads if threads and threads > 0 else (os.cpu_count() or 1)
-
-
 class LiteRTModel:
     """A .tflite classifier behind the worker's interface: uint8 batch in, float32 probabilities out."""
 
@@ -89,7 +84,7 @@ class LiteRTModel:
         self.name = name
         self.input_size = tuple(input_size)
         self.labels = labels
-        self.threads = resolve_threads(threads)
+        self.threads = threads  # models.model_threads(): MODEL_THREADS with 0 already made every core
         self.chunk = chunk
         # model_content (not model_path): the bytes were already read and checked by the caller.
         self._interpreter = Interpreter(model_content=content, num_threads=self.threads)
