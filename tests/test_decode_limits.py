@@ -30,8 +30,8 @@ def save(image, fmt, **options):
 SMALL = Image.new("RGB", (32, 32), (10, 200, 30))
 
 
-def test_readme_lists_exactly_the_accepted_formats():
-    with open(f"{REPO}/README.md") as f:
+def test_the_api_page_lists_exactly_the_accepted_formats():
+    with open(f"{REPO}/docs/api.md") as f:
         line = next(row for row in f if row.startswith("Accepted formats:"))
     assert tuple(re.findall(r"`([A-Z0-9]+)`", line)) == helpers.FORMATS
 
