@@ -9,6 +9,8 @@ help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /\1\t/' | expand -t 14
 
 $(VENV)/.installed: requirements.txt
+	@echo "Installing the service's Python packages into $(VENV) (TensorFlow, LiteRT, Flask, gunicorn, redis ...:"
+	@echo "a few minutes, once; later runs start at once)."
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
@@ -24,6 +26,7 @@ redis: $(VENV)/.installed  ## only the embedded redis-server on 127.0.0.1:6379 (
 
 test: $(VENV)/.installed  ## the test suite against real processes
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 	$(PY) -m pytest
 
 clean:  ## remove .venv and pytest's cache
@@ -31,20 +34,20 @@ clean:  ## remove .venv and pytest's cache
 
 # Benchmarks against processes it starts itself; writes bench/results/latest.json (a few minutes).
 bench: $(VENV)/.installed  ## benchmarks, writes bench/results/latest.json (a few minutes)
-	$(PY) bench/run.py
+	$(PY) -m bench.run
 
 # Notifications against polling (latency CDFs, commands vs waiting time, fan-out, a lost notification):
 # bench/results/notifications.json, used by the write-up's question 5 (about 4 minutes).
 bench-notify: $(VENV)/.installed  ## notifications against polling, bench/results/notifications.json
-	$(PY) bench/notifications.py
+	$(PY) -m bench.notifications
 
 # The service next to Flask-in-the-request, LitServe and Ray Serve (bench/peers/, their own venv).
 bench-peers: $(VENV)/.installed  ## the service against Flask, LitServe and Ray Serve, bench/results/peers.json
-	$(PY) bench/peers/run.py
+	$(PY) -m bench.peers.run
 
 # Twenty minutes of mixed good, bad and abandoned uploads with a worker killed every few minutes.
 soak: $(VENV)/.installed  ## 20-minute soak run: outcomes, keys and memory over time, bench/results/soak.json
-	$(PY) bench/soak.py
+	$(PY) -m bench.soak
 
 # The write-up: docs/writeup.pdf from docs/writeup.md, the real source files, a live run of the service, the
 # tests and bench/results/latest.json when present (a few minutes). Needs Pango (docs/build.py installs it).
@@ -53,4 +56,4 @@ $(VENV)/.docs-installed: $(VENV)/.installed docs/requirements.txt
 	touch $@
 
 docs: $(VENV)/.docs-installed  ## rebuild docs/writeup.pdf (a few minutes)
-	$(PY) docs/build.py
+	$(PY) -m docs.build

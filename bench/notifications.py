@@ -1,7 +1,7 @@
 """Notifications against polling, measured (the write-up's question 5): `make bench-notify`.
 
-    python bench/notifications.py              # about 4 minutes → bench/results/notifications.json
-    python bench/notifications.py --quick      # seconds: checks that every section runs
+    python -m bench.notifications              # about 4 minutes → bench/results/notifications.json
+    python -m bench.notifications --quick      # seconds: checks that every section runs
 
 Where it sits: outside the service, like bench/run.py. It starts its own redis-server, one gunicorn web
 server at a time and one stand-in worker (bench/stack.py), so what is measured is the waiting, not a model:
@@ -31,12 +31,11 @@ import numpy as np
 import redis
 import requests
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+from bench import load
+from bench.run import CpuMeter, RedisMeter, ms_stats, tiny_png
+from imgq.testing import Stack
 
-from bench import load  # noqa: E402
-from bench.run import CpuMeter, RedisMeter, ms_stats, tiny_png  # noqa: E402
-from bench.stack import Stack  # noqa: E402
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 MODES = {  # name → web server settings
     "notifications": {"NOTIFICATIONS": 1, "POLL_INTERVAL": 1.0},

@@ -1,10 +1,10 @@
 """CPU per request of each process of the queue path at saturation: web, worker, Redis (and the client).
 
-    python bench/overhead.py                                  # MODEL=standin, instant, castle uploads, 20 s
-    python bench/overhead.py --model efficientnet_lite0 --duration 30
+    python -m bench.overhead                                  # MODEL=standin, instant, castle uploads, 20 s
+    python -m bench.overhead --model efficientnet_lite0 --duration 30
 
 Where it sits: outside the service, like bench/run.py. It starts its own redis-server, one gunicorn (2
-processes, the default) and one worker (bench/stack.py), drives them with 2 x BATCH_SIZE closed-loop clients
+processes, the default) and one worker (imgq/testing.py), drives them with 2 x BATCH_SIZE closed-loop clients
 (bench/load.py) and divides each process's CPU seconds (Proc.cpu_seconds: user + system, children included)
 by the requests answered in the window. With the instant stand-in the worker's figure is almost all queue
 path (the stand-in's own work is one mean over the batch); with a real model, `--model-cpu` also measures
@@ -19,11 +19,10 @@ import subprocess
 import sys
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+from bench import load
+from imgq.testing import Stack
 
-from bench import load  # noqa: E402
-from bench.stack import Stack  # noqa: E402
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 CASTLE = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "castle_image.jpg"))
 
@@ -31,7 +30,7 @@ CASTLE = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "castle_image
 def model_cpu_ms_per_image(name, batch_size, repeats=5):
     """Process CPU (all of TensorFlow's threads) of one compiled call on a full batch, per image."""
     import numpy as np
-    import models
+    from imgq import models
     model = models.load_model(name)
     batch = np.random.default_rng(0).integers(0, 256, (batch_size, *model.input_size, 3), dtype=np.uint8)
     model.predict(batch)
@@ -43,8 +42,9 @@ def model_cpu_ms_per_image(name, batch_size, repeats=5):
 
 def model_images_per_s(name, batch_size):
     """The model alone, in a process of its own (bench/model_speed.py), as bench/run.py measures it."""
-    done = subprocess.run([sys.executable, os.path.join(HERE, "model_speed.py"), name, "--batch-size",
-                           str(batch_size), "--repeats", "5"], capture_output=True, text=True, check=True)
+    done = subprocess.run([sys.executable, "-m", "bench.model_speed", name, "--batch-size",
+                           str(batch_size), "--repeats", "5"], cwd=os.path.dirname(HERE), capture_output=True,
+                          text=True, check=True)
     return json.loads(done.stdout.strip().splitlines()[-1])["images_per_s"]
 
 

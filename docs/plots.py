@@ -15,9 +15,9 @@ import re
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from diagrams import C, TEXT, WIDTH, save  # noqa: E402  (one palette and size for every figure)
+from docs.diagrams import C, TEXT, WIDTH, save  # (one palette and size for every figure)
 
 MODE_COLOURS = {"notifications": C["web"][1], "polling 0.25 s": C["redis"][1], "polling 1 s": C["note"][1]}
 

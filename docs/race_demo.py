@@ -10,7 +10,7 @@ threads take batches, spend a fixed time "predicting", and write one result per 
 Counts, per design: jobs pushed, run once, run more than once, never run (their request would wait), and
 results left unread. Prints one JSON object.
 
-    python docs/race_demo.py [--jobs 200] [--predict-ms 20]
+    python -m docs.race_demo [--jobs 200] [--predict-ms 20]
 """
 import argparse
 import collections
@@ -22,13 +22,12 @@ import threading
 import time
 import uuid
 
+import redis
+
+from imgq.testing import RedisServer
+from imgq.jobs.queue import JobQueue
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-import redis  # noqa: E402
-
-from bench.stack import RedisServer  # noqa: E402
-from jobqueue import JobQueue  # noqa: E402
 
 BATCH_SIZE = 32
 SERVER_SLEEP = 0.25  # the course's settings.SERVER_SLEEP

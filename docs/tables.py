@@ -115,9 +115,9 @@ class Results:
         """Bytes of one job on the queue, ours vs the course's, computed from the real encoders."""
         import base64
         import numpy as np
-        import job as jobs
+        from imgq.jobs import message
         pixels = np.zeros((224, 224, 3), dtype=np.uint8)
-        ours = jobs.make_job(jobs.new_id(), pixels, 30.0)
+        ours = message.make_job(message.new_id(), pixels, 30.0)
         course_image = base64.b64encode(np.zeros((1, 224, 224, 3), dtype=np.float32).tobytes()).decode()
         course = json.dumps({"id": "3f2c1d4e-0000-4000-8000-000000000000", "image": course_image})
         rows = [["course", "<code>image_queue</code>", "float32 (1, 224, 224, 3)", f"{224 * 224 * 3 * 4:,}",
@@ -421,7 +421,7 @@ class Results:
         race = self.race
         if not race:
             return not_measured("The race demonstration did not run in this build.",
-                                "<code>python docs/race_demo.py</code> or <code>make docs</code>.")
+                                "<code>python -m docs.race_demo</code> or <code>make docs</code>.")
         rows = []
         for r in race["rounds"]:
             c, o = r["course"], r["ours"]
@@ -640,7 +640,7 @@ class Results:
     def gen_settings(self):
         """Every setting: its group and default from settings.py (read with ast, wherever the _str/_int/...
         call sits), its meaning from the README's configuration table (the one place it is written)."""
-        with open(os.path.join(REPO, "settings.py"), encoding="utf-8") as f:
+        with open(os.path.join(REPO, "imgq", "settings.py"), encoding="utf-8") as f:
             source = f.read()
         with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
             readme = f.read()

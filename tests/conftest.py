@@ -1,5 +1,5 @@
 """Real parts for the tests: a real redis-server, real gunicorn web servers and real worker processes,
-started by bench/stack.py (the same runner the benchmarks and the write-up use).
+started by imgq/testing.py (the same runner the benchmarks and the write-up use).
 
 Every test gets its own KEY_PREFIX, so tests sharing the session's Redis never see each other's keys.
 Queue tests use MODEL=standin (see models.StandinModel): a solid grey image of level g comes back as
@@ -8,20 +8,18 @@ ImageNet class g, so each request's own answer is known in advance.
 import io
 import os
 import re
-import sys
 import time
 
 import pytest
 from PIL import Image
 
+from imgq.testing import RedisServer, Stack, free_port  # noqa: F401  (free_port: for the tests)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 CASTLE = os.path.normpath(os.path.join(REPO, "..", "shared", "castle_image.jpg"))
 
-from bench.stack import RedisServer, Stack, free_port  # noqa: E402,F401  (free_port: for the tests)
-
 # Fast liveness for tests: a killed worker is found dead within 2 s, an idle pop returns every second.
-TEST_ENV = dict(MODEL="standin", HEARTBEAT_INTERVAL="0.5", HEARTBEAT_TTL="2", BLOCK_TIMEOUT="1", LOG_LEVEL="INFO")
+TEST_ENV = dict(MODEL="standin", HEARTBEAT_INTERVAL="0.5", HEARTBEAT_TTL="2", BLOCK_TIMEOUT="1", LOG_LEVEL="DEBUG")
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +56,7 @@ def grey_png(level, size=(32, 32)):
 
 
 def standin_label(level):
-    import models
+    from imgq import models
     return models.imagenet_labels()[level]
 
 

@@ -14,7 +14,7 @@ import requests
 from PIL import Image
 
 from conftest import TEST_ENV, Stack, grey_png, standin_label
-from helpers import prepare_image
+from imgq.web.images import prepare_image
 
 MAX_UPLOAD = 2 * 1024 * 1024
 

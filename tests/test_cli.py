@@ -1,9 +1,10 @@
 """Every script with a main answers `--help` (argparse) and starts nothing: no Redis connection, no model,
 no server, no child process. Run as a user runs them, each in its own subprocess.
 
-The scripts are found, not listed: any .py file here, in bench/ or docs/ with `if __name__ == "__main__"`,
-so a new script without --help fails this test. launcher.py (`make run`) is the process engineer's and is
-tested with the launcher.
+The scripts are found, not listed: any .py file here, in bench/, docs/ or the imgq package with
+`if __name__ == "__main__"`, so a new script without --help fails this test. The entry points at the top run
+as files (`python run_web_server.py`), the rest as modules (`python -m bench.run`), as their docs say.
+launcher.py (`make run`) is tested with the launcher.
 """
 import glob
 import os
@@ -21,8 +22,8 @@ NOT_HERE = {"launcher.py"}
 
 def scripts():
     found = []
-    for pattern in ("*.py", "bench/*.py", "docs/*.py"):
-        for path in sorted(glob.glob(os.path.join(REPO, pattern))):
+    for pattern in ("*.py", "bench/*.py", "bench/peers/run.py", "docs/*.py", "imgq/**/*.py"):
+        for path in sorted(glob.glob(os.path.join(REPO, pattern), recursive=True)):
             rel = os.path.relpath(path, REPO)
             with open(path, encoding="utf-8") as f:
                 if rel not in NOT_HERE and 'if __name__ == "__main__"' in f.read():
@@ -33,7 +34,7 @@ def scripts():
 def test_the_scripts_are_found():
     found = scripts()
     for expected in ("run_web_server.py", "run_model_server.py", "simple_request.py", "stress_test.py",
-                     "bench/run.py", "docs/build.py"):
+                     "bench/run.py", "bench/topologies.py", "docs/build.py", "imgq/models/__main__.py"):
         assert expected in found
 
 
@@ -47,7 +48,9 @@ def test_help_prints_usage_and_starts_nothing(script, tmp_path):
         env = dict(os.environ, REDIS_URL=f"redis://127.0.0.1:{canary.getsockname()[1]}/0", MODEL="standin",
                    IMGQ_EVIDENCE_DIR=str(tmp_path))
         started = time.monotonic()
-        done = subprocess.run([sys.executable, script, "--help"], cwd=REPO, env=env, capture_output=True,
+        module = script[:-3].replace("/", ".").removesuffix(".__main__")
+        command = [script] if "/" not in script else ["-m", module]
+        done = subprocess.run([sys.executable, *command, "--help"], cwd=REPO, env=env, capture_output=True,
                               text=True, timeout=60, stdin=subprocess.DEVNULL)
         took = time.monotonic() - started
         try:

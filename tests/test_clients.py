@@ -5,7 +5,6 @@ probability 0.9). The benchmark test runs `bench/run.py --quick` only to check t
 every section: no speed is asserted here.
 """
 import json
-import os
 import subprocess
 import sys
 
@@ -86,7 +85,7 @@ def test_stress_test_counts_connection_errors(tmp_path):
 
 def test_quick_benchmark_writes_every_section(tmp_path):
     out = tmp_path / "quick.json"
-    done = run(os.path.join("bench", "run.py"), "--quick", "--out", str(out), timeout=180)
+    done = run("-m", "bench.run", "--quick", "--out", str(out), timeout=180)
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     r = json.loads(out.read_text())
     for section in ("model", "low_load", "redis", "saturation", "saturation_client_resized", "idle", "polling",

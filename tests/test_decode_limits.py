@@ -1,4 +1,4 @@
-"""Decoding an upload is bounded (upload → helpers.prepare_image, in the web server): only the accepted
+"""Decoding an upload is bounded (upload → images.prepare_image, in the web server): only the accepted
 formats are opened, any decoder error is a 400, a decode that would take too much memory is a 413 before it
 starts, and one web process decodes at most DECODE_CONCURRENCY uploads at once (503 + Retry-After when
 all slots stay busy), so 16 concurrent worst-case uploads cannot take its memory past a known bound.
@@ -15,10 +15,11 @@ import pytest
 import requests
 from PIL import Image
 
-import helpers
-import settings
+from imgq.web import images
+from imgq import settings
 from conftest import REPO, TEST_ENV, Stack, standin_label
-from helpers import BadImage, DecodeBusy, prepare_image
+from imgq.errors import BadImage, DecodeBusy, ServiceError
+from imgq.web.images import prepare_image
 
 
 def save(image, fmt, **options):
@@ -33,7 +34,7 @@ SMALL = Image.new("RGB", (32, 32), (10, 200, 30))
 def test_the_api_page_lists_exactly_the_accepted_formats():
     with open(f"{REPO}/docs/api.md") as f:
         line = next(row for row in f if row.startswith("Accepted formats:"))
-    assert tuple(re.findall(r"`([A-Z0-9]+)`", line)) == helpers.FORMATS
+    assert tuple(re.findall(r"`([A-Z0-9]+)`", line)) == images.FORMATS
 
 
 # Formats Pillow opens but the service refuses (each a decoder it would otherwise have to trust).
@@ -96,16 +97,16 @@ def test_a_decode_over_the_memory_budget_is_413_before_it_starts(monkeypatch):
 def test_no_free_decode_slot_is_503_with_retry_after(monkeypatch):
     monkeypatch.setattr(settings, "DECODE_WAIT", 0.05)
     held = 0
-    while helpers._slots.acquire(blocking=False):  # what DECODE_CONCURRENCY busy decodes look like
+    while images._slots.acquire(blocking=False):  # what DECODE_CONCURRENCY busy decodes look like
         held += 1
     try:
         with pytest.raises(DecodeBusy) as busy:
             prepare_image(save(SMALL, "PNG"), (224, 224))
         assert busy.value.status == 503 and busy.value.headers == {"Retry-After": "1"}
-        assert isinstance(busy.value, BadImage)  # every caller of prepare_image already answers it
+        assert isinstance(busy.value, ServiceError)  # the app's one error handler answers it
     finally:
         for _ in range(held):
-            helpers._slots.release()
+            images._slots.release()
     assert prepare_image(save(SMALL, "PNG"), (224, 224)).shape == (224, 224, 3)
 
 
@@ -132,7 +133,7 @@ def worst_case_uploads():
     rgba = save(Image.new("RGBA", (rgba_side, rgba_side), (9, 9, 9, 255)), "PNG")
     uploads = [webp, big_16bit_png(png_side), rgba]
     for data in uploads:  # each just inside the budget: the worst an attacker can send
-        assert 0.9 < helpers.decode_bytes(Image.open(io.BytesIO(data))) / (BUDGET_MB * 2**20) < 1
+        assert 0.9 < images.decode_bytes(Image.open(io.BytesIO(data))) / (BUDGET_MB * 2**20) < 1
     return uploads
 
 

@@ -1,4 +1,4 @@
-"""Fuzzed uploads (upload → helpers.prepare_image → 4xx or pixels): mutated files of every accepted format.
+"""Fuzzed uploads (upload → images.prepare_image → 4xx or pixels): mutated files of every accepted format.
 
 Bit flips, truncations, header fields set to edge values, cut or doubled spans, trailing junk. Each case
 must end as a valid 224x224x3 uint8 array or as BadImage with a 4xx status, never as any other exception,
@@ -17,7 +17,7 @@ import requests
 from PIL import Image
 
 from conftest import TEST_ENV, Stack, grey_png, standin_label
-from helpers import BadImage, prepare_image
+from imgq.web.images import BadImage, prepare_image
 
 SIZE = (224, 224)
 

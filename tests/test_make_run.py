@@ -31,7 +31,8 @@ class Launcher:
         self.home.mkdir()
         unset = ("REDIS_URL", "XDG_RUNTIME_DIR", "MODEL_THREADS", "TF_CPP_MIN_LOG_LEVEL")
         full = {k: v for k, v in os.environ.items() if k not in unset}
-        full.update(TEST_ENV, PORT=str(self.port), EMBEDDED_REDIS_PORT=str(self.redis_port), WORKERS="2",
+        # LOG_LEVEL as make run's default, not the tests' DEBUG.
+        full.update(TEST_ENV, LOG_LEVEL="INFO", PORT=str(self.port), EMBEDDED_REDIS_PORT=str(self.redis_port), WORKERS="2",
                     KEY_PREFIX="makerun", HOME=str(self.home))
         full.update(env)
         self.url = f"http://127.0.0.1:{self.port}"
@@ -219,6 +220,9 @@ def test_make_run_survives_kills_logs_json_and_stops_cleanly(tmp_path):
     assert all(isinstance(r, dict) and r.get("action") and r.get("ts") for r in records)
     assert launcher.logged("launcher.stopped", signal="SIGINT")
     assert {"gunicorn", "run_model_server.py", "launcher.py"} <= {r["script"] for r in records}
+    # One INFO line per request, the access log's request.done; the other steps of a request log at DEBUG.
+    assert len([r for r in records if r["action"] == "request.done" and r.get("path") == "/predict"]) >= 40
+    assert not [r for r in records if r["action"] in ("request.received", "job.pushed", "job.done")]
     # Nothing left: every process ever seen under the launcher (the killed master's orphans too) is gone.
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -236,11 +240,12 @@ def worker_name(launcher, proc):
 
 
 @pytest.mark.timeout(180)
-def test_a_worker_that_cannot_start_stops_everything_with_exit_1(tmp_path):
-    # A setting only the worker can find wrong (a weights file that is not there): it says why and exits 1.
+def test_a_worker_that_cannot_start_stops_everything_at_once_with_exit_2(tmp_path):
+    # A model that cannot load (a weights file that is not there) cannot come right by restarting: the first
+    # worker.cannot_start line stops everything, with that reason on one line and exit 2, no retries.
     launcher = Launcher(tmp_path, MODEL="resnet50", RESNET50_WEIGHTS=str(tmp_path / "missing.h5"), WORKERS="1")
     try:
-        deadline = time.monotonic() + 240  # 5 tries with backoff: about 20 s, plus each try's TensorFlow import
+        deadline = time.monotonic() + 240
         while launcher.popen.poll() is None and time.monotonic() < deadline:
             launcher.note_processes()
             time.sleep(0.1)
@@ -248,10 +253,14 @@ def test_a_worker_that_cannot_start_stops_everything_with_exit_1(tmp_path):
     finally:
         if launcher.popen.poll() is None:
             os.killpg(launcher.popen.pid, signal.SIGKILL)
-    assert code == 1
+    assert code == 2
     time.sleep(0.5)
     text = "\n".join(launcher.lines)
-    assert "process.gave_up name=worker.1" in text and "missing.h5" in text, text[-3000:]
+    stderr = launcher.popen.stderr.read().decode()
+    assert "worker.cannot_start" in text and "missing.h5" in text, text[-3000:]
+    [reason] = [line for line in stderr.splitlines() if line.startswith("launcher: a model worker cannot start:")]
+    assert "missing.h5" in reason and "RESNET50_WEIGHTS" in reason, stderr
+    assert "process.gave_up" not in text  # not after supervisord's retries: on the first refusal
     assert not [p for p in launcher.seen.values() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert port_is_free(launcher.port) and port_is_free(launcher.redis_port)
 

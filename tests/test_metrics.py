@@ -9,7 +9,7 @@ import time
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-import keys
+from imgq.jobs import keys
 from conftest import grey_png
 from sysdeps import ensure_command
 
@@ -94,3 +94,20 @@ def test_metrics_export_service_counters_and_survive_redis_down(service):
     promtool_check(text)
     parsed = samples(text)
     assert value(parsed, "imgq_redis_up") == 0 and value(parsed, "imgq_queue_length") is None
+
+
+def test_unknown_paths_are_not_counted_as_predict_answers(service):
+    """A 404 on a path that does not exist is not a /predict answer: every predict_requests_total series
+    stays as it was (the app-wide error handler once counted it there)."""
+    url, _ = service.start_web()
+    assert requests.post(url + "/predict", timeout=10).status_code == 400  # one real /predict answer
+
+    def predict_series():
+        return {k: v for k, v in samples(scrape(url)).items() if k[0] == "predict_requests_total"}
+
+    before = predict_series()
+    assert before[("predict_requests_total", frozenset({("status", "400")}))] == 1
+    for _ in range(3):
+        missing = requests.get(url + "/no/such/path", timeout=10)
+        assert missing.status_code == 404 and missing.json()["success"] is False
+    assert predict_series() == before

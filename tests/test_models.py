@@ -1,7 +1,7 @@
 """The real classifiers: right answers on known images, safe weight loading, and the ResNet50 / auto paths.
 
 The worker's side of the flow (upload → job → Redis → worker → *model* → result) without Redis or web:
-images are prepared with helpers.prepare_image exactly as the web server does, then classified.
+images are prepared with images.prepare_image exactly as the web server does, then classified.
 """
 import io
 import os
@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageOps
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from imgq.web import images
+from imgq import models
+from imgq.models import resnet50
+from imgq import settings
+from imgq.models import torch_weights
 
-import helpers  # noqa: E402
-import models  # noqa: E402
-import settings  # noqa: E402
-import torch_weights  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Keras' save_weights trips numpy 2's __array__(copy=) deprecation once per variable: not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
@@ -49,13 +49,13 @@ def encode(image, fmt="PNG"):
 
 
 def classify(model, data):
-    probabilities = model.predict(helpers.prepare_image(data, model.input_size)[None])[0]
+    probabilities = model.predict(images.prepare_image(data, model.input_size)[None])[0]
     top = np.argsort(-probabilities)[:5]
     return [(model.labels[i], float(probabilities[i])) for i in top]
 
 
 def test_importing_models_does_not_import_tensorflow():
-    code = "import sys, models; models.input_size(); assert 'tensorflow' not in sys.modules"
+    code = "import sys; from imgq import models; models.input_size(); assert 'tensorflow' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
 
 
@@ -123,13 +123,14 @@ def test_batches_match_single_images(lite0):
 
 
 def test_raw_speed_reports_the_models_own_limit(lite0):
-    speed = models.raw_speed(lite0, batch_size=2, repeats=1)
+    from bench.model_speed import raw_speed
+    speed = raw_speed(lite0, batch_size=2, repeats=1)
     assert speed["model"] == "efficientnet_lite0" and speed["batch_size"] == 2
     assert speed["batch_1_ms"] > 0 and speed["images_per_s"] > 0
 
 
 def test_converted_weights_are_cached_by_source_hash(lite0, lite0_cache, monkeypatch, capsys):
-    import efficientnet_lite0
+    from imgq.models import efficientnet_lite0
     digest = efficientnet_lite0.file_sha256(efficientnet_lite0.source_weights_path())[:16]
     assert os.listdir(lite0_cache) == [f"efficientnet_lite0-{digest}.weights.h5"]
     monkeypatch.setattr(settings, "MODEL_CACHE_DIR", lite0_cache)
@@ -167,7 +168,7 @@ def test_restricted_unpickler_refuses_other_globals(tmp_path, monkeypatch):
 
 
 def test_real_torch_file_loads_as_arrays():
-    import efficientnet_lite0
+    from imgq.models import efficientnet_lite0
     state = torch_weights.load_state_dict(efficientnet_lite0.source_weights_path())
     assert len(state) == 296
     assert state["_conv_stem.weight"].shape == (32, 3, 3, 3) and state["_conv_stem.weight"].dtype == np.float32
@@ -186,7 +187,7 @@ def no_resnet50_download(monkeypatch, tmp_path):
 
     def no_download():
         raise AssertionError("a download was attempted without RESNET50_DOWNLOAD=1")
-    monkeypatch.setattr(models, "_download_resnet50_weights", no_download)
+    monkeypatch.setattr(resnet50, "download_weights", no_download)
     monkeypatch.setattr(settings, "BATCH_SIZE", 2)
 
 
@@ -196,7 +197,7 @@ def test_resnet50_loads_weights_file(monkeypatch, tmp_path):
     import h5py
     source = keras.applications.ResNet50(weights=None)
     # The layout of Keras' published resnet50_weights_tf_dim_ordering_tf_kernels.h5 (legacy, by layer name).
-    path = tmp_path / models.RESNET50_FILE
+    path = tmp_path / resnet50.RESNET50_FILE
     with h5py.File(path, "w") as f:
         legacy_h5_format.save_weights_to_hdf5_group(f, source)
     monkeypatch.setattr(settings, "RESNET50_WEIGHTS", str(path))

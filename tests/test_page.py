@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 import requests
 
-import activity
-import keys
-import settings
+from imgq.observe import activity
+from imgq.jobs import keys
+from imgq import settings
 from bench.browser import open_browser
 from conftest import CASTLE, grey_png
-from jobqueue import JobQueue
+from imgq.jobs.queue import JobQueue
 from sysdeps import ensure_command
 
 BROWSER_ACCEPT = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8"

@@ -3,10 +3,9 @@ every upload, and leaves no process behind.
 
 Where it sits: outside the service's request path; it checks the benchmark that puts the service next
 to Flask-in-the-request, LitServe and Ray Serve. Skips unless bench/peers/.venv is built and up to date
-(`python bench/peers/run.py --setup-only`), so the suite never installs Ray or LitServe by itself.
+(`python -m bench.peers.run --setup-only`), so the suite never installs Ray or LitServe by itself.
 About two minutes on a busy 2-core machine (Ray's start is most of it).
 """
-import importlib.util
 import json
 import os
 import subprocess
@@ -17,20 +16,17 @@ import pytest
 
 from conftest import CASTLE, REPO
 
-RUNNER = os.path.join(REPO, "bench", "peers", "run.py")
-_spec = importlib.util.spec_from_file_location("peers_run", RUNNER)
-peers_run = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(peers_run)
+from bench.peers import run as peers_run
 
 
 def _why_not_installed():
     stamp = os.path.join(peers_run.VENV, ".installed")
     if not os.path.exists(peers_run.PEER_PYTHON) or not os.path.exists(stamp):
-        return "bench/peers/.venv is not built (python bench/peers/run.py --setup-only)"
+        return "bench/peers/.venv is not built (python -m bench.peers.run --setup-only)"
     with open(stamp) as f:
         stale = f.read().strip() != peers_run.requirements_digest()
     if stale:
-        return "bench/peers/.venv is older than the requirements files (python bench/peers/run.py --setup-only)"
+        return "bench/peers/.venv is older than the requirements files (python -m bench.peers.run --setup-only)"
     check = "import importlib.util as u, sys; sys.exit(not all(u.find_spec(m) for m in ('litserve', 'ray', 'flask')))"
     if subprocess.run([peers_run.PEER_PYTHON, "-c", check], timeout=60, check=False).returncode:
         return "bench/peers/.venv lacks litserve, ray or flask"
@@ -60,8 +56,9 @@ def _peer_processes():
 def test_every_system_answers_castle_and_leaves_nothing_running(tmp_path):
     assert _peer_processes() == [], "peer processes were already running before the test"
     out = tmp_path / "peers.json"
-    done = subprocess.run([sys.executable, RUNNER, "--concurrency", "4", "--duration", "1.5", "--warmup", "0.3",
-                           "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=840, check=False)
+    done = subprocess.run([sys.executable, "-m", "bench.peers.run", "--concurrency", "4", "--duration",
+                           "1.5", "--warmup", "0.3", "--out", str(out)], cwd=REPO, capture_output=True, text=True,
+                          timeout=840, check=False)
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
     report = json.loads(out.read_text())
     assert list(report["systems"]) == ["service", "flask", "litserve", "ray"]

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import requests
 
-import job as jobs
+from imgq.jobs import message
 from conftest import grey_png, standin_label
-from jobqueue import JobQueue
+from imgq.jobs.queue import JobQueue
 
 
 @pytest.fixture
@@ -21,11 +21,11 @@ def queue(redis_server):
 
 
 def make_jobs(n):
-    return [jobs.make_job(jobs.new_id(), np.full((224, 224, 3), i, dtype=np.uint8), 30) for i in range(n)]
+    return [message.make_job(message.new_id(), np.full((224, 224, 3), i, dtype=np.uint8), 30) for i in range(n)]
 
 
 def ids(raws):
-    return [jobs.job_id_of(r) for r in raws]
+    return [message.job_id_of(r) for r in raws]
 
 
 def test_answering_the_oldest_batch_drops_only_it(queue):
@@ -132,6 +132,6 @@ def test_results_given_up_on_during_an_outage_do_not_jam_the_in_flight_list(serv
 
 def test_a_lua_script_reads_the_id_at_its_fixed_place(queue):
     """What the heartbeat / poison-job script relies on: string.sub(job, 8, 39) is the job's id."""
-    job_id = jobs.new_id()
-    raw = jobs.make_job(job_id, np.zeros((224, 224, 3), dtype=np.uint8), 30)
+    job_id = message.new_id()
+    raw = message.make_job(job_id, np.zeros((224, 224, 3), dtype=np.uint8), 30)
     assert queue.redis.eval("return string.sub(ARGV[1], 8, 39)", 0, raw).decode() == job_id

@@ -1,6 +1,6 @@
 """Poison jobs: an image whose job kills every worker that takes it (an OOM kill, a native crash).
 
-Where it sits: worker dies holding the job → a live worker's heartbeat script (jobqueue._BEAT) counts one
+Where it sits: worker dies holding the job → a live worker's heartbeat script (imgq/jobs/queue.py, _BEAT) counts one
 more attempt and requeues it → ... → at MAX_ATTEMPTS the script moves it to the dead-letter list and writes
 an error result → the waiting request wakes by the normal notification and answers 502. The crash is the
 stand-in model's test-only STANDIN_CRASH_LEVEL: a worker holding a solid grey image of that level exits
@@ -10,8 +10,7 @@ import concurrent.futures
 import json
 import time
 
-
-import keys
+from imgq.jobs import keys
 from conftest import standin_label
 from conftest import post_grey
 
@@ -83,11 +82,12 @@ def test_poison_image_is_dead_lettered_after_max_attempts_and_everyone_else_is_a
 
 def test_dead_letter_list_is_capped(service):
     """DEAD_LETTER_MAX bounds the list: the heartbeat script LTRIMs it after every push."""
-    from jobqueue import JobQueue, connect
+    from imgq.jobs.connection import connect
+    from imgq.jobs.queue import JobQueue
 
     queue = JobQueue(connect(service.redis_server.url), service.prefix)
     client = service.redis_server.client()
-    import settings
+    from imgq import settings
     saved = settings.DEAD_LETTER_MAX
     settings.DEAD_LETTER_MAX = 2
     try:

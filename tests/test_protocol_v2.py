@@ -76,7 +76,7 @@ def test_tritonclient_classifies_castle_with_the_real_model(service):
     assert [t[0] for t in top] == sorted((t[0] for t in top), reverse=True)
 
     # The castle as a UINT8 pixel tensor [1, 224, 224, 3], prepared as the web server prepares uploads.
-    from helpers import prepare_image
+    from imgq.web.images import prepare_image
     pixels = prepare_image(castle, (224, 224))[None]
     result = client.infer("efficientnet_lite0", [_pixels_input(pixels)],
                           outputs=[httpclient.InferRequestedOutput("PROBABILITIES", class_count=1)])

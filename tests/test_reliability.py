@@ -242,9 +242,9 @@ def test_signal_handler_never_waits_for_the_log_lock():
     a line; if the handler logged, it would wait on that lock forever and the worker would never stop."""
     import redis
 
-    import logutil
-    import models
-    from run_model_server import Worker
+    from imgq.observe import logutil
+    from imgq import models
+    from imgq.worker.loop import Worker
 
     worker = Worker(models.StandinModel(), client=redis.Redis(port=1))  # never connects here
     finished = threading.Event()
@@ -269,12 +269,12 @@ def test_a_take_cut_short_by_redis_loses_no_job(redis_server, monkeypatch):
     import numpy as np
     import redis
 
-    import job as jobs
-    import keys
-    import models
-    import settings
-    from jobqueue import connect
-    from run_model_server import Worker
+    from imgq.jobs import message
+    from imgq.jobs import keys
+    from imgq import models
+    from imgq import settings
+    from imgq.jobs.connection import connect
+    from imgq.worker.loop import Worker
 
     prefix = "cut" + uuid.uuid4().hex[:8]
     for name, value in dict(KEY_PREFIX=prefix, REDIS_URL=redis_server.url, BLOCK_TIMEOUT=0.5, BATCH_SIZE=4,
@@ -294,7 +294,7 @@ def test_a_take_cut_short_by_redis_loses_no_job(redis_server, monkeypatch):
     ids = ["first", "second"]
     for n, job_id in enumerate(ids):
         pixels = np.full((224, 224, 3), 50 + n, dtype=np.uint8)
-        client.rpush(keys.queue(prefix), jobs.make_job(job_id, pixels, 60))
+        client.rpush(keys.queue(prefix), message.make_job(job_id, pixels, 60))
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     try:

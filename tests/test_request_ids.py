@@ -1,4 +1,4 @@
-"""Request ids (run_web_server.py) and the serving model in /healthz (workerinfo.py), against real processes.
+"""Request ids (imgq/web/app.py) and the serving model in /healthz (imgq/jobs/workers.py), against real processes.
 
 Every answer carries an id, in the X-Request-ID header and in the JSON field "id", errors included; the web
 log has `request.received` and `request.done status=...` lines with that id; for /predict the worker's
@@ -9,7 +9,7 @@ import time
 
 import requests
 
-from conftest import grey_png
+from conftest import grey_png, wait_until, worker_id
 
 ID = re.compile(r"[0-9a-f]{32}")
 
@@ -93,7 +93,9 @@ def test_healthz_names_the_model_each_live_worker_serves(service):
     assert not any(k.endswith(":worker_models") for k in service.keys())
 
 
-def test_a_killed_workers_model_record_is_pruned_by_healthz(service):
+def test_a_killed_workers_model_record_is_dropped_by_a_live_peer_not_by_a_read(service):
+    """A dead worker leaves /healthz as soon as its heartbeat expires; its model record is removed by the live
+    peer that reaps it (the heartbeat script), never by a GET."""
     url, _ = service.start_web()
     worker = service.start_worker()
     deadline = time.monotonic() + 20
@@ -105,4 +107,11 @@ def test_a_killed_workers_model_record_is_pruned_by_healthz(service):
     while requests.get(url + "/healthz", timeout=10).json()["workers"]:
         assert time.monotonic() < deadline, "a dead worker still listed"
         time.sleep(0.2)
-    assert not any(k.endswith(":worker_models") for k in service.keys())
+    records = [k for k in service.keys() if k.endswith(":worker_models")]
+    assert records, "GET /healthz removed the dead worker's record: a read wrote"
+    peer = service.start_worker()  # its first beats reap the dead worker, record included
+    wait_until(lambda: requests.get(url + "/healthz", timeout=10).json()["workers"] and
+               all(w["id"] != worker_id(worker) for w in
+                   requests.get(url + "/healthz", timeout=10).json()["workers"]), timeout=60)
+    client = service.redis_server.client()
+    wait_until(lambda: set(client.hkeys(records[0])) == {worker_id(peer).encode()}, timeout=60)

@@ -1,7 +1,7 @@
 """The two runtimes (MODEL_RUNTIME): LiteRT gives TensorFlow's answers, its .tflite cache, the worker's log.
 
 The worker's side of the flow (upload → job → Redis → worker → *model* → result): models.load_model on
-each runtime, the conversion cache of litert_runtime.py, and one real worker + web server on LiteRT. The
+each runtime, the conversion cache of litert.py, and one real worker + web server on LiteRT. The
 conversions are made once into a session-wide MODEL_CACHE_DIR (Lite0 takes seconds, ResNet50 ~10 s).
 """
 import os
@@ -15,13 +15,13 @@ import requests
 
 from conftest import CASTLE, Stack, TEST_ENV
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+from imgq.web.images import prepare_image
+from imgq.models import litert_runtime
+from imgq import models
+from imgq.models import resnet50
+from imgq import settings
 
-import helpers  # noqa: E402
-import litert_runtime  # noqa: E402
-import models  # noqa: E402
-import settings  # noqa: E402
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 
@@ -38,7 +38,7 @@ def resnet50_file(tmp_path_factory):
     import keras
     from keras.src.legacy.saving import legacy_h5_format
     keras.utils.set_random_seed(0)
-    path = tmp_path_factory.mktemp("resnet50") / models.RESNET50_FILE
+    path = tmp_path_factory.mktemp("resnet50") / resnet50.RESNET50_FILE
     with h5py.File(path, "w") as f:
         legacy_h5_format.save_weights_to_hdf5_group(f, keras.applications.ResNet50(weights=None))
     return str(path)
@@ -58,7 +58,7 @@ def castle_pixels():
     if not os.path.exists(CASTLE):
         pytest.skip(f"castle image not found at {CASTLE}")
     with open(CASTLE, "rb") as f:
-        return helpers.prepare_image(f.read(), (224, 224))
+        return prepare_image(f.read(), (224, 224))
 
 
 def images():
@@ -96,7 +96,7 @@ def test_resnet50_litert_matches_tensorflow_and_is_one_xnnpack_graph(cache_dir, 
     assert ops.count("DELEGATE") == 1 and len(ops) < 100, len(ops)
 
 
-def run_worker_load(env, code="import models; models.load_model()"):
+def run_worker_load(env, code="from imgq import models; models.load_model()"):
     """models.load_model() in a fresh process (as the worker does); returns (log, modules imported)."""
     script = code + "; import sys; print('MODULES', ' '.join(sorted(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=300,
@@ -121,7 +121,8 @@ def test_cache_miss_writes_and_corrupt_file_is_rebuilt(cache_dir, tmp_path, caps
     assert "model.tflite model=efficientnet_lite0 cached=false" in err
     [tflite] = [f for f in os.listdir(fresh) if f.endswith(".tflite")]
     # Named by the weights' content hash, the converter's version and the recipe.
-    digest = litert_runtime.file_sha256(__import__("efficientnet_lite0").source_weights_path())[:16]
+    from imgq.models import efficientnet_lite0
+    digest = litert_runtime.file_sha256(efficientnet_lite0.source_weights_path())[:16]
     version = litert_runtime.converter_version()
     assert tflite == f"efficientnet_lite0-{digest}-tf{version}-r{litert_runtime.RECIPE}.tflite"
     good = open(os.path.join(fresh, tflite), "rb").read()
@@ -156,7 +157,7 @@ def test_auto_never_downloads_and_says_which(cache_dir, resnet50_file, tmp_path)
     assert "model=efficientnet_lite0 runtime=litert" in chosen and "RESNET50_DOWNLOAD=1" in chosen, chosen
     # A ResNet50 file in the Keras cache: auto serves ResNet50.
     os.makedirs(tmp_path / "keras_home" / "models")
-    shutil.copy(resnet50_file, tmp_path / "keras_home" / "models" / models.RESNET50_FILE)
+    shutil.copy(resnet50_file, tmp_path / "keras_home" / "models" / resnet50.RESNET50_FILE)
     load("resnet50", "litert", cache_dir, resnet50_file)  # cached conversion (same weights content)
     # MODEL_RUNTIME=litert: a cache hit, no TensorFlow start (auto would run ResNet50 on TensorFlow).
     log, _ = run_worker_load(dict(env, KERAS_HOME=str(tmp_path / "keras_home"), MODEL_RUNTIME="litert"))
@@ -198,7 +199,7 @@ def test_auto_runtime_is_litert_for_lite0_and_tensorflow_for_resnet50():
 
 def test_sweep_quick_runs_and_reports_a_best_configuration(tmp_path):
     out = tmp_path / "sweep.json"
-    done = subprocess.run([sys.executable, "bench/sweep.py", "--quick", "--out", str(out)], cwd=REPO,
+    done = subprocess.run([sys.executable, "-m", "bench.sweep", "--quick", "--out", str(out)], cwd=REPO,
                           capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     import json

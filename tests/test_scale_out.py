@@ -1,6 +1,6 @@
 """Beyond one Redis and one host: a Sentinel failover under load, a Redis Cluster, and Redis, web server and
 workers on separate network hosts with a password. Real redis-server processes in every role
-(bench/topologies.py), the service started by bench/stack.py as in every other test.
+(bench/topologies.py), the service started by imgq/testing.py as in every other test.
 """
 import concurrent.futures
 import os
@@ -13,7 +13,7 @@ import time
 import pytest
 import requests
 
-from bench.stack import Stack
+from imgq.testing import Stack
 from bench.topologies import ClusterSet, Hosts, SentinelSet
 from conftest import CASTLE, TEST_ENV, free_port, save_evidence, standin_label, wait_until, worker_id
 from conftest import post_grey as post
@@ -136,8 +136,8 @@ class HostRedis:
 
 @pytest.mark.skipif(not Hosts.available(), reason="needs root to make network namespaces (ip netns add)")
 def test_redis_web_and_workers_on_separate_hosts(tmp_path):
-    from bench.stack import Proc
-    from launcher import redis_args
+    from imgq.testing import Proc
+    from imgq.embedded_redis import redis_args
 
     hosts = Hosts(["redis", "web", "worker1", "worker2"]).create()
     password = "s3cret-" + os.urandom(4).hex()

@@ -13,8 +13,8 @@ import pytest
 
 from conftest import REPO, free_port
 
-import models
-import settings
+from imgq import models
+from imgq import settings
 
 # (variable, value, words the one line must contain besides the variable and value)
 BAD = [
@@ -87,7 +87,7 @@ def test_importing_settings_records_errors_and_keeps_the_defaults():
     code = ("import settings; print(settings.BATCH_SIZE, settings.LOG_LEVEL, len(settings.errors)); "
             "settings.check('probe')")
     done = run(["-c", code], BATCH_SIZE="abc", LOG_LEVEL="debug")
-    import settings
+    from imgq import settings
     # "debug" is fine (any case); "abc" falls back to the default.
     assert done.stdout.split() == [str(settings.BATCH_SIZE), "DEBUG", "1"]
     assert done.returncode == 2 and done.stderr.startswith("probe: invalid setting BATCH_SIZE='abc'")
@@ -105,7 +105,7 @@ def test_good_values_in_any_spelling_are_accepted():
 def test_the_defaults_pass_their_own_checks_and_the_model_choices_match_models_py():
     done = run(["-c", "import settings; settings.check(); print(len(settings.errors))"])
     assert done.returncode == 0 and done.stdout.strip() == "0", done.stderr
-    with open(os.path.join(REPO, "settings.py")) as f:
+    with open(os.path.join(REPO, "imgq", "settings.py")) as f:
         choices = re.search(r'MODEL = _str\("MODEL", "auto", choices=\(([^)]*)\)', f.read()).group(1)
     assert {c.strip(' "') for c in choices.split(",")} == {"auto"} | set(models.INPUT_SIZES)
 

@@ -4,7 +4,7 @@ import re
 
 import requests
 
-import tracing
+from imgq.observe import tracing
 from conftest import grey_png
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -79,21 +79,17 @@ def test_the_job_carries_the_trace_and_asks_for_probabilities_only_when_told():
 
     import numpy as np
 
-    import job
+    from imgq.jobs import message
     pixels = np.zeros((224, 224, 3), np.uint8)
     def header(raw):
         return json.loads(raw.split(b"\n", 1)[0])
 
-    plain = header(job.make_job("a" * 32, pixels, 30))
-    assert "trace" not in plain and "outputs" not in plain  # outside a request, and /predict's default
-    tracing.begin(f"00-{TRACE}-{PARENT}-01")
-    try:
-        traced = header(job.make_job("b" * 32, pixels, 30, outputs="probabilities"))
-    finally:
-        tracing.end()
+    plain = header(message.make_job("a" * 32, pixels, 30))
+    assert "trace" not in plain and "outputs" not in plain  # no trace given, and /predict's default
+    traced = header(message.make_job("b" * 32, pixels, 30, outputs="probabilities", trace=TRACE))
     assert traced["trace"] == TRACE and traced["outputs"] == "probabilities"
     row = np.random.default_rng(0).random(1000, dtype=np.float32)
-    assert np.array_equal(job.decode_probabilities(job.encode_probabilities(row)), row)
+    assert np.array_equal(message.decode_probabilities(message.encode_probabilities(row)), row)
 
 
 def test_json_log_lines_carry_the_trace_too(service):

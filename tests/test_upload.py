@@ -1,4 +1,4 @@
-"""POST /predict reads its upload with upload.py (not Werkzeug's request.files): the same answers for every
+"""POST /predict reads its upload with imgq/web/upload.py (not Werkzeug's request.files): the same answers for every
 shape of body a client sends, through a real gunicorn and a real stand-in worker."""
 import http.client
 import urllib.parse
@@ -13,7 +13,7 @@ CAP = 100_000
 
 @pytest.fixture(scope="module")
 def web(redis_server, tmp_path_factory):
-    from bench.stack import Stack
+    from imgq.testing import Stack
     from conftest import TEST_ENV
     with Stack(tmp_path_factory.mktemp("upload"), redis_server, **TEST_ENV) as stack:
         stack.start_worker()

@@ -1,4 +1,4 @@
-"""Crafted weights files for torch_weights.py (the worker's model loading, before any job is taken).
+"""Crafted weights files for imgq/models/torch_weights.py (the worker's model loading, before any job is taken).
 
 A file may use only the allowed globals and still lie about its tensors: a size or stride reaching past
 the storage made numpy's as_strided read foreign memory and segfault the worker. Each crafted file must
@@ -19,8 +19,7 @@ from conftest import REPO
 CRAFT_AND_LOAD = textwrap.dedent('''
     import collections, json, pickle, sys, types
     import numpy as np
-    sys.path.insert(0, ".")
-    import torch_weights
+    from imgq.models import torch_weights
 
     torch = types.ModuleType("torch"); utils = types.ModuleType("torch._utils")
     torch._utils = utils

@@ -4,24 +4,21 @@ Where it sits: outside the service, in the peers benchmark (bench/peers/run.py).
 the request, LitServe, Ray Serve) imports this instead of loading a model of its own, so it serves the
 same model on the same runtime as the service's worker: models.load_model() reads MODEL, MODEL_RUNTIME,
 TF_INTRA_OP_THREADS ... from the environment exactly as run_model_server.py does, and
-helpers.prepare_image() turns the upload into the same uint8 224x224x3 pixels as the service's web server.
+images.prepare_image() turns the upload into the same uint8 224x224x3 pixels as the service's web server.
 The answer has the service's JSON shape ({"success", "model", "predictions": [{"label", "probability"}]}),
 so bench/load.py reads every system's top-1 label the same way.
 """
 import os
-import sys
 
 import numpy as np
 
+from imgq.web import images
+from imgq import models
+from imgq import settings
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-if REPO not in sys.path:
-    sys.path.insert(0, REPO)
 
-import helpers  # noqa: E402
-import models  # noqa: E402
-import settings  # noqa: E402
-
-BadImage = helpers.BadImage
+BadImage = images.BadImage
 READY = "PEER READY"  # the runner waits for this line in the app's log
 
 
@@ -38,7 +35,7 @@ def name(model):
 
 def prepare(data, model):
     """Upload bytes → uint8 (h, w, 3); raises BadImage (with .status, 400 or 413) like the service."""
-    return helpers.prepare_image(data, model.input_size)
+    return images.prepare_image(data, model.input_size)
 
 
 def answer(model, probabilities, top=5):

@@ -1,15 +1,15 @@
 """The peers benchmark: this service against the servers you would pick instead, same model, same client.
 
-    python bench/peers/run.py            # all four systems, concurrency 1, 4, 16, 64 (about 6-8 minutes)
-    python bench/peers/run.py --quick    # about a minute and a half: short points at concurrency 1 and 64
-    python bench/peers/run.py --systems flask,ray --duration 10
+    python -m bench.peers.run            # all four systems, concurrency 1, 4, 16, 64 (about 6-8 minutes)
+    python -m bench.peers.run --quick    # about a minute and a half: short points at concurrency 1 and 64
+    python -m bench.peers.run --systems flask,ray --duration 10
 
 Where it sits: outside the service. It creates bench/peers/.venv (the service's requirements.txt plus
 bench/peers/requirements.txt: LitServe, Ray Serve) on first use, then, one system at a time, starts it,
 loads it with bench/load.py's closed-loop client (castle uploads, multipart field `image`), stops it and
 kills whatever of it is still alive:
 
-  service   this project through bench/stack.py: redis-server + gunicorn (WEB_PROCESSES x WEB_THREADS)
+  service   this project through imgq/testing.py: redis-server + gunicorn (WEB_PROCESSES x WEB_THREADS)
             + WORKERS=1 model worker, default settings
   flask     bench/peers/flask_app.py: the model called inside the request, gunicorn 2 processes x 8 threads
   litserve  bench/peers/litserve_app.py: LitServe batching (max_batch_size, batch_timeout), 2 workers
@@ -19,7 +19,7 @@ Every peer imports the project's models + helpers, so all four serve the same mo
 efficientnet_lite0) on the same runtime (MODEL_RUNTIME and every other setting pass through the
 environment). Each point: WARMUP s of load at that concurrency, then DURATION s measured. Every answer is
 checked: its top-1 label must be `castle` (wrong answers are counted, in warm-ups too; 0 is the bar).
-CPU: psutil over each system's process tree and session (bench/stack.py's cpu_seconds, applied to every
+CPU: psutil over each system's process tree and session (imgq/testing.py's cpu_seconds, applied to every
 process it started), the client's own CPU, and the rest of the machine ("others": says whether it was quiet).
 Output: bench/results/peers.json and bench/results/peers.png (throughput against p95), and a table.
 """
@@ -36,18 +36,17 @@ import sys
 import tempfile
 import time
 
+import numpy as np
+import psutil
+import requests
+
+from imgq import settings
+from bench import load
+from bench.peers.common import READY
+from imgq.testing import Proc, Stack, free_port
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
-sys.path.insert(0, REPO)
-
-import numpy as np  # noqa: E402
-import psutil  # noqa: E402
-import requests  # noqa: E402
-
-import settings  # noqa: E402
-from bench import load  # noqa: E402
-from bench.peers.common import READY  # noqa: E402
-from bench.stack import Proc, Stack, free_port  # noqa: E402
 
 VENV = os.path.join(HERE, ".venv")
 PEER_PYTHON = os.path.join(VENV, "bin", "python")
@@ -236,7 +235,7 @@ class Peer:
 
 
 class ServiceSystem:
-    """This project via bench/stack.py: its own redis-server, gunicorn with the default WEB_PROCESSES x
+    """This project via imgq/testing.py: its own redis-server, gunicorn with the default WEB_PROCESSES x
     WEB_THREADS, one model worker (WORKERS=1, `make run`'s default)."""
 
     name = "service"
@@ -375,7 +374,7 @@ def describe(name, args):
     model = {"MODEL": args.model,
              "MODEL_RUNTIME": settings.MODEL_RUNTIME}
     if name == "service":
-        return dict(model, what="redis + gunicorn + 1 worker (bench/stack.py, default settings)",
+        return dict(model, what="redis + gunicorn + 1 worker (imgq/testing.py, default settings)",
                     web_processes=settings.WEB_PROCESSES, web_threads=settings.WEB_THREADS, workers=1,
                     BATCH_SIZE=args.batch_size, BATCH_WAIT_MS=settings.BATCH_WAIT_MS)
     threads = args.peer_tf_threads or "TensorFlow decides"

@@ -1,0 +1,166 @@
+"""Where every Redis client comes from: one URL, three shapes of Redis.
+
+    redis://:secret@host:6379/0                        one Redis (or a primary addressed directly); rediss:// for TLS
+    redis+sentinel://:secret@s1:26379,s2:26379,s3:26379/mymaster/0
+                                                       Sentinel: ask the sentinels for the current primary of the
+                                                       service `mymaster`, and ask again after every lost connection,
+                                                       so a failover is followed without a restart
+    redis+cluster://:secret@node1:7000,node2:7001/     Redis Cluster: any reachable nodes; the client learns the rest.
+                                                       Every key must sit in one hash slot: KEY_PREFIX needs a hash
+                                                       tag, e.g. KEY_PREFIX={imgq} (keys become {imgq}:queue, ...)
+
+The password in the URL is the data nodes' password; sentinels that need one of their own take it as
+`?sentinel_password=...`. Everything else in the service (queue.py, results.py, activity.py) uses the
+client it is given and never looks at the URL, except for the two things a shape changes: the pub/sub
+connection of the result listener (subscriber(): it must reach the node that holds the result keys) and
+closing a client's connections (disconnect()).
+"""
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import redis
+from redis.cluster import ClusterNode, RedisCluster
+from redis.sentinel import Sentinel, SentinelConnectionPool
+
+from imgq import settings
+from imgq.errors import RedisUnavailable
+
+# A client of any of the three shapes: redis.Redis, a Sentinel-managed redis.Redis or a RedisCluster. They share
+# the commands the service uses but no common type in redis-py's hints.
+RedisClient = Any
+
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
+
+
+class BadRedisURL(ValueError):
+    """REDIS_URL (or KEY_PREFIX with it) cannot work; the message says what to write instead."""
+
+
+def default_url() -> str:
+    return settings.REDIS_URL or f"redis://127.0.0.1:{settings.EMBEDDED_REDIS_PORT}/0"
+
+
+def shape(url: str | None = None) -> str:
+    """'single', 'sentinel' or 'cluster', from the URL's scheme."""
+    scheme = urlsplit(url or default_url()).scheme
+    if scheme in SENTINEL_SCHEMES:
+        return "sentinel"
+    if scheme in CLUSTER_SCHEMES:
+        return "cluster"
+    return "single"
+
+
+def _hosts(netloc: str, default_port: int) -> tuple[str | None, str | None, list[tuple[str, int]]]:
+    """'user:pw@h1:1,h2:2' → (username, password, [(h1, 1), (h2, 2)])."""
+    auth, _, hosts = netloc.rpartition("@")
+    username, _, password = auth.partition(":") if auth else ("", "", "")
+    found: list[tuple[str, int]] = []
+    for part in hosts.split(","):
+        host, _, port = part.strip().rpartition(":") if ":" in part else (part.strip(), "", "")
+        host = host.strip("[]") or part.strip()
+        if not host:
+            continue
+        try:
+            found.append((host, int(port) if port else default_port))
+        except ValueError:
+            raise BadRedisURL(f"REDIS_URL: port {port!r} of {part!r} is not a number") from None
+    if not found:
+        raise BadRedisURL("REDIS_URL names no host")
+    return unquote(username) or None, unquote(password) or None, found
+
+
+def has_hash_tag(prefix: str) -> bool:
+    """True if every key built on `prefix` hashes to one slot (a non-empty {...} in it)."""
+    start = prefix.find("{")
+    end = prefix.find("}", start + 1)
+    return start >= 0 and end > start + 1
+
+
+def connect(url: str | None = None, **options: Any) -> RedisClient:
+    """The one way to get a Redis client: for `url` (default REDIS_URL; one Redis, Sentinel or Cluster), failing
+    fast when Redis is down. Options are redis-py connection options (timeouts, retry, ...)."""
+    options.setdefault("socket_connect_timeout", settings.REDIS_CONNECT_TIMEOUT)
+    # One quick retry covers a pooled connection that went stale when Redis restarted; more would turn
+    # an outage into a slow answer instead of a fast 503. Connection errors only: a read that timed out
+    # is not sent again, because a hung Redis would double the wait, and a slow one may already have run
+    # the first (a second GETDEL would find the result gone, a second push would queue the job twice).
+    options.setdefault("retry", redis.retry.Retry(redis.backoff.NoBackoff(), 1,
+                                                  supported_errors=(redis.ConnectionError,)))
+    url = url or default_url()
+    kind = shape(url)
+    if kind == "single":
+        return redis.Redis.from_url(url, **options)
+    parts = urlsplit(url)
+    tls = parts.scheme.startswith("rediss")
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    if kind == "sentinel":
+        username, password, sentinels = _hosts(parts.netloc, 26379)
+        path = [p for p in parts.path.split("/") if p]
+        if not path:
+            raise BadRedisURL("REDIS_URL: a redis+sentinel:// URL needs the service name as its path, "
+                              "e.g. redis+sentinel://host:26379/mymaster/0")
+        service, db = path[0], int(path[1]) if len(path) > 1 else 0
+        sentinel_kwargs: dict[str, Any] = {k: options[k] for k in ("socket_timeout", "socket_connect_timeout")
+                                           if k in options}
+        if query.get("sentinel_password"):
+            sentinel_kwargs["password"] = query["sentinel_password"]
+        sentinel = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs, ssl=tls)
+        return sentinel.master_for(service, username=username, password=password, db=db, **options)
+    username, password, nodes = _hosts(parts.netloc, 6379)
+    if not has_hash_tag(settings.KEY_PREFIX):
+        raise BadRedisURL(f"Redis Cluster keeps one deployment's keys in one hash slot, so KEY_PREFIX needs a hash "
+                          f"tag: KEY_PREFIX={{{settings.KEY_PREFIX}}} instead of {settings.KEY_PREFIX}")
+    options.pop("retry", None)  # the cluster client retries (and follows MOVED) on its own
+    return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in nodes], username=username, password=password,
+                        ssl=tls, **options)
+
+
+def subscriber(client: RedisClient, key: str) -> tuple[redis.Redis, int]:
+    """A client of its own for the pub/sub connection that hears keyspace events of `key`: no read timeout
+    (an idle subscriber sends nothing) and no silent reconnect (the listener must see a lost connection,
+    because events published meanwhile are gone). Returns (client, db number).
+
+    Keyspace events are published on the node that holds the key: in a cluster, the primary of the key's
+    slot; with Sentinel, the current primary (asked again each time this is called)."""
+    quiet: dict[str, Any] = dict(socket_timeout=None, socket_keepalive=True,
+                                 retry=redis.retry.Retry(redis.backoff.NoBackoff(), 0))
+    if isinstance(client, RedisCluster):
+        node = client.get_node_from_key(key)
+        kwargs = dict(client.nodes_manager.connection_kwargs)
+        for drop in ("host", "port", "retry", "socket_timeout", "socket_keepalive"):
+            kwargs.pop(drop, None)
+        return redis.Redis(host=node.host, port=node.port, **kwargs, **quiet), 0
+    pool = client.connection_pool
+    kwargs = dict(pool.connection_kwargs, **quiet)
+    if isinstance(pool, SentinelConnectionPool):
+        return redis.Redis(connection_pool=SentinelConnectionPool(
+            pool.service_name, pool.sentinel_manager, **kwargs)), kwargs.get("db", 0)
+    return redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kwargs)), \
+        kwargs.get("db", 0)
+
+
+def disconnect(client: RedisClient) -> None:
+    """Close every pooled connection of `client` (a blocking pop cut short by a signal leaves one unusable)."""
+    if isinstance(client, RedisCluster):
+        client.disconnect_connection_pools()
+    else:
+        client.connection_pool.disconnect()
+
+
+def describe_problem(exc: redis.RedisError) -> str:
+    """A Redis error in words a client may see: never its text, which names the host, port or user."""
+    if isinstance(exc, redis.TimeoutError):
+        return f"not answering (no reply within {settings.REDIS_SOCKET_TIMEOUT:g}s)"
+    if isinstance(exc, redis.AuthenticationError):
+        return "refusing our credentials"
+    if isinstance(exc, redis.ConnectionError):
+        return "unreachable"
+    return "unavailable (it answered with an error)"
+
+
+def unavailable(exc: redis.RedisError) -> RedisUnavailable:
+    """The 503 a request answers when Redis fails it."""
+    return RedisUnavailable(f"the queue (Redis) is {describe_problem(exc)}; try again shortly")

@@ -1,0 +1,148 @@
+"""Result → response: how a waiting web request learns that its result is ready.
+
+One listener thread per web process holds one pub/sub connection subscribed to the keyspace
+notifications of every result key (`__keyspace@<db>__:<prefix>:result:*`). A request registers its job id
+before it pushes the job, then sleeps on an Event; the listener sets that Event when the worker's SET of
+`result:<id>` is announced, and the request reads-and-deletes the result with GETDEL.
+
+Pub/sub drops events while the subscriber is disconnected, and a managed Redis may refuse CONFIG, so
+every request also looks for its result every POLL_INTERVAL seconds on its own (the backup), and the
+listener wakes every waiting request once each time it (re)subscribes.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import redis
+
+from imgq.jobs import keys
+from imgq.jobs import connection
+from imgq import settings
+from imgq.observe.logutil import log
+
+NEEDED_FLAGS = "K$"  # K: keyspace channel; $: string commands (SET). The smallest class that covers SET.
+
+
+def enable_notifications(client: connection.RedisClient) -> bool:
+    """Turn on the keyspace events result keys need, keeping flags others set. False if CONFIG is refused."""
+    try:
+        current = client.config_get("notify-keyspace-events").get("notify-keyspace-events", "")
+        if isinstance(current, bytes):
+            current = current.decode()
+        missing = "".join(f for f in NEEDED_FLAGS if f not in current and not (f == "$" and "A" in current))
+        if missing:
+            client.config_set("notify-keyspace-events", current + missing)
+        log("notifications.enabled", flags=current + missing)
+        return True
+    except redis.ResponseError as exc:
+        log("notifications.unavailable", level="WARNING", error=str(exc),
+            fallback=f"polling every {settings.POLL_INTERVAL}s")
+        return False
+
+
+class ResultWaiter:
+    def __init__(self, client: connection.RedisClient, prefix: str | None = None, notifications: bool | None = None,
+                 poll_interval: float | None = None) -> None:
+        self.redis = client
+        self.prefix = prefix or settings.KEY_PREFIX
+        self.notifications = settings.NOTIFICATIONS if notifications is None else notifications
+        self.poll_interval = settings.POLL_INTERVAL if poll_interval is None else poll_interval
+        self.listening = False  # True while subscribed: requests are woken by notifications
+        self.config_ok: bool | None = None   # False when CONFIG was refused: events come only if an admin enabled them
+        self._waiting: dict[str, threading.Event] = {}      # job id → threading.Event
+        self._lock = threading.Lock()
+        self._pid: int | None = None
+
+    def register(self, job_id: str) -> threading.Event:
+        """Call before pushing the job, so its notification cannot come before anyone listens for it."""
+        self.start()
+        event = threading.Event()
+        with self._lock:
+            self._waiting[job_id] = event
+        return event
+
+    def unregister(self, job_id: str) -> None:
+        with self._lock:
+            self._waiting.pop(job_id, None)
+
+    def wait(self, job_id: str, event: threading.Event, deadline: float) -> bytes | None:
+        """Sleep until notified (or POLL_INTERVAL passes), then GETDEL; repeat until `deadline`
+        (time.monotonic()). Returns the result bytes, or None on timeout. A read that timed out (Redis
+        slow, or hung) is tried again at the next wake-up: the job is queued and the worker may still
+        answer, so a slow Redis costs this request time, not a 503. Other Redis errors propagate."""
+        key = keys.result(job_id, self.prefix)
+        slow = False
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            event.wait(min(self.poll_interval, remaining))
+            event.clear()
+            try:
+                value = self.redis.getdel(key)
+            except redis.TimeoutError as exc:
+                if not slow:
+                    log("result.read_slow", level="WARNING", id=job_id, error=str(exc), retry="until the deadline")
+                slow = True
+                continue
+            if value is not None:
+                return value
+
+    # --- the listener thread -----------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the listener thread (enabling notifications in Redis) once per process: call it in the
+        process that serves, i.e. after gunicorn forks; register() calls it too."""
+        if not self.notifications or self._pid == os.getpid():
+            return
+        with self._lock:
+            if self._pid != os.getpid():
+                self._pid = os.getpid()
+                threading.Thread(target=self._listen, name="result-listener", daemon=True).start()
+
+    def _wake_all(self) -> None:
+        with self._lock:
+            for event in self._waiting.values():
+                event.set()
+
+    def _listen(self) -> None:
+        # The keyspace events of a key are published on the node that holds it; Sentinel's current primary is
+        # asked for again on every reconnect (connection.subscriber).
+        sample_key = keys.result("x", self.prefix)
+        backoff = 0.1
+        while True:
+            pubsub = None
+            try:
+                client, db = connection.subscriber(self.redis, sample_key)
+                channel = f"__keyspace@{db}__:{keys.result_pattern(self.prefix)}"
+                prefix = f"__keyspace@{db}__:"
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                self.config_ok = enable_notifications(client)
+                pubsub.psubscribe(channel)
+                pubsub.get_message(timeout=1.0)  # wait for the subscription to be confirmed
+                self.listening, backoff = True, 0.1
+                log("listener.subscribed", channel=channel)
+                self._wake_all()  # anything set while we were not subscribed is fetched now
+                for message in pubsub.listen():
+                    if message.get("type") != "pmessage" or message.get("data") != b"set":
+                        continue
+                    job_id = keys.job_id_from_result(message["channel"].decode()[len(prefix):], self.prefix)
+                    with self._lock:
+                        # job_id None (not a result key) finds nothing, as any unknown id does
+                        event = self._waiting.get(job_id)  # type: ignore[arg-type]
+                    if event is not None:
+                        event.set()
+            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+                if self.listening:
+                    log("listener.disconnected", level="WARNING", error=str(exc), fallback="polling")
+                self.listening = False
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            except Exception as exc:  # never let the listener die: polling alone would hide it
+                self.listening = False
+                log("listener.error", level="ERROR", error=repr(exc))
+                time.sleep(1.0)
+            finally:
+                if pubsub is not None:
+                    pubsub.close()

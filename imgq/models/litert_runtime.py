@@ -1,0 +1,171 @@
+"""The LiteRT runtime: a Keras model converted once to .tflite, cached, and run by LiteRT's interpreter (XNNPACK).
+
+Where it sits: upload → job → Redis → worker → models.load_model → *this file* (when MODEL_RUNTIME picks
+litert) → result. Keras stays the definition of every model: on a cache miss the worker builds the Keras
+model with TensorFlow, converts it here and writes the .tflite into MODEL_CACHE_DIR under a name made of
+the model, the weights file's content hash, the converter's (TensorFlow's) version and this file's recipe
+version. A cache hit reads that file and never imports TensorFlow (only ai_edge_litert, a 10 MB wheel), so a
+second start of a worker is fast. A file that does not load (truncated, foreign) is converted again.
+
+Why the conversion goes through a frozen graph (experimental_lower_to_saved_model = False): TensorFlow's
+default path for concrete functions lowers them to a SavedModel first, and for Keras 3's ResNet50 that path
+keeps every weight as a resource variable (VAR_HANDLE + READ_VARIABLE ops, 320 of each): batch norm is then
+not folded into the convolutions (RSQRT/SUB/MUL/ADD per layer), every kernel is TRANSPOSEd at run time and
+XNNPACK gets the graph in ~50 pieces: 1,302 ops and a 235 KB file holding no weights, ~1.2 s per image.
+Freezing the variables to constants first (convert_variables_to_constants_v2) gives 77 ops, all in one
+XNNPACK delegate node, and a 102 MB file. (from_keras_model freezes too, but would leave the preprocessing
+out; EfficientNet-Lite0 happened to be frozen already.)
+
+The .tflite has a free batch dimension. predict() runs a batch in invokes of `chunk` images (None: the whole
+batch in one), resizing the interpreter's input when the size changes: ~0.1 ms (~20 ms the first time a
+larger size allocates). models.LITERT_CHUNK picks per model: with XNNPACK, Lite0 is fastest per image at
+batch 1 (2 threads: 4.0 ms/image at batch 1, 4.3-4.8 at 8 and 32; 1 thread 7.9 against 8.3-9.6), ResNet50
+batched (2 threads: ~40 ms at batch 1, ~33 at batch 8 and 32): measured 2026-12-01 on the shared 2-core VM.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, cast
+
+import numpy as np
+
+from imgq.observe.logutil import log
+
+# Bump when the conversion below changes in a way that changes the file (names the cache files).
+RECIPE = 3
+
+
+def converter_version() -> str:
+    """TensorFlow's version, read from its package metadata (importing it would defeat the cache)."""
+    for dist in ("tensorflow-cpu", "tensorflow"):
+        try:
+            return importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "unknown"
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cache_path(cache_dir: str, model_name: str, weights_hash: str) -> str:
+    return os.path.join(cache_dir, f"{model_name}-{weights_hash[:16]}-tf{converter_version()}-r{RECIPE}.tflite")
+
+
+def convert(keras_model: Any, input_size: tuple[int, int], preprocess: Callable[[Any], Any] | None = None) -> bytes:
+    """The .tflite bytes of keras_model (float32 pixels 0..255 in, probabilities out), preprocessing inside."""
+    from imgq.models.tensorflow_runtime import tensorflow
+    tf = tensorflow()
+    height, width = input_size
+
+    @tf.function(input_signature=[tf.TensorSpec([None, height, width, 3], tf.float32)])
+    def forward(x: Any) -> Any:
+        if preprocess is not None:
+            x = preprocess(x)
+        return tf.cast(keras_model(x, training=False), tf.float32)
+
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([forward.get_concrete_function()], keras_model)
+    converter.experimental_lower_to_saved_model = False  # freeze the weights: see the module docstring
+    return converter.convert()
+
+
+class LiteRTModel:
+    """A .tflite classifier behind the worker's interface: uint8 batch in, float32 probabilities out."""
+
+    runtime = "litert"
+
+    def __init__(self, name: str, content: bytes, input_size: tuple[int, int], labels: list[str], threads: int,
+                 chunk: int | None = None) -> None:
+        from ai_edge_litert.interpreter import Interpreter
+        self.name = name
+        self.input_size = cast("tuple[int, int]", tuple(input_size))
+        self.labels = labels
+        self.threads = threads  # models.model_threads(): MODEL_THREADS with 0 already made every core
+        self.chunk = chunk
+        # model_content (not model_path): the bytes were already read and checked by the caller.
+        self._interpreter = Interpreter(model_content=content, num_threads=self.threads)
+        self._interpreter.allocate_tensors()
+        inp, out = self._interpreter.get_input_details()[0], self._interpreter.get_output_details()[0]
+        if tuple(inp["shape_signature"]) != (-1, *self.input_size, 3) or tuple(out["shape"])[1:] != (len(labels),):
+            raise ValueError(f"the .tflite takes {tuple(inp['shape_signature'])} → {tuple(out['shape'])}, "
+                             f"not (-1, {self.input_size[0]}, {self.input_size[1]}, 3) → (n, {len(labels)})")
+        self._input, self._output = inp["index"], out["index"]
+        self._batch = int(inp["shape"][0])
+        # One interpreter holds one set of tensors: two threads invoking it at once corrupt each other's
+        # input ("There is at least 1 reference to internal data"). The worker calls it from one thread;
+        # a caller with several (the Flask peer in bench/peers/) waits its turn here.
+        self._lock = threading.Lock()
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.asarray(batch, dtype=np.uint8)
+        if batch.ndim != 4 or batch.shape[1:] != (*self.input_size, 3):
+            raise ValueError(f"{self.name} takes uint8 batches (n, {self.input_size[0]}, {self.input_size[1]}, 3), "
+                             f"not {batch.shape}")
+        pixels = batch.astype(np.float32)
+        step = self.chunk or len(batch)
+        if step >= len(batch):
+            return self._invoke(pixels)
+        return np.concatenate([self._invoke(pixels[i:i + step]) for i in range(0, len(batch), step)])
+
+    def _invoke(self, pixels: np.ndarray) -> np.ndarray:
+        with self._lock:
+            return self._invoke_locked(pixels)
+
+    def _invoke_locked(self, pixels: np.ndarray) -> np.ndarray:
+        if len(pixels) != self._batch:
+            self._interpreter.resize_tensor_input(self._input, [len(pixels), *self.input_size, 3])
+            self._interpreter.allocate_tensors()
+            self._batch = len(pixels)
+        self._interpreter.set_tensor(self._input, pixels)
+        self._interpreter.invoke()
+        return self._interpreter.get_tensor(self._output).copy()  # the interpreter reuses its buffer
+
+    def warm_up(self, batch_size: int) -> None:
+        """Run once at batch_size then at 1, so the invoke sizes of real batches are allocated before the first job."""
+        for n in sorted({1, max(1, batch_size)}, reverse=True):
+            self.predict(np.zeros((n, *self.input_size, 3), dtype=np.uint8))
+
+
+def load(name: str, weights_path: str, input_size: tuple[int, int], labels: list[str], threads: int, cache_dir: str,
+         build_keras: Callable[[], tuple[Any, Any]], chunk: int | None = None) -> LiteRTModel:
+    """A LiteRTModel for `name`, from the cache when it holds this weights file's conversion, else converted.
+
+    build_keras() → (keras_model, preprocess) is called only on a miss (it imports TensorFlow).
+    Logs model.tflite with cached=true/false and the file.
+    """
+    path = cache_path(cache_dir, name, file_sha256(weights_path))
+    if os.path.exists(path):
+        try:
+            with open(path, "rb") as f:
+                model = LiteRTModel(name, f.read(), input_size, labels, threads, chunk)
+            log("model.tflite", model=name, cached=True, path=path)
+            return model
+        except Exception as exc:  # truncated, foreign or unreadable: convert again and replace it
+            log("model.cache_unreadable", level="WARNING", path=path, error=str(exc).splitlines()[0][:200])
+    log("model.converting", model=name, to=path, note="to LiteRT: a few seconds, once; later starts read the cache")
+    started = time.perf_counter()
+    keras_model, preprocess = build_keras()
+    content = convert(keras_model, input_size, preprocess)
+    model = LiteRTModel(name, content, input_size, labels, threads, chunk)
+    try:
+        os.makedirs(cache_dir, exist_ok=True)
+        # Write aside then rename: several workers may start at once, none may read a half-written file.
+        partial = f"{path}.partial-{os.getpid()}"
+        with open(partial, "wb") as f:
+            f.write(content)
+        os.replace(partial, path)
+    except OSError as exc:  # a read-only cache costs the next start a conversion, nothing else
+        log("model.cache_unwritable", level="WARNING", path=path, error=str(exc))
+    log("model.tflite", model=name, cached=False, path=path, convert_s=round(time.perf_counter() - started, 1),
+        weights=weights_path)
+    return model

@@ -1,0 +1,251 @@
+"""Every knob of the service, in one place, checked once at start.
+
+Each setting is read from an environment variable of the same name, with the default given here.
+The web server, the model worker, the launcher, the tests and the benchmarks all import this module,
+so a reader finds every default in one look (docs/configuration.md lists the same names).
+
+Validation: a setting's line may give limits or choices, `_int("PORT", 5000, low=1, high=65535)`,
+`_str("LOG_FORMAT", "text", choices=("text", "json"))`. A value that is not accepted is recorded in
+`errors` (one line naming the variable, the value and what is accepted) and the default is used in its
+place, so importing this module never fails and never exits (tests and libraries import it). Every entry
+point calls `check()` first: it prints each recorded error on one line of stderr and exits with code 2,
+before anything starts. Combinations that only one entry point cares about (WORKERS=0 under `make run`) are
+added with `refuse(name, value, accepted)` before its `check()`.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import sys
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+_N = TypeVar("_N", int, float)
+
+# One line per setting that was not accepted, in the order read. check() reports them.
+errors: list[str] = []
+
+
+def refuse(name: str, value: object, accepted: str) -> None:
+    """Record that `name`=`value` is not accepted; `accepted` says what would be (shown to the user)."""
+    errors.append(f"invalid setting {name}={value!r}: expected {accepted}")
+
+
+def check(program: str | None = None, code: int = 2) -> None:
+    """At an entry point's start: if any setting was refused, print one line per refusal to stderr and
+    exit with `code` (2; no traceback). Returns quietly when everything is valid."""
+    if not errors:
+        return
+    program = program or os.path.basename(sys.argv[0] if sys.argv and sys.argv[0] else "python")
+    for line in errors:
+        print(f"{program}: {line}", file=sys.stderr)
+    sys.stderr.flush()
+    raise SystemExit(code)
+
+
+def _bounds(kind: str, low: float | None, high: float | None, gt: float | None) -> str:
+    if low is not None and high is not None:
+        return f"{kind} from {low} to {high}"
+    if gt is not None:
+        return f"{kind} > {gt}"
+    if low is not None:
+        return f"{kind} >= {low}"
+    if high is not None:
+        return f"{kind} <= {high}"
+    return kind
+
+
+def _number(convert: Callable[[str], _N], kind: str, name: str, default: _N, low: float | None, high: float | None,
+            gt: float | None) -> _N:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default  # the defaults here are valid by construction (tests/test_settings.py checks)
+    accepted = _bounds(kind, low, high, gt)
+    try:
+        value = convert(raw.strip())
+    except ValueError:
+        refuse(name, raw, accepted)
+        return default
+    if (isinstance(value, float) and not math.isfinite(value)) or (low is not None and value < low) \
+            or (high is not None and value > high) or (gt is not None and value <= gt):
+        refuse(name, raw, accepted)
+        return default
+    return value
+
+
+def _str(name: str, default: str, choices: Sequence[str] | None = None, nonempty: bool = False) -> str:
+    """choices: the accepted values, matched without regard to case and returned as spelled here."""
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    if choices is not None:
+        for choice in choices:
+            if raw.strip().lower() == choice.lower():
+                return choice
+        refuse(name, raw, "one of " + ", ".join(choices))
+        return default
+    if nonempty and not raw.strip():
+        refuse(name, raw, "a non-empty value")
+        return default
+    return raw
+
+
+def _int(name: str, default: int, low: int | None = None, high: int | None = None, gt: int | None = None) -> int:
+    return _number(int, "a whole number", name, default, low, high, gt)
+
+
+def _float(name: str, default: float, low: float | None = None, high: float | None = None,
+           gt: float | None = None) -> float:
+    return _number(float, "a number", name, default, low, high, gt)
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+
+
+def _bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    if raw.strip().lower() in _TRUE:
+        return True
+    if raw.strip().lower() in _FALSE:
+        return False
+    refuse(name, raw, "1/true/yes/on or 0/false/no/off")
+    return default
+
+
+# --- Redis ---------------------------------------------------------------------------------------
+# Unset means "make run starts an embedded redis-server on 127.0.0.1:EMBEDDED_REDIS_PORT".
+# Passwords and TLS go in the URL: redis://:secret@host:6379/0, rediss://user:secret@host:6380/0.
+# Sentinel: redis+sentinel://:secret@s1:26379,s2:26379/mymaster/0; Cluster: redis+cluster://:secret@node:7000/
+# (with a hash tag in KEY_PREFIX). imgq/jobs/connection.py reads it.
+REDIS_URL = _str("REDIS_URL", "")
+EMBEDDED_REDIS_PORT = _int("EMBEDDED_REDIS_PORT", 6379, low=1, high=65535)
+# Prefix of every key the service writes, so several deployments can share one Redis (see imgq/jobs/keys.py).
+KEY_PREFIX = _str("KEY_PREFIX", "imgq", nonempty=True)
+# How long a web request waits for Redis to accept a connection before answering 503.
+REDIS_CONNECT_TIMEOUT = _float("REDIS_CONNECT_TIMEOUT", 1.0, gt=0)
+# How long a web request waits for Redis to answer one command (push, /healthz, /activity) before 503:
+# a hung Redis (accepts connections, answers nothing) then costs a request this long, not minutes.
+REDIS_SOCKET_TIMEOUT = _float("REDIS_SOCKET_TIMEOUT", 1.0, gt=0)
+# Read timeout of a waiting request's result reads (GETDEL). Longer on purpose: a slow but alive Redis
+# must not turn waiting requests into 503s; a read that times out is tried again until REQUEST_TIMEOUT.
+REDIS_WAIT_TIMEOUT = _float("REDIS_WAIT_TIMEOUT", 5.0, gt=0)
+
+# --- Model and batching --------------------------------------------------------------------------
+# auto | resnet50 | efficientnet_lite0 | standin (the fast stand-in for queue tests; never the default)
+MODEL = _str("MODEL", "auto", choices=("auto", "resnet50", "efficientnet_lite0", "standin"))
+# Optional local file with Keras ResNet50 ImageNet weights (resnet50_weights_tf_dim_ordering_tf_kernels.h5).
+RESNET50_WEIGHTS = _str("RESNET50_WEIGHTS", "")
+# Where converted weights are cached (EfficientNet-Lite0 converted from the PyTorch file).
+MODEL_CACHE_DIR = _str("MODEL_CACHE_DIR", os.path.join(os.path.expanduser("~"), ".cache", "redis-keras-queue"))
+# Fixed per-batch delay of the stand-in model, in ms (0 = instant). Used by the scaling benchmark.
+STANDIN_LATENCY_MS = _float("STANDIN_LATENCY_MS", 0, low=0)
+# Tests only (poison jobs): the stand-in model kills its own worker process, like an OOM kill or a native
+# crash, when a batch holds a solid grey image of this level (0..255). -1: never.
+STANDIN_CRASH_LEVEL = _int("STANDIN_CRASH_LEVEL", -1, low=-1, high=255)
+# Most jobs one take gets and one model call classifies. 32: the best point of the 2-core sweep (docs/benchmarks.md).
+BATCH_SIZE = _int("BATCH_SIZE", 32, low=1)
+# How long a worker may wait for more jobs to fill a batch once it has one (0 = take what is there).
+BATCH_WAIT_MS = _float("BATCH_WAIT_MS", 0, low=0)
+# auto (each model on the runtime measured fastest for it, models.AUTO_RUNTIME) | litert | tensorflow.
+MODEL_RUNTIME = _str("MODEL_RUNTIME", "auto", choices=("auto", "litert", "tensorflow"))
+# Threads one worker's model uses (LiteRT's interpreter; TensorFlow's intra-op pool). 0 = every core.
+MODEL_THREADS = _int("MODEL_THREADS", 0, low=0)
+# 1 = MODEL=resnet50 (or auto) may download Keras' ResNet50 weights when no local file exists (else never).
+RESNET50_DOWNLOAD = _bool("RESNET50_DOWNLOAD", False)
+# TF_INTRA_OP_THREADS: the older name of MODEL_THREADS, used (by both runtimes) when MODEL_THREADS is 0.
+# TF_INTER_OP_THREADS: TensorFlow's inter-op pool (TensorFlow runtime only; 0 = TensorFlow decides).
+TF_INTRA_OP_THREADS = _int("TF_INTRA_OP_THREADS", 0, low=0)
+TF_INTER_OP_THREADS = _int("TF_INTER_OP_THREADS", 0, low=0)
+
+# --- Requests and results ------------------------------------------------------------------------
+REQUEST_TIMEOUT = _float("REQUEST_TIMEOUT", 30, gt=0)
+RESULT_TTL = _int("RESULT_TTL", 60, low=1)
+# The backup: how often a waiting request looks for its result even without a notification.
+POLL_INTERVAL = _float("POLL_INTERVAL", 1.0, gt=0)
+# Off = polling only (the course's way); on = keyspace notifications wake the waiting request.
+NOTIFICATIONS = _bool("NOTIFICATIONS", True)
+MAX_UPLOAD_BYTES = _int("MAX_UPLOAD_BYTES", 10 * 1024 * 1024, low=1)
+# Refuse images whose decoded size would exceed this many pixels (decompression bombs).
+# It bounds a decode's time (a 10 Mpx RGBA PNG took 0.2-0.7 s on a busy 2-core VM); MAX_DECODE_MB its memory.
+MAX_IMAGE_PIXELS = _int("MAX_IMAGE_PIXELS", 40_000_000, low=1)
+# Most memory one decode may take, in MB, estimated from the image's header (helpers.decode_bytes); 413 above.
+MAX_DECODE_MB = _int("MAX_DECODE_MB", 256, low=1)
+# Uploads one web process decodes at once: its decoding memory stays under this x MAX_DECODE_MB.
+DECODE_CONCURRENCY = _int("DECODE_CONCURRENCY", 2, low=1)
+# Seconds an upload waits for a decode slot before the request is answered 503 + Retry-After.
+DECODE_WAIT = _float("DECODE_WAIT", 2.0, low=0)
+MAX_QUEUE_LENGTH = _int("MAX_QUEUE_LENGTH", 1000, low=1)
+# Most images one request of the standard protocols may carry (v2 infer, TF Serving predict); each is a job.
+MAX_REQUEST_IMAGES = _int("MAX_REQUEST_IMAGES", 64, low=1)
+
+# --- Workers' liveness ---------------------------------------------------------------------------
+# A worker refreshes its heartbeat key every HEARTBEAT_INTERVAL s; the key lives HEARTBEAT_TTL s.
+# A worker whose heartbeat has expired is dead: a live worker puts its in-flight jobs back on the queue.
+HEARTBEAT_INTERVAL = _float("HEARTBEAT_INTERVAL", 5, gt=0)
+HEARTBEAT_TTL = _int("HEARTBEAT_TTL", 15, low=1)
+# How long one blocking pop waits before the worker loops (an idle worker sends one command per this).
+# Shutdown does not wait for it: a signal interrupts the pop.
+BLOCK_TIMEOUT = _float("BLOCK_TIMEOUT", 30, gt=0)
+# A job whose worker died this many times (OOM, native crash: the image itself may be the cause) is not
+# put back on the queue again: it goes to the dead-letter list and its client gets a 502 at once.
+MAX_ATTEMPTS = _int("MAX_ATTEMPTS", 3, low=1)
+# Most jobs the dead-letter list keeps (newest first; each is a ~200 KB job): older ones are dropped.
+DEAD_LETTER_MAX = _int("DEAD_LETTER_MAX", 100, low=1)
+
+# --- The page's live view (imgq/observe/activity.py, imgq/web/page.py) ----------------------------------------
+# Seconds between the page's refreshes of the live view; also how often a web process writes its answers'
+# counts and latencies to Redis while a page is open. Nothing is recorded while no page is open.
+LIVE_INTERVAL = _float("LIVE_INTERVAL", 1.0, gt=0)
+# Seconds of history behind requests/s and p50/p95 (and how long the records live after the last write).
+LIVE_WINDOW = _int("LIVE_WINDOW", 60, low=1)
+# Most records each capped list keeps (batch records; per-second request records of all web processes).
+LIVE_RECORDS = _int("LIVE_RECORDS", 500, low=1)
+
+# --- Processes -----------------------------------------------------------------------------------
+HOST = _str("HOST", "127.0.0.1", nonempty=True)
+PORT = _int("PORT", 5000, low=1, high=65535)
+WORKERS = _int("WORKERS", 1, low=0)              # model workers started by `make run`
+WEB_PROCESSES = _int("WEB_PROCESSES", 2, low=1)  # gunicorn worker processes (Python runs one core per process)
+WEB_THREADS = _int("WEB_THREADS", 64, low=1)     # threads per gunicorn process (one per waiting request)
+# gunicorn worker class: gevent (one greenlet per connection, so slow or idle clients hold no thread) or
+# gthread (WEB_THREADS threads per process; a client that stops mid-body holds one until BODY_TIMEOUT).
+WEB_WORKER = _str("WEB_WORKER", "gevent", choices=("gevent", "gthread"))
+# Most open connections per gunicorn process under gevent (idle, slow and waiting ones together).
+WEB_CONNECTIONS = _int("WEB_CONNECTIONS", 1000, low=1)
+# Seconds a client has to send the whole request body (then 408); headers must come within HEADER_TIMEOUT.
+BODY_TIMEOUT = _float("BODY_TIMEOUT", 20, gt=0)
+# Seconds a connection may sit without a complete request head (also the keep-alive idle time); then closed.
+HEADER_TIMEOUT = _int("HEADER_TIMEOUT", 5, low=1)
+
+# --- Logs ----------------------------------------------------------------------------------------
+LOG_LEVEL = _str("LOG_LEVEL", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+LOG_FORMAT = _str("LOG_FORMAT", "text", choices=("text", "json"))
+# Name of this server in every log line (default: the host name).
+SERVER_NAME = _str("SERVER_NAME", "")
+
+# --- Combinations (checked after every setting is read) -------------------------------------------
+def _refused(*names: str) -> bool:
+    # A combination is judged only on values the user gave correctly, else one mistake shows as two.
+    return any(line.startswith(f"invalid setting {name}=") for name in names for line in errors)
+
+
+# redis-py would fail later, inside a request, with a less helpful message. The password is not shown.
+_SCHEMES = ("redis://", "rediss://", "unix://", "redis+sentinel://", "rediss+sentinel://", "redis+cluster://",
+            "rediss+cluster://")
+if REDIS_URL and not REDIS_URL.startswith(_SCHEMES):
+    refuse("REDIS_URL", re.sub(r":[^:@/]*@", ":***@", REDIS_URL),
+           "empty, or a URL starting " + ", ".join(_SCHEMES))
+# Redis Cluster: one deployment's keys must share one hash slot, or the scripts would be refused (CROSSSLOT).
+_tag = KEY_PREFIX.find("{")
+if REDIS_URL.startswith(("redis+cluster://", "rediss+cluster://")) and not (
+        _tag >= 0 and KEY_PREFIX.find("}", _tag + 2) > _tag):
+    refuse("KEY_PREFIX", KEY_PREFIX, f"a hash tag with Redis Cluster, e.g. {{{KEY_PREFIX}}}")
+# A heartbeat that expires before the next one is sent makes every live worker look dead to its peers.
+if HEARTBEAT_TTL <= HEARTBEAT_INTERVAL and not _refused("HEARTBEAT_TTL", "HEARTBEAT_INTERVAL"):
+    refuse("HEARTBEAT_TTL", HEARTBEAT_TTL, f"more than HEARTBEAT_INTERVAL ({HEARTBEAT_INTERVAL:g} s)")
+# A result that expires before the waiting request's next poll is lost whenever a notification is.
+if RESULT_TTL <= POLL_INTERVAL and not _refused("RESULT_TTL", "POLL_INTERVAL"):
+    refuse("RESULT_TTL", RESULT_TTL, f"more than POLL_INTERVAL ({POLL_INTERVAL:g} s)")

@@ -1,0 +1,118 @@
+"""TensorFlow Serving's REST API: POST /v1/models/{name}:predict and GET /v1/models/{name}.
+
+Where it sits: an entry point beside POST /predict, for clients written against TF Serving. The request is
+TF Serving's row format, {"instances": [...]} (or its columnar format, {"inputs": ...}); each instance is an
+encoded image as {"b64": "<base64 of the file>"} (TF Serving's convention for binary strings), the same
+under a named input ({"image": {"b64": ...}}), or a [224][224][3] list of 0..255 pixel values. Every image
+goes through the same path as in protocol_v2 (each its own job, all submitted, then waited for). The answer
+is {"predictions": [{"probabilities": [1000 floats], "classes": [top 5 indices], "labels": [...],
+"scores": [...]}, ...]}, one per instance, in order; errors are {"error": "..."}.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from flask import Blueprint, Response, g, jsonify, request
+
+from imgq.observe import metrics
+from imgq import models
+from imgq.web.protocols import v2
+from imgq import settings
+from imgq.errors import ProtocolError
+from imgq.jobs.workers import readiness
+
+if TYPE_CHECKING:
+    from imgq.jobs.queue import JobQueue
+    from imgq.jobs.results import ResultWaiter
+
+TOP_K = 5
+
+
+def _instance_pixels_or_bytes(instance: Any, i: int) -> bytes | np.ndarray:
+    """One instance → encoded bytes, or a uint8 array of pixels."""
+    if isinstance(instance, dict) and "b64" not in instance and len(instance) == 1:
+        instance = next(iter(instance.values()))  # a named input: {"image": {"b64": ...}}
+    if isinstance(instance, dict) and isinstance(instance.get("b64"), str):
+        try:
+            return base64.b64decode(instance["b64"], validate=True)
+        except (binascii.Error, ValueError):
+            raise ProtocolError(f"instance {i}: 'b64' is not base64")
+    if isinstance(instance, list):
+        try:
+            array = np.asarray(instance)
+        except ValueError:
+            raise ProtocolError(f"instance {i}: a ragged list is not an image")
+        if array.dtype.kind not in "iu" or array.size == 0 or array.min() < 0 or array.max() > 255:
+            raise ProtocolError(f"instance {i}: pixel values must be integers 0..255")
+        return array.astype(np.uint8)
+    raise ProtocolError(f"instance {i}: expected {{\"b64\": \"<base64 of an image file>\"}} "
+                                    "or a [height][width][3] list of pixel values")
+
+
+def _instances(body: Any) -> list[Any]:
+    if not isinstance(body, dict):
+        raise ProtocolError("the request must be a JSON object with 'instances'")
+    if "instances" in body:
+        instances = body["instances"]
+    elif "inputs" in body:  # columnar: one input, its value the list of instances (or one instance)
+        instances = body["inputs"]
+        if isinstance(instances, dict) and len(instances) == 1 and "b64" not in instances:
+            instances = next(iter(instances.values()))
+        if isinstance(instances, dict):
+            instances = [instances]
+    else:
+        raise ProtocolError("the request needs 'instances' (or 'inputs')")
+    if not isinstance(instances, list) or not instances:
+        raise ProtocolError("'instances' must be a non-empty list")
+    return instances
+
+
+def blueprint(queue: JobQueue, waiter: ResultWaiter) -> Blueprint:
+    bp = Blueprint("tfserving", __name__)
+    input_size = models.input_size()
+
+    @bp.get("/v1/models/<name>")
+    def status(name: str) -> Response:
+        v2.check_model(name)
+        ok = readiness(queue.redis, queue.prefix).ready
+        return jsonify(model_version_status=[{
+            "version": v2.MODEL_VERSION, "state": "AVAILABLE" if ok else "UNAVAILABLE",
+            "status": {"error_code": "OK" if ok else "UNAVAILABLE",
+                       "error_message": "" if ok else "no live model worker, or Redis is unavailable"}}])
+
+    @bp.post("/v1/models/<name>:predict")
+    def predict(name: str) -> Response:
+        started = time.monotonic()
+        v2.check_model(name)
+        body = request.get_json(force=True, silent=True)  # TF Serving needs no Content-Type
+        if body is None:
+            raise ProtocolError("the request is not JSON (Content-Type: application/json)")
+        instances = _instances(body)
+        if len(instances) > settings.MAX_REQUEST_IMAGES:
+            raise ProtocolError(f"{len(instances)} instances in one request; at most "
+                                            f"MAX_REQUEST_IMAGES ({settings.MAX_REQUEST_IMAGES})", 413)
+        pixel_list: list[np.ndarray] = []
+        for i, instance in enumerate(instances):
+            item = _instance_pixels_or_bytes(instance, i)
+            if isinstance(item, bytes):
+                pixel_list += v2.prepare_all([item], input_size)
+            else:
+                pixel_list += v2.check_pixels(item[None], input_size)
+        results = v2.run(queue, waiter, pixel_list, started)
+        probabilities = v2.probabilities_of(results)
+        labels = models.imagenet_labels()
+        metrics.served(results[0].get("model"))
+        predictions: list[dict[str, Any]] = []
+        for row in probabilities:
+            top = np.argsort(-row, kind="stable")[:TOP_K]
+            predictions.append({"probabilities": row.tolist(), "classes": [int(j) for j in top],
+                                "labels": [labels[j] for j in top], "scores": [float(row[j]) for j in top]})
+        g.done_fields = {"model": results[0].get("model"), "images": len(results)}  # request.done logs them
+        return jsonify(predictions=predictions)
+
+    return bp
+

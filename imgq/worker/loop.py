@@ -1,0 +1,373 @@
+"""Model worker: Redis queue → batch → model → results, as a three-stage pipeline.
+
+    main thread   take up to BATCH_SIZE jobs in one atomic step (queue.take_batch, blocking while the
+                  queue is empty) into this worker's in-flight list, parse them (job.parse_job: the pixels
+                  are read in place), stack them → hands the batch to
+    model thread  one model call per batch → hands the probabilities to
+    writer thread top 5 per job, result JSON, log lines, then one script call (queue.complete) that
+                  writes every result with SET ... EX RESULT_TTL and drops the batch from the in-flight list.
+
+So the next batch is taken and parsed, and the last one's results written, while the model runs. The main
+thread takes the next batch just before the model is expected to finish (the last batch's model time minus
+how long a take has been taking), not as soon as it can: jobs left on the queue until then can still join
+it, or go to an idle peer. Batches are answered in the order they were taken, which is the order of the
+in-flight list, so complete() drops exactly the oldest jobs there. A heartbeat thread keeps this worker's
+heartbeat key alive and puts the in-flight jobs of dead workers back on the queue.
+
+SIGTERM / SIGINT: finish the batch the model has, write its results (and those not yet written), return
+untaken jobs (including a batch taken ahead but not started), exit 0.
+"""
+from __future__ import annotations
+
+import os
+import queue as queues
+import signal
+import socket
+import threading
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import redis
+
+from imgq.observe import activity
+from imgq.jobs import message
+from imgq.observe import metrics
+from imgq.jobs import connection
+from imgq import settings
+from imgq.jobs import workers
+from imgq.jobs.connection import connect
+from imgq.jobs.queue import JobQueue
+from imgq.observe.logutil import log
+
+if TYPE_CHECKING:
+    from types import FrameType
+
+    from imgq.models.registry import Model
+
+REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+
+
+def _trace(job: dict[str, Any]) -> dict[str, str]:
+    """The request's trace id for the job's log lines (imgq/observe/tracing.py), when the web server sent one."""
+    return {"trace": job["trace"]} if isinstance(job.get("trace"), str) else {}
+
+
+class Interrupted(Exception):
+    """Raised by the signal handler to leave a blocking pop; never while a batch is being processed."""
+
+
+class Worker:
+    # Set by run(). A batch is _parse()'s dict; the model thread hands on (batch, probabilities, inference_ms).
+    _ready: queues.Queue[dict[str, Any] | None]
+    _done: queues.Queue[tuple[dict[str, Any], np.ndarray | None, float] | None]
+    _state: threading.Condition
+    _pending: int
+    _unanswered: int
+    _model_busy_since: float | None
+    _model_s: float | None
+    _take_s: float
+
+    def __init__(self, model: Model, client: connection.RedisClient | None = None) -> None:
+        self.model = model
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.stopping = threading.Event()
+        self._beat_now = threading.Event()  # set: the heartbeat thread beats at once (see _on_connect)
+        # The read timeout must outlast the blocking pop.
+        self.queue = JobQueue(client or connect(socket_timeout=settings.BLOCK_TIMEOUT + 10,
+                                                redis_connect_func=self._on_connect))
+        self.stop_signal: str | None = None
+        self._heartbeat_thread: threading.Thread | None = None
+        self._blocked = False  # True only while waiting to take and inside take_batch: a signal may interrupt
+        self._abandoned: list[bytes] = []   # jobs of batches whose results could not be written (Redis down too long)
+
+    # --- signals -----------------------------------------------------------------------------------
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        # No logging here: the handler runs between two bytecodes of the main thread, which may be inside
+        # log() holding its lock or stderr's (a deadlock, or a "reentrant call" error). The loop logs it.
+        self.stop_signal = signal.Signals(signum).name
+        self.stopping.set()
+        if self._blocked:
+            raise Interrupted()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    # --- heartbeat ---------------------------------------------------------------------------------
+    def _on_connect(self, conn: Any) -> None:
+        # The loop's connection is new: first start, or Redis is back (perhaps restarted, empty, without
+        # this worker's registration). Beat now rather than up to HEARTBEAT_INTERVAL later, so /healthz
+        # counts this worker as soon as it can take jobs again.
+        conn.on_connect()
+        self._beat_now.set()
+
+    def _heartbeat(self) -> None:
+        hb_queue = JobQueue(connect(socket_timeout=5), self.queue.prefix)
+        healthy, announced = True, None
+        while not self.stopping.is_set():
+            self._beat_now.clear()
+            try:
+                self._reap(hb_queue.beat(self.id))
+                # The model record for /healthz: after the first beat, after an outage, and once a minute in
+                # case Redis restarted between two beats or a /healthz pruned it while this worker stalled.
+                if announced is None or not healthy or time.monotonic() - announced > workers.REFRESH_S:
+                    workers.announce(hb_queue.redis, hb_queue.prefix, self.id, self.model.name,
+                                        self.model.runtime)
+                    announced = time.monotonic()
+                if not healthy:
+                    log("redis.back", worker=self.id)
+                healthy = True
+            except REDIS_ERRORS as exc:
+                if healthy:
+                    log("redis.down", level="WARNING", worker=self.id, error=str(exc))
+                healthy = False
+            # While Redis is away, try often: the first beat after it returns re-registers this worker.
+            self._beat_now.wait(settings.HEARTBEAT_INTERVAL if healthy else min(settings.HEARTBEAT_INTERVAL, 0.5))
+
+    def _reap(self, reaped: tuple[int, list[str]]) -> None:
+        requeued, dead_lettered = reaped
+        if requeued:
+            log("worker.recovered", worker=self.id, requeued=requeued, reason="dead worker's jobs")
+        for job_id in dead_lettered:
+            log("job.dead_lettered", level="ERROR", worker=self.id, id=job_id, attempts=settings.MAX_ATTEMPTS,
+                reason="its worker died each time: not retried, client told")
+
+    # --- the loop ----------------------------------------------------------------------------------
+    def run(self) -> None:
+        log("worker.ready", worker=self.id, model=self.model.name, runtime=getattr(self.model, "runtime", None),
+            threads=getattr(self.model, "threads", None), batch_size=settings.BATCH_SIZE,
+            batch_wait_ms=settings.BATCH_WAIT_MS)
+        self._heartbeat_thread = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
+        self._heartbeat_thread.start()
+        # Bounded hand-offs: at most one batch waits for the model, two for the writer (a Redis outage
+        # stalls the writer, which stalls the model, which stops the taking).
+        self._ready, self._done = queues.Queue(maxsize=1), queues.Queue(maxsize=2)
+        self._state = threading.Condition()
+        self._pending = 0               # batches handed to the model thread that it has not started
+        self._unanswered = 0            # batches handed to the model thread whose results are not written yet
+        self._model_busy_since = None   # time.monotonic() the model started its batch; None while idle
+        self._model_s = None            # how long the last model call took
+        self._take_s = 0.005            # how long taking and parsing a batch has been taking (smoothed)
+        threads = [threading.Thread(target=self._model_loop, name="model", daemon=True),
+                   threading.Thread(target=self._writer_loop, name="writer", daemon=True)]
+        for t in threads:
+            t.start()
+        backoff = 0.1
+        orphans = False
+        while not self.stopping.is_set():
+            try:
+                if orphans:
+                    self._return_orphans()
+                    orphans = False
+                self._blocked = True
+                self._wait_until_take_is_due()
+                if self.stopping.is_set():
+                    break
+                raws = self.queue.take_batch(self.id, settings.BATCH_SIZE, settings.BLOCK_TIMEOUT,
+                                             settings.BATCH_WAIT_MS)
+                self._blocked = False
+                backoff = 0.1
+            except Interrupted:
+                break
+            except REDIS_ERRORS as exc:
+                self._blocked = False
+                self._beat_now.set()  # the heartbeat thread learns of the outage now and retries often
+                orphans = True
+                log("redis.unavailable", level="WARNING", worker=self.id, error=str(exc), retry_s=backoff)
+                self.stopping.wait(backoff)
+                backoff = min(backoff * 2, 2.0)
+                continue
+            if raws:
+                parse_began = time.monotonic()
+                batch = self._parse(raws)
+                with self._state:
+                    self._pending += 1
+                    self._unanswered += 1
+                    self._ready.put(batch)  # never blocks: nothing was waiting when the take was due
+                    # A suspect (its worker died holding it) runs with nothing taken ahead: if it kills this
+                    # worker too, no other job is charged an attempt for being in flight beside it.
+                    while self.queue.isolated and self._unanswered and not self.stopping.is_set():
+                        self._state.wait(1.0)
+                if settings.BATCH_WAIT_MS <= 0:
+                    # The lead the next take needs: filling the batch once its first job came (the wait for
+                    # that first job says nothing about it), and parsing it.
+                    took = self.queue.fill_seconds * len(raws) / max(len(raws) - 1, 1) + \
+                        (time.monotonic() - parse_began)
+                    self._take_s = 0.8 * self._take_s + 0.2 * min(took, 0.05)
+        self._blocked = False
+        log("worker.stopping", worker=self.id, signal=self.stop_signal)
+        self._drain(threads)
+        self.shutdown()
+
+    def _return_orphans(self) -> None:
+        # A take whose answer never came (BLMOVE done, then a timeout on a hung Redis or a cut connection)
+        # may have moved jobs into the in-flight list that no batch holds; left there, they would never be
+        # answered. Once every batch handed on is answered, the list holds only those orphans, behind the
+        # batches given up on (self._abandoned, at its head): put the orphans back on the queue.
+        with self._state:
+            while self._unanswered and not self.stopping.is_set():
+                self._state.wait(1.0)
+        returned = self.queue.return_inflight(self.id, keep=len(self._abandoned))
+        if returned:
+            log("worker.returned", worker=self.id, returned=returned, reason="a take cut short by Redis")
+
+    def _wait_until_take_is_due(self) -> None:
+        """Return when the next batch should be taken: the model is idle, or it should finish within twice
+        the time a take needs. Never while a taken batch still waits for the model, nor while the model runs
+        its first batch (no estimate yet)."""
+        with self._state:
+            while not self.stopping.is_set():
+                if not self._pending:
+                    if self._model_busy_since is None:
+                        return
+                    if self._model_s is not None:
+                        remaining = self._model_busy_since + self._model_s - 2 * self._take_s - time.monotonic()
+                        if remaining <= 0:
+                            return
+                        self._state.wait(remaining)
+                        continue
+                self._state.wait(1.0)
+
+    def _parse(self, raws: list[bytes]) -> dict[str, Any]:
+        """Raw jobs → the batch the model thread runs. Bad entries get an error result (or a log line when
+        they carry no id); expired ones are dropped; neither stops the rest of the batch."""
+        taken = time.time()
+        results: dict[str, str]
+        good: list[tuple[dict[str, Any], np.ndarray]]
+        pixels: np.ndarray | None  # one job's, then the batch's (None: no good job)
+        results, good, expired, bad = {}, [], 0, 0
+        for raw in raws:
+            try:
+                job, pixels = message.parse_job(raw, self.model.input_size)
+            except message.BadJob as exc:
+                log("job.bad", level="WARNING", worker=self.id, id=exc.job_id, error=str(exc))
+                bad += 1
+                if exc.job_id:
+                    results[exc.job_id] = message.make_result(exc.job_id, error=str(exc))
+                continue
+            if message.expired(job, taken):
+                log("job.expired", worker=self.id, id=job["id"], **_trace(job), reason="its client stopped waiting")
+                expired += 1
+                continue
+            good.append((job, pixels))
+        pixels = np.stack([p for _, p in good]) if good else None
+        return {"raws": raws, "results": results, "jobs": [job for job, _ in good], "pixels": pixels,
+                "taken": taken, "expired": expired, "bad": bad}
+
+    def _model_loop(self) -> None:
+        while True:
+            batch = self._ready.get()
+            if batch is None:
+                self._done.put(None)
+                return
+            with self._state:
+                self._pending -= 1
+                self._model_busy_since = time.monotonic()
+                self._state.notify_all()
+            probabilities, inference_ms = None, 0.0
+            if batch["jobs"]:
+                started = time.perf_counter()
+                try:
+                    probabilities = self.model.predict(batch["pixels"])
+                except Exception as exc:  # a model failure answers the batch with an error, not a dead worker
+                    log("batch.failed", level="ERROR", worker=self.id, error=repr(exc))
+                elapsed = time.perf_counter() - started
+                inference_ms = round(elapsed * 1000, 2)
+            with self._state:
+                if batch["jobs"]:
+                    self._model_s = elapsed
+                self._model_busy_since = None
+                self._state.notify_all()
+            batch["pixels"] = None  # the batch's copy of the pixels is not needed any more
+            self._done.put((batch, probabilities, inference_ms))
+
+    def _writer_loop(self) -> None:
+        while True:
+            item = self._done.get()
+            if item is None:
+                return
+            try:
+                self._answer(*item)
+            except Exception as exc:  # never let the writer die: every later batch would wait for it
+                log("batch.failed", level="ERROR", worker=self.id, error=repr(exc))
+                batch = item[0]
+                self._write({job["id"]: message.make_result(job["id"], error="the worker failed on this batch")
+                             for job in batch["jobs"]}, batch["raws"])
+            finally:
+                with self._state:
+                    self._unanswered -= 1
+                    self._state.notify_all()
+
+    def _answer(self, batch: dict[str, Any], probabilities: np.ndarray | None, inference_ms: float) -> None:
+        results, good = batch["results"], batch["jobs"]
+        taken = batch["taken"]
+        for i, job in enumerate(good):
+            if probabilities is None:
+                results[job["id"]] = message.make_result(job["id"], error="the model failed on this batch")
+                continue
+            queue_ms = round((taken - job.get("enqueued", taken)) * 1000, 2)
+            extra: dict[str, str] = {}
+            if job.get("outputs") == "probabilities":  # the protocol endpoints want the whole vector
+                extra["probabilities"] = message.encode_probabilities(probabilities[i])
+            results[job["id"]] = message.make_result(
+                job["id"], model=self.model.name, batch=len(good), queue_ms=queue_ms,
+                inference_ms=inference_ms,
+                predictions=message.top_predictions(probabilities[i], self.model.labels), **extra)
+            log("job.done", level="DEBUG", worker=self.id, id=job["id"], **_trace(job), batch=len(good),
+                queue_ms=queue_ms, inference_ms=inference_ms)
+        self._write(results, batch["raws"])
+        metrics.record_batch(self.queue, self.model.name, len(good), inference_ms / 1000 if good else 0.0,
+                             [max(taken - job.get("enqueued", taken), 0.0) for job in good],
+                             failed=len(good) if good and probabilities is None else 0,
+                             expired=batch["expired"], bad=batch["bad"])
+        if good:  # the page's live view: one script call, a record only while a page watches
+            activity.batch_done(self.queue, self.id, self.model.name, len(good), inference_ms)
+
+    def _write(self, results: dict[str, str], raws: list[bytes]) -> None:
+        # Results are worth a retry while their clients may still wait; the in-flight list keeps the jobs
+        # safe meanwhile (a restarted Redis has lost them anyway, and their clients got a 503).
+        # A batch given up on stays at the head of the in-flight list; it is dropped with the next batch
+        # answered (its clients have had their 504 by then), so the list stays in the order complete() needs.
+        taken = self._abandoned + list(raws)
+        give_up = time.monotonic() + settings.REQUEST_TIMEOUT
+        delay = 0.1
+        while True:
+            try:
+                self.queue.complete(self.id, results, taken=taken)
+                self._abandoned = []
+                return
+            except REDIS_ERRORS as exc:
+                if time.monotonic() > give_up:
+                    log("results.lost", level="ERROR", worker=self.id, jobs=len(results), error=str(exc))
+                    self._abandoned = taken
+                    return
+                log("redis.unavailable", level="WARNING", worker=self.id, error=str(exc), retry_s=delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def _drain(self, threads: list[threading.Thread]) -> None:
+        """Stopping: a batch taken but not started stays in the in-flight list (shutdown returns it); the
+        model finishes its batch and the writer writes every result it holds, before anything is returned."""
+        try:
+            self._ready.get_nowait()
+        except queues.Empty:
+            pass
+        self._ready.put(None)
+        for t in threads:
+            t.join()
+
+    def shutdown(self) -> None:
+        self.stopping.set()
+        self._beat_now.set()
+        # A beat landing after retire() would register this worker again and leave its keys behind.
+        if self._heartbeat_thread:
+            self._heartbeat_thread.join(timeout=10)
+        try:
+            connection.disconnect(self.queue.redis)  # a pop cut short leaves its connection unusable
+            returned = self.queue.retire(self.id)
+            workers.forget(self.queue.redis, self.queue.prefix, self.id)
+            log("worker.stopped", worker=self.id, returned=returned)
+        except REDIS_ERRORS as exc:
+            log("worker.stopped", level="WARNING", worker=self.id, error=f"could not return jobs: {exc}")
