@@ -91,6 +91,9 @@ CRAFTED = {
     "stride past the storage": (dict(numel=4, offset=0, size=[4], stride=[1 << 40]), "past the end"),
     "offset past the storage": (dict(numel=4, offset=1 << 40, size=[1], stride=[1]), "past the end"),
     "scalar past the storage": (dict(numel=4, offset=4, size=[], stride=[]), "past the end"),
+    # A stride of 0 keeps every read inside the storage, yet the copy would hold 4e9 floats (16 GB).
+    "stride-0 tensor larger than its storage": (dict(numel=4, offset=0, size=[65536, 65536], stride=[0, 0]),
+                                                "more than its storage holds"),
     "negative stride": (dict(numel=4, offset=3, size=[4], stride=[-1]), "non-negative"),
     "negative size": (dict(numel=4, offset=0, size=[-4], stride=[1]), "non-negative"),
     "negative offset": (dict(numel=4, offset=-1, size=[], stride=[]), "non-negative"),

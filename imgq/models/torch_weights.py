@@ -16,6 +16,7 @@ Legacy layout (torch.save(..., _use_new_zipfile_serialization=False)), one after
 from __future__ import annotations
 
 import collections
+import math
 import os
 import pickle
 from collections.abc import Sequence
@@ -77,6 +78,12 @@ class _TensorRef:
         if self.offset + extent > numel or (extent == 0 and self.offset > numel):
             raise UnsafeWeights(f"tensor of size {self.size}, stride {self.stride} at offset {self.offset} reaches "
                                 f"past the end of its storage ({numel} elements)")
+        # The copy materialise() makes has prod(size) elements: with a stride of 0 a tiny storage could stand
+        # for gigabytes. A weight tensor never has more elements than its storage holds.
+        count = math.prod(self.size)
+        if count > numel:
+            raise UnsafeWeights(f"tensor of size {self.size} has {count} elements, more than its storage holds "
+                                f"({numel})")
 
     def materialise(self) -> np.ndarray:
         self.check()
