@@ -223,6 +223,9 @@ HEADER_TIMEOUT = _int("HEADER_TIMEOUT", 5, low=1)
 # --- Logs ----------------------------------------------------------------------------------------
 LOG_LEVEL = _str("LOG_LEVEL", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 LOG_FORMAT = _str("LOG_FORMAT", "text", choices=("text", "json"))
+# Longest log line, in bytes with its newline. 4096 is PIPE_BUF: a line this long or shorter reaches a pipe in one
+# atomic write, so lines of several processes sharing one (supervisord's, a container's) never tear each other.
+LOG_LINE_MAX = _int("LOG_LINE_MAX", 4096, low=256)
 # Name of this server in every log line (default: the host name).
 SERVER_NAME = _str("SERVER_NAME", "")
 

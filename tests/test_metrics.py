@@ -111,3 +111,14 @@ def test_unknown_paths_are_not_counted_as_predict_answers(service):
         missing = requests.get(url + "/no/such/path", timeout=10)
         assert missing.status_code == 404 and missing.json()["success"] is False
     assert predict_series() == before
+
+
+def test_made_up_methods_add_no_series(service):
+    """Labels come from fixed sets: 50 requests with methods M1..M50 are one "other" series, not 50."""
+    url, _ = service.start_web()
+    session = requests.Session()
+    for n in range(1, 51):
+        session.request(f"M{n}", url + "/predict", timeout=10)
+    methods = {dict(labels).get("method") for (name, labels) in samples(scrape(url))
+               if name == "imgq_http_requests_total"}
+    assert "other" in methods and not any(m and m.startswith("M") for m in methods), methods

@@ -250,7 +250,7 @@ def test_signal_handler_never_waits_for_the_log_lock():
     finished = threading.Event()
 
     def handler_while_logging():
-        with logutil._lock:  # as if the signal arrived mid-log
+        with logutil.lock:  # as if the signal arrived mid-log
             worker._on_signal(signal.SIGTERM, None)
         finished.set()
 

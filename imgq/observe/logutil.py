@@ -30,7 +30,6 @@ from imgq import settings
 
 LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40}
 lock = threading.Lock()  # one line at a time (the launcher's copier of its children's lines takes it too)
-_lock = lock  # the name tests/test_reliability.py uses
 _server = settings.SERVER_NAME or socket.gethostname()
 _script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
 if _script == "__main__.py":  # `python -m gunicorn ...`: name the package that runs
@@ -48,14 +47,23 @@ def _timestamp(now: float) -> str:
 
 def _text_value(value: object) -> str:
     text = value if isinstance(value, str) else json.dumps(value, default=str)
-    # Quote values with spaces or quotes so a line always splits back into its fields.
-    if not text or any(c in text for c in ' "='):
+    # Quote values with spaces, quotes or anything unprintable, so a line always splits back into its fields and
+    # a client's text (a path with %0d%0a, a terminal escape) can neither forge a line nor drive the terminal:
+    # JSON escapes every control character and every non-ASCII one.
+    if not text or not text.isprintable() or not text.isascii() or any(c in text for c in ' "='):
         text = json.dumps(text)
     return text
 
 
-def format_line(action: str, level: str = "INFO", now: float | None = None, **fields: Any) -> str:
-    now = time.time() if now is None else now
+def _clip(value: object, limit: int) -> object:
+    """A field's value cut to `limit` characters, saying how much was cut (numbers and short values as they are)."""
+    if isinstance(value, (int, float, bool)) or value is None:
+        return value
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    return text if len(text) <= limit else f"{text[:limit]}...(+{len(text) - limit} chars)"
+
+
+def _format(action: str, level: str, now: float, fields: dict[str, Any]) -> str:
     if settings.LOG_FORMAT == "json":
         record = {"ts": _timestamp(now), "server": _server, "script": _script, "pid": os.getpid(),
                   "level": level, "action": action}
@@ -64,6 +72,21 @@ def format_line(action: str, level: str = "INFO", now: float | None = None, **fi
         return json.dumps(record, default=str)
     head = f"{_timestamp(now)} {_server} {_script} {os.getpid()} {level} {action}"
     return " ".join([head] + [f"{k}={_text_value(v)}" for k, v in fields.items()])
+
+
+def format_line(action: str, level: str = "INFO", now: float | None = None, **fields: Any) -> str:
+    """One line, at most LOG_LINE_MAX bytes with its newline: long values are cut, each saying by how much."""
+    now = time.time() if now is None else now
+    line = _format(action, level, now, fields)
+    limit = settings.LOG_LINE_MAX - 1
+    share = limit // 2
+    while len(line.encode()) > limit and share >= 16:
+        # Escaping may grow a value (\u001b is 6 characters for 1): cut every field harder until the line fits.
+        line = _format(action, level, now, {k: _clip(v, share) for k, v in fields.items()})
+        share //= 2
+    if len(line.encode()) > limit:  # too many fields even when each is short: keep the head and say so
+        line = _format(action, level, now, {"truncated": f"{len(fields)} fields did not fit LOG_LINE_MAX"})
+    return line
 
 
 _TEXT_HEAD = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z \S+ \S+ \d+ (DEBUG|INFO|WARNING|ERROR) \S")
@@ -87,11 +110,20 @@ def log(action: str, level: str = "INFO", **fields: Any) -> None:
     extra = context.get()
     if extra:
         fields = {**extra, **fields}
-    line = format_line(action, level, **fields)
+    line = format_line(action, level, **fields) + "\n"
     with lock:
-        out = stream or sys.stderr
-        out.write(line + "\n")
-        out.flush()
+        if stream is not None:
+            stream.write(line)
+            stream.flush()
+            return
+        # One write() of the whole line (at most LOG_LINE_MAX = PIPE_BUF bytes): atomic on a pipe shared with
+        # other processes, where text-mode stderr might split it at its buffer's edge.
+        try:
+            sys.stderr.flush()
+            os.write(sys.stderr.fileno(), line.encode("utf-8", "replace"))
+        except (AttributeError, OSError, ValueError):  # a stderr without a file descriptor (pytest's capture)
+            sys.stderr.write(line)
+            sys.stderr.flush()
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")

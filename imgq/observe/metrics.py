@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from imgq.jobs.connection import RedisClient
     from imgq.jobs.queue import JobQueue
 
+METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
 SECONDS = (.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30)
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
@@ -189,7 +190,9 @@ def install(app: Flask, queue: JobQueue) -> None:
     def _count(response: Response) -> Response:
         # The route, not the path: /v2/models/<name>/infer is one series whatever the name; 404s are one too.
         endpoint = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        HTTP_REQUESTS.labels(endpoint, request.method, str(response.status_code)).inc()
+        # Labels from fixed sets only: a client choosing its own method name would otherwise add a series each.
+        method = request.method if request.method in METHODS else "other"
+        HTTP_REQUESTS.labels(endpoint, method, str(response.status_code)).inc()
         model, started = g.get("metrics_model"), g.get("metrics_started")
         if model and started is not None and response.status_code == 200:
             REQUEST_SECONDS.labels(endpoint, model).observe(time.monotonic() - started)

@@ -37,12 +37,20 @@ def protocol_body(status: int, message: str, headers: dict[str, str] | None = No
     return response
 
 
+MESSAGE_MAX = 300  # characters of an error message a client sees: messages may quote the client's own text
+
+
+def short(text: str, limit: int = MESSAGE_MAX) -> str:
+    return text if len(text) <= limit else text[:limit] + f"... (+{len(text) - limit} chars)"
+
+
 def answer(exc: ServiceError) -> Response:
     """The answer for `exc` in the shape of the current request's protocol."""
     build = protocol_body if request.blueprint in PROTOCOL_BLUEPRINTS else course_body
+    message = short(str(exc))
     if exc.status < 500:
-        log("request.rejected", level="WARNING", id=g.get("request_id"), status=exc.status, error=str(exc))
-    return build(exc.status, str(exc), exc.headers)
+        log("request.rejected", level="WARNING", id=g.get("request_id"), status=exc.status, error=message)
+    return build(exc.status, message, exc.headers)
 
 
 def install(app: Flask) -> None:
