@@ -77,6 +77,21 @@ class RedisUnavailable(Unavailable):
     retry_after = 2
 
 
+class TooManyRequests(Unavailable):
+    """This client (API key, else address) already has CLIENT_MAX_QUEUED jobs waiting: 429, try again shortly."""
+
+    status = 429
+
+
+class Unauthorized(ServiceError):
+    """No API key, or not one of API_KEYS: 401."""
+
+    status = 401
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"WWW-Authenticate": 'Bearer realm="imgq"'})
+
+
 class TimedOut(ServiceError):
     """No result within the request's deadline (REQUEST_TIMEOUT)."""
 

@@ -132,6 +132,13 @@ REDIS_SOCKET_TIMEOUT = _float("REDIS_SOCKET_TIMEOUT", 1.0, gt=0)
 # Read timeout of a waiting request's result reads (GETDEL). Longer on purpose: a slow but alive Redis
 # must not turn waiting requests into 503s; a read that times out is tried again until REQUEST_TIMEOUT.
 REDIS_WAIT_TIMEOUT = _float("REDIS_WAIT_TIMEOUT", 5.0, gt=0)
+# The embedded Redis' memory cap in MB (maxmemory, policy noeviction): when full, new jobs get 503 and the
+# workers wait, instead of Redis growing until the machine swaps. The default queue (MAX_QUEUE_LENGTH jobs of
+# ~150 KB) needs about 150 MB.
+REDIS_MAXMEMORY_MB = _int("REDIS_MAXMEMORY_MB", 512, low=1)
+# 1 = run on a Redis whose maxmemory-policy evicts keys (allkeys-lru ...); refused at start otherwise, because
+# eviction drops queued jobs, results and heartbeats.
+ALLOW_EVICTION = _bool("ALLOW_EVICTION", False)
 
 # --- Model and batching --------------------------------------------------------------------------
 # auto | resnet50 | efficientnet_lite0 | standin (the fast stand-in for queue tests; never the default)
@@ -180,6 +187,16 @@ DECODE_WAIT = _float("DECODE_WAIT", 2.0, low=0)
 MAX_QUEUE_LENGTH = _int("MAX_QUEUE_LENGTH", 1000, low=1)
 # Most images one request of the standard protocols may carry (v2 infer, TF Serving predict); each is a job.
 MAX_REQUEST_IMAGES = _int("MAX_REQUEST_IMAGES", 64, low=1)
+# Most pixels (width x height, summed over its images, read from their headers before any is decoded) one v2 /
+# TF Serving request may carry: it bounds a request's decode time as MAX_IMAGE_PIXELS bounds one image's.
+# 100 M: 64 photos of 1.5 Mpx, or 8 of 12 Mpx; 64 images at MAX_IMAGE_PIXELS would take minutes.
+MAX_REQUEST_PIXELS = _int("MAX_REQUEST_PIXELS", 100_000_000, low=1)
+# Most entries in a v2 request's "outputs" (identical ones are answered once): each is a tensor of the answer.
+MAX_REQUEST_OUTPUTS = _int("MAX_REQUEST_OUTPUTS", 4, low=1)
+# Largest v2 classification count k (BYTES [N, k] of "score:index:label" strings); the FP32 output has them all.
+MAX_CLASSIFICATION = _int("MAX_CLASSIFICATION", 100, low=1, high=1000)
+# Longest v2 request "id" (the answer echoes it).
+MAX_INFER_ID_LENGTH = _int("MAX_INFER_ID_LENGTH", 256, low=1)
 
 # --- Workers' liveness ---------------------------------------------------------------------------
 # A worker refreshes its heartbeat key every HEARTBEAT_INTERVAL s; the key lives HEARTBEAT_TTL s.
@@ -220,6 +237,19 @@ BODY_TIMEOUT = _float("BODY_TIMEOUT", 20, gt=0)
 # Seconds a connection may sit without a complete request head (also the keep-alive idle time); then closed.
 HEADER_TIMEOUT = _int("HEADER_TIMEOUT", 5, low=1)
 
+# --- Clients: keys, shares, browsers ---------------------------------------------------------------
+# API keys clients send as `Authorization: Bearer <key>`, comma-separated, and/or a file of keys (one per line,
+# # comments allowed). None set: no key is asked for, which make run allows only while HOST is loopback.
+API_KEYS = _str("API_KEYS", "")
+API_KEYS_FILE = _str("API_KEYS_FILE", "")
+# 1 = serve beyond loopback without API keys (a trusted network, or a proxy in front that authenticates).
+API_KEYS_WAIVED = _bool("API_KEYS_WAIVED", False)
+# Most jobs one client (API key, else address) may have waiting or running at once; past it 429 (0 = no cap).
+CLIENT_MAX_QUEUED = _int("CLIENT_MAX_QUEUED", 500, low=0)
+# Host names the page and GET /activity answer to (comma-separated; `*` = any), against DNS rebinding. Empty:
+# the loopback names while HOST is loopback, else any.
+ALLOWED_HOSTS = _str("ALLOWED_HOSTS", "")
+
 # --- Logs ----------------------------------------------------------------------------------------
 LOG_LEVEL = _str("LOG_LEVEL", "INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 LOG_FORMAT = _str("LOG_FORMAT", "text", choices=("text", "json"))
@@ -246,6 +276,14 @@ _tag = KEY_PREFIX.find("{")
 if REDIS_URL.startswith(("redis+cluster://", "rediss+cluster://")) and not (
         _tag >= 0 and KEY_PREFIX.find("}", _tag + 2) > _tag):
     refuse("KEY_PREFIX", KEY_PREFIX, f"a hash tag with Redis Cluster, e.g. {{{KEY_PREFIX}}}")
+# Beyond loopback, anyone who can reach the port could use the service: keys, or an explicit waiver.
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+if not (HOST in LOOPBACK_HOSTS or HOST.startswith("127.")) and not (API_KEYS.strip() or API_KEYS_FILE) \
+        and not API_KEYS_WAIVED and not _refused("HOST", "API_KEYS_WAIVED"):
+    refuse("HOST", HOST, "a loopback address, or API_KEYS / API_KEYS_FILE set (API_KEYS_WAIVED=1 to serve "
+           "without keys)")
+if API_KEYS_FILE and not os.path.isfile(API_KEYS_FILE):
+    refuse("API_KEYS_FILE", API_KEYS_FILE, "a readable file of API keys, one per line")
 # A heartbeat that expires before the next one is sent makes every live worker look dead to its peers.
 if HEARTBEAT_TTL <= HEARTBEAT_INTERVAL and not _refused("HEARTBEAT_TTL", "HEARTBEAT_INTERVAL"):
     refuse("HEARTBEAT_TTL", HEARTBEAT_TTL, f"more than HEARTBEAT_INTERVAL ({HEARTBEAT_INTERVAL:g} s)")

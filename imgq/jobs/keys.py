@@ -9,6 +9,8 @@
     {prefix}:attempts            hash    job id → how many workers died holding it (deleted when it is answered)
     {prefix}:dead_letter         list    jobs that killed MAX_ATTEMPTS workers: a JSON reason line, newline, the job
     {prefix}:counters            hash    running counts for /metrics: requeued, dead_lettered (never expire)
+    {prefix}:share:{client}      string  jobs one client (API key id, else address) has waiting or running
+                                         (shares.py; expires if a web process dies holding some)
     {prefix}:live:watched        string  exists while a browser page shows the live view (value: since when)
     {prefix}:live:batches        list    one compact record per batch, newest first, capped (only while watched)
     {prefix}:live:requests       list    one record per web process per second of answers, capped (ditto)
@@ -66,6 +68,11 @@ def counters(prefix: str | None = None) -> str:
 # moved to the dead-letter list instead (HGET/HGETALL them; HINCRBY inside jobqueue's heartbeat script).
 COUNTER_REQUEUED = "requeued"
 COUNTER_DEAD_LETTERED = "dead_lettered"
+
+
+def share(client: str, prefix: str | None = None) -> str:
+    """How many jobs one client (an API key's id, else an address) has waiting or running (shares.py)."""
+    return _k("share", client, prefix=prefix)
 
 
 def live_watched(prefix: str | None = None) -> str:

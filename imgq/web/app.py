@@ -28,7 +28,7 @@ from imgq.jobs.queue import JobQueue
 from imgq.jobs.results import ResultWaiter
 from imgq.observe import metrics, tracing
 from imgq.observe.logutil import log
-from imgq.web import errors, openapi, page, predict, probes
+from imgq.web import auth, errors, openapi, page, predict, probes
 from imgq.web.protocols import tfserving, v2
 
 # Polled paths (the page, scrapers, probes): logged at DEBUG only, failures too (a failing probe says so itself).
@@ -57,6 +57,7 @@ def create_app() -> Flask:
 
     tracing.install(app)  # every later hook and log line has the request's id
     _install_access_log(app)
+    auth.install(app, queue.redis, queue.prefix)  # API keys, each client's share, Host check, security headers
     errors.install(app)
     metrics.install(app, queue)
     app.register_blueprint(page.blueprint(queue.redis))  # GET / for browsers, GET /activity

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from imgq.jobs.queue import JobQueue
+    from imgq.jobs.shares import ClientShare
     from imgq.jobs.results import ResultWaiter
 
 
@@ -32,9 +33,10 @@ class Pending:
     """One job on the queue whose result has not been read yet."""
 
     def __init__(self, queue: JobQueue, waiter: ResultWaiter, job_id: str, job_text: bytes, event: threading.Event,
-                 deadline: float) -> None:
+                 deadline: float, share: ClientShare | None = None) -> None:
         self.queue, self.waiter = queue, waiter
         self.id, self.job_text, self.event, self.deadline = job_id, job_text, event, deadline
+        self.share = share  # the client's share of the queue, given back once when this job is done with
 
     def wait(self) -> dict[str, Any]:
         """The worker's result as a dict; raises TimedOut or WorkerFailed. Always stops listening for it."""
@@ -60,22 +62,30 @@ class Pending:
 
     def cancel(self) -> None:
         self.waiter.unregister(self.id)
+        share, self.share = self.share, None
+        if share is not None:
+            share.give_back()
 
 
 def submit(queue: JobQueue, waiter: ResultWaiter, pixels: np.ndarray, job_id: str | None = None,
-           deadline: float | None = None, outputs: str | None = None, trace: str | None = None) -> Pending:
+           deadline: float | None = None, outputs: str | None = None, trace: str | None = None,
+           share: ClientShare | None = None) -> Pending:
     """Push one job for `pixels` (uint8 h x w x 3) and return its Pending. Raises QueueFull, or a Redis error.
 
     deadline: time.monotonic() by which the client stops waiting (default: now + REQUEST_TIMEOUT).
     outputs: "probabilities" to get the whole probability vector back too (message.make_job).
     trace: the request's trace id, carried in the job so the worker's lines for it can be found.
+    share: the client's share of the queue (shares.py): one unit taken here, given back when the wait ends;
+    TooManyRequests (429) when the client has its fill.
     """
     job_id = job_id or message.new_id()
     deadline = time.monotonic() + settings.REQUEST_TIMEOUT if deadline is None else deadline
     job_text = message.make_job(job_id, pixels, max(deadline - time.monotonic(), 0.0), outputs=outputs,
                                 trace=trace)
+    if share is not None:
+        share.take()
     event = waiter.register(job_id)  # listen before pushing: the answer may come back at once
-    pending = Pending(queue, waiter, job_id, job_text, event, deadline)
+    pending = Pending(queue, waiter, job_id, job_text, event, deadline, share)
     try:
         length = queue.push(job_text)
     except BaseException:

@@ -61,7 +61,7 @@ def blueprint(queue: JobQueue, waiter: ResultWaiter) -> Blueprint:
         pixels = prepare_image(data, input_size)
         prepared = time.monotonic()
         pending = classify.submit(queue, waiter, pixels, job_id=g.job_id, deadline=started + settings.REQUEST_TIMEOUT,
-                                  trace=tracing.trace_id())
+                                  trace=tracing.trace_id(), share=g.get("share"))
         result = pending.wait()
         total = time.monotonic() - started
         metrics.PREDICT_LATENCY.observe(total)

@@ -38,12 +38,36 @@ function ago(seconds) {
 // What each status means to someone using the page; the server's own message follows it.
 const EXPLAIN = {
   400: "This file cannot be classified.",
+  401: "This server needs an API key.",
   413: "This file is too large.",
+  429: "Too many of your images are waiting; try again shortly.",
   500: "The worker could not classify this image.",
   502: "This image crashed the model workers; it was not retried.",
   503: "The service cannot take the image right now.",
   504: "No answer in time.",
 };
+
+// With API keys on (API_KEYS), the server answers 401 until the page sends one: it asks once per tab and
+// keeps the key for this tab only (sessionStorage), never in the page's address or a cookie.
+let askedForKey = false;
+async function apiFetch(url, options) {
+  const send = () => {
+    const headers = Object.assign({}, options.headers);
+    const key = sessionStorage.getItem("imgq-api-key");
+    if (key) headers.Authorization = "Bearer " + key;
+    return fetch(url, Object.assign({}, options, { headers }));
+  };
+  let response = await send();
+  if (response.status === 401 && !askedForKey) {
+    askedForKey = true;
+    const key = window.prompt("This server needs an API key:");
+    if (key && key.trim()) {
+      sessionStorage.setItem("imgq-api-key", key.trim());
+      response = await send();
+    }
+  }
+  return response;
+}
 
 // POST one file; resolves to {status, body}, body being the JSON answer or {error} made up here.
 async function postImage(file) {
@@ -51,7 +75,7 @@ async function postImage(file) {
   form.append("image", file, file.name);
   let response;
   try {
-    response = await fetch("predict", { method: "POST", body: form, headers: { Accept: "application/json" } });
+    response = await apiFetch("predict", { method: "POST", body: form, headers: { Accept: "application/json" } });
   } catch (err) {
     return { status: 0, body: { success: false, error: "the server could not be reached (" + err.message + ")" } };
   }
@@ -260,7 +284,7 @@ async function poll() {
     return;
   }
   try {
-    const response = await fetch("activity", { headers: { Accept: "application/json" }, cache: "no-store", priority: "high" });
+    const response = await apiFetch("activity", { headers: { Accept: "application/json" }, cache: "no-store", priority: "high" });
     const live = await response.json();
     if (response.ok) {
       interval = live.interval || 1;
