@@ -178,10 +178,19 @@ MAX_UPLOAD_BYTES = _int("MAX_UPLOAD_BYTES", 10 * 1024 * 1024, low=1)
 # Refuse images whose decoded size would exceed this many pixels (decompression bombs).
 # It bounds a decode's time (a 10 Mpx RGBA PNG took 0.2-0.7 s on a busy 2-core VM); MAX_DECODE_MB its memory.
 MAX_IMAGE_PIXELS = _int("MAX_IMAGE_PIXELS", 40_000_000, low=1)
+# Most segments (JPEG markers, PNG chunks, GIF extension sub-blocks) an image may hold before its pixels, and
+# most bytes of them: a real photo has a few dozen and tens of KB; Pillow's header parse grows faster than the
+# file with their number (imgq/web/containers.py). 413 above either.
+MAX_IMAGE_SEGMENTS = _int("MAX_IMAGE_SEGMENTS", 1000, low=1)
+MAX_IMAGE_METADATA_KB = _int("MAX_IMAGE_METADATA_KB", 4096, low=1)
 # Most memory one decode may take, in MB, estimated from the image's header (helpers.decode_bytes); 413 above.
 MAX_DECODE_MB = _int("MAX_DECODE_MB", 256, low=1)
 # Uploads one web process decodes at once: its decoding memory stays under this x MAX_DECODE_MB.
 DECODE_CONCURRENCY = _int("DECODE_CONCURRENCY", 2, low=1)
+# Seconds a request waits for its image's decode (run off the event loop, in a thread of the decode pool)
+# before it is answered 413; the decode finishes in its slot meanwhile. The pixel limits bound it anyway (a
+# 40 Mpx PNG decodes in well under a second): this catches what they cannot foresee.
+DECODE_TIMEOUT = _float("DECODE_TIMEOUT", 10, gt=0)
 # Seconds an upload waits for a decode slot before the request is answered 503 + Retry-After.
 DECODE_WAIT = _float("DECODE_WAIT", 2.0, low=0)
 MAX_QUEUE_LENGTH = _int("MAX_QUEUE_LENGTH", 1000, low=1)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import threading
 import warnings
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image, PngImagePlugin, UnidentifiedImageError
@@ -26,6 +27,7 @@ from PIL import Image, PngImagePlugin, UnidentifiedImageError
 from imgq import settings
 from imgq.errors import BadImage, DecodeBusy
 from imgq.observe.logutil import log
+from imgq.web import containers
 
 # Pillow's format names, in docs/api.md's order ("Accepted formats"). JPEG includes MPO, the multi-picture
 # JPEG many cameras and phones write (Pillow's JPEG opener hands those out as format "MPO").
@@ -159,6 +161,88 @@ def _decode(image: Image.Image, width: int, height: int) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
+def _open_and_decode(data: bytes, height: int, width: int) -> np.ndarray:
+    """Header checks, then decode and resize: the slow part, run off the event loop (see _off_loop). It logs
+    nothing (a log line takes a lock of the serving greenlets') and raises what it finds for prepare_image."""
+    image = Image.open(io.BytesIO(data), formats=FORMATS)
+    if image.width * image.height > settings.MAX_IMAGE_PIXELS:
+        raise BadImage(f"image is {image.width}x{image.height} pixels, more than MAX_IMAGE_PIXELS "
+                       f"({settings.MAX_IMAGE_PIXELS})", status=413)
+    if image.width < 1 or image.height < 1:
+        raise BadImage(f"image declares {image.width}x{image.height} pixels")
+    needs = decode_bytes(image)
+    if needs > settings.MAX_DECODE_MB * 2**20:
+        raise BadImage(f"a {image.width}x{image.height} {image.format} image needs about {needs / 2**20:.0f} MB to "
+                       f"decode, more than MAX_DECODE_MB ({settings.MAX_DECODE_MB})", status=413)
+    try:
+        return _decode(image, width, height)
+    except Exception as exc:
+        exc.add_note(f"format={image.format}")
+        raise
+
+
+_pool: Any = None
+_pool_pid: int | None = None
+
+
+def _under_gevent() -> bool:
+    try:
+        from gevent import monkey
+    except ImportError:
+        return False
+    return bool(monkey.is_module_patched("threading"))
+
+
+def _off_loop(data: bytes, height: int, width: int) -> np.ndarray:
+    """_open_and_decode in a thread of a pool of DECODE_CONCURRENCY, its slot (held by the caller) given back
+    when the thread is done. Under gevent that is a real OS thread (Pillow releases the GIL while it decodes),
+    so the process' event loop keeps serving /livez and every other request meanwhile. The caller waits at
+    most DECODE_TIMEOUT s: then it answers 413 while the thread finishes, still in its slot, so the number of
+    decodes at once stays bounded."""
+    global _pool, _pool_pid
+    import os
+    if _pool is None or _pool_pid != os.getpid():  # one pool per process, made after gunicorn forks
+        if _under_gevent():
+            from gevent.threadpool import ThreadPool
+            _pool = ThreadPool(max(1, settings.DECODE_CONCURRENCY))
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+            _pool = ThreadPoolExecutor(max(1, settings.DECODE_CONCURRENCY), thread_name_prefix="decode")
+        _pool_pid = os.getpid()
+    if hasattr(_pool, "spawn"):  # gevent
+        import gevent
+        result = _pool.spawn(_caught, data, height, width)
+        result.rawlink(lambda _: _slots.release())
+        try:
+            outcome = result.get(timeout=settings.DECODE_TIMEOUT)
+        except gevent.Timeout:
+            raise _too_slow() from None
+    else:
+        from concurrent.futures import TimeoutError as FutureTimeout
+        future = _pool.submit(_caught, data, height, width)
+        future.add_done_callback(lambda _: _slots.release())
+        try:
+            outcome = future.result(timeout=settings.DECODE_TIMEOUT)
+        except FutureTimeout:
+            raise _too_slow() from None
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return cast(np.ndarray, outcome)
+
+
+def _caught(data: bytes, height: int, width: int) -> np.ndarray | Exception:
+    """_open_and_decode's array, or the exception it raised as a value: gevent's pool would print the
+    traceback of an exception that leaves the thread, and a client's bad file is no crash."""
+    try:
+        return _open_and_decode(data, height, width)
+    except Exception as exc:
+        return exc
+
+
+def _too_slow() -> BadImage:
+    return BadImage(f"the image took longer than DECODE_TIMEOUT ({settings.DECODE_TIMEOUT:g} s) to decode", 413)
+
+
 def prepare_image(data: bytes, size: tuple[int, int]) -> np.ndarray:
     """Decode an upload and resize it to `size` = (height, width). Returns a uint8 array (h, w, 3).
 
@@ -170,28 +254,13 @@ def prepare_image(data: bytes, size: tuple[int, int]) -> np.ndarray:
     if not _malloc_tuned:
         _return_big_blocks_to_the_system()
     height, width = size
-    fmt: str | None = "?"  # Pillow's format name once the header is read
+    containers.check(data)  # a header of a million tiny segments is refused before Pillow parses it
+    if not _slots.acquire(timeout=settings.DECODE_WAIT):
+        log("decode.busy", level="WARNING", bytes=len(data))
+        raise _busy()
     try:
-        # The header only: cheap, and enough to refuse a wrong format or a decompression bomb unslotted.
-        image = Image.open(io.BytesIO(data), formats=FORMATS)
-        fmt = image.format
-        if image.width * image.height > settings.MAX_IMAGE_PIXELS:
-            raise BadImage(f"image is {image.width}x{image.height} pixels, more than MAX_IMAGE_PIXELS "
-                           f"({settings.MAX_IMAGE_PIXELS})", status=413)
-        if image.width < 1 or image.height < 1:
-            raise BadImage(f"image declares {image.width}x{image.height} pixels")
-        needs = decode_bytes(image)
-        if needs > settings.MAX_DECODE_MB * 2**20:
-            raise BadImage(f"a {image.width}x{image.height} {fmt} image needs about {needs / 2**20:.0f} MB to decode, "
-                           f"more than MAX_DECODE_MB ({settings.MAX_DECODE_MB})", status=413)
-        if not _slots.acquire(timeout=settings.DECODE_WAIT):
-            log("decode.busy", level="WARNING", format=fmt, pixels=image.width * image.height)
-            raise _busy()
-        try:
-            array = _decode(image, width, height)
-        finally:
-            _slots.release()
-    except (BadImage, DecodeBusy):
+        array = _off_loop(data, height, width)  # gives the slot back when its thread is done
+    except BadImage:
         raise
     except UnidentifiedImageError:
         raise BadImage(f"the 'image' file is not an image format we can read ({FORMAT_NAMES})") from None
@@ -202,6 +271,8 @@ def prepare_image(data: bytes, size: tuple[int, int]) -> np.ndarray:
         # Truncated files, corrupt chunks, unsupported sub-formats, and whatever else a decoder raises
         # (RuntimeError, NotImplementedError, MemoryError ...): the client's file, so a 400, never a 500.
         # The usual kinds are logged by the caller's request.rejected; others are worth a look.
+        notes = getattr(exc, "__notes__", [])
+        fmt = notes[-1].removeprefix("format=") if notes else "?"
         message = str(exc)[:200] or type(exc).__name__
         usual = isinstance(exc, (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, KeyError))
         log("decode.failed", level="DEBUG" if usual else "WARNING", format=fmt, type=type(exc).__name__,
@@ -210,4 +281,3 @@ def prepare_image(data: bytes, size: tuple[int, int]) -> np.ndarray:
     if array.shape != (height, width, 3):
         raise BadImage(f"the image decoded to an unexpected shape {array.shape}")
     return array
-
