@@ -161,9 +161,9 @@ def _decode(image: Image.Image, width: int, height: int) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
-def _open_and_decode(data: bytes, height: int, width: int) -> np.ndarray:
-    """Header checks, then decode and resize: the slow part, run off the event loop (see _off_loop). It logs
-    nothing (a log line takes a lock of the serving greenlets') and raises what it finds for prepare_image."""
+def _open(data: bytes) -> Image.Image:
+    """The image's header, checked against the pixel and memory limits; nothing decoded yet. Cheap and bounded
+    (containers.check has refused headers of many segments), so it runs where the request runs."""
     image = Image.open(io.BytesIO(data), formats=FORMATS)
     if image.width * image.height > settings.MAX_IMAGE_PIXELS:
         raise BadImage(f"image is {image.width}x{image.height} pixels, more than MAX_IMAGE_PIXELS "
@@ -174,11 +174,7 @@ def _open_and_decode(data: bytes, height: int, width: int) -> np.ndarray:
     if needs > settings.MAX_DECODE_MB * 2**20:
         raise BadImage(f"a {image.width}x{image.height} {image.format} image needs about {needs / 2**20:.0f} MB to "
                        f"decode, more than MAX_DECODE_MB ({settings.MAX_DECODE_MB})", status=413)
-    try:
-        return _decode(image, width, height)
-    except Exception as exc:
-        exc.add_note(f"format={image.format}")
-        raise
+    return image
 
 
 _pool: Any = None
@@ -193,9 +189,9 @@ def _under_gevent() -> bool:
     return bool(monkey.is_module_patched("threading"))
 
 
-def _off_loop(data: bytes, height: int, width: int) -> np.ndarray:
-    """_open_and_decode in a thread of a pool of DECODE_CONCURRENCY, its slot (held by the caller) given back
-    when the thread is done. Under gevent that is a real OS thread (Pillow releases the GIL while it decodes),
+def _off_loop(image: Image.Image, height: int, width: int) -> np.ndarray:
+    """_decode in a thread of a pool of DECODE_CONCURRENCY, its slot (held by the caller) given back when the
+    thread is done. Under gevent that is a real OS thread (Pillow releases the GIL while it decodes),
     so the process' event loop keeps serving /livez and every other request meanwhile. The caller waits at
     most DECODE_TIMEOUT s: then it answers 413 while the thread finishes, still in its slot, so the number of
     decodes at once stays bounded."""
@@ -211,7 +207,7 @@ def _off_loop(data: bytes, height: int, width: int) -> np.ndarray:
         _pool_pid = os.getpid()
     if hasattr(_pool, "spawn"):  # gevent
         import gevent
-        result = _pool.spawn(_caught, data, height, width)
+        result = _pool.spawn(_caught, image, height, width)
         result.rawlink(lambda _: _slots.release())
         try:
             outcome = result.get(timeout=settings.DECODE_TIMEOUT)
@@ -219,7 +215,7 @@ def _off_loop(data: bytes, height: int, width: int) -> np.ndarray:
             raise _too_slow() from None
     else:
         from concurrent.futures import TimeoutError as FutureTimeout
-        future = _pool.submit(_caught, data, height, width)
+        future = _pool.submit(_caught, image, height, width)
         future.add_done_callback(lambda _: _slots.release())
         try:
             outcome = future.result(timeout=settings.DECODE_TIMEOUT)
@@ -230,11 +226,12 @@ def _off_loop(data: bytes, height: int, width: int) -> np.ndarray:
     return cast(np.ndarray, outcome)
 
 
-def _caught(data: bytes, height: int, width: int) -> np.ndarray | Exception:
-    """_open_and_decode's array, or the exception it raised as a value: gevent's pool would print the
-    traceback of an exception that leaves the thread, and a client's bad file is no crash."""
+def _caught(image: Image.Image, height: int, width: int) -> np.ndarray | Exception:
+    """_decode's array, or the exception it raised as a value: gevent's pool would print the traceback of an
+    exception that leaves the thread, and a client's bad file is no crash. (It logs nothing: a log line takes a
+    lock of the serving greenlets'.)"""
     try:
-        return _open_and_decode(data, height, width)
+        return _decode(image, width, height)
     except Exception as exc:
         return exc
 
@@ -255,12 +252,23 @@ def prepare_image(data: bytes, size: tuple[int, int]) -> np.ndarray:
         _return_big_blocks_to_the_system()
     height, width = size
     containers.check(data)  # a header of a million tiny segments is refused before Pillow parses it
-    if not _slots.acquire(timeout=settings.DECODE_WAIT):
-        log("decode.busy", level="WARNING", bytes=len(data))
-        raise _busy()
+    fmt: str | None = "?"
     try:
-        array = _off_loop(data, height, width)  # gives the slot back when its thread is done
-    except BadImage:
+        image = _open(data)
+        fmt = image.format
+        if not _slots.acquire(timeout=settings.DECODE_WAIT):
+            log("decode.busy", level="WARNING", format=fmt, pixels=image.width * image.height)
+            raise _busy()
+        if image.width * image.height <= settings.DECODE_INLINE_PIXELS:
+            # A small image decodes in a few ms, less than handing it to a thread and back costs in a busy
+            # process (measured: castle's 0.4 Mpx): it is decoded where the request runs.
+            try:
+                array = _decode(image, width, height)
+            finally:
+                _slots.release()
+        else:
+            array = _off_loop(image, height, width)  # gives the slot back when its thread is done
+    except (BadImage, DecodeBusy):
         raise
     except UnidentifiedImageError:
         raise BadImage(f"the 'image' file is not an image format we can read ({FORMAT_NAMES})") from None
@@ -271,8 +279,6 @@ def prepare_image(data: bytes, size: tuple[int, int]) -> np.ndarray:
         # Truncated files, corrupt chunks, unsupported sub-formats, and whatever else a decoder raises
         # (RuntimeError, NotImplementedError, MemoryError ...): the client's file, so a 400, never a 500.
         # The usual kinds are logged by the caller's request.rejected; others are worth a look.
-        notes = getattr(exc, "__notes__", [])
-        fmt = notes[-1].removeprefix("format=") if notes else "?"
         message = str(exc)[:200] or type(exc).__name__
         usual = isinstance(exc, (OSError, ValueError, SyntaxError, EOFError, IndexError, TypeError, KeyError))
         log("decode.failed", level="DEBUG" if usual else "WARNING", format=fmt, type=type(exc).__name__,
