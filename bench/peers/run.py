@@ -389,6 +389,35 @@ def describe(name, args):
                 max_ongoing_requests=4 * args.batch_size, TF_INTRA_OP_THREADS=threads)
 
 
+def cpu_model():
+    """The CPU's model name as the kernel reports it (defaults tuned on one CPU may lose on another)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def against_flask(report):
+    """Each system's point beside the Flask app's at the same concurrency, in the same run: req/s and latency
+    as ratios, CPU per request as the difference in ms."""
+    flask = {p["concurrency"]: p for p in report["systems"].get("flask", {}).get("points", [])}
+    for name, system in report["systems"].items():
+        for p in system.get("points", []):
+            f = flask.get(p["concurrency"])
+            if name == "flask" or not f or not f["requests_per_s"]:
+                continue
+            cpu, f_cpu = p["server_cpu_ms_per_request"], f["server_cpu_ms_per_request"]
+            p["vs_flask"] = {
+                "requests_per_s": round(p["requests_per_s"] / f["requests_per_s"], 3),
+                "p50": round(p["latency_ms"]["p50"] / f["latency_ms"]["p50"], 3) if f["latency_ms"]["p50"] else None,
+                "p95": round(p["latency_ms"]["p95"] / f["latency_ms"]["p95"], 3) if f["latency_ms"]["p95"] else None,
+                "cpu_ms_per_request_more": round(cpu - f_cpu, 2) if cpu is not None and f_cpu is not None else None}
+
+
 def package_versions():
     code = ("import importlib.metadata as m, json; print(json.dumps({p: m.version(p) for p in "
             "['litserve', 'ray', 'flask', 'gunicorn', 'tensorflow-cpu', 'numpy']}))")
@@ -430,8 +459,9 @@ def plot(report, path):
 
 
 def print_table(report):
-    print(f"\n{'system':9} {'c':>3} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'server cores':>12} "
-          f"{'CPU ms/req':>10} {'others':>6} {'wrong':>5} {'failed':>6}")
+    print(f"\n{report['machine']['cpu_model']}, {report['machine']['cpu_count']} cores")
+    print(f"{'system':9} {'c':>3} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'server cores':>12} "
+          f"{'CPU ms/req':>10} {'others':>6} {'wrong':>5} {'failed':>6}  vs flask: req/s  p95  CPU ms")
     for name, system in report["systems"].items():
         if "error" in system and not system.get("points"):
             print(f"{name:9} FAILED: {system['error'].splitlines()[0][:100]}")
@@ -440,7 +470,9 @@ def print_table(report):
             print(f"{name:9} {p['concurrency']:>3} {p['requests_per_s']:>7} {p['latency_ms']['p50']:>8} "
                   f"{p['latency_ms']['p95']:>8} {p['cpu_cores']['server']:>12} "
                   f"{p['server_cpu_ms_per_request'] or '-':>10} {p['cpu_cores']['others']:>6} "
-                  f"{p['wrong_answers'] + p['warmup']['wrong_answers']:>5} {sum(p['failed_by_kind'].values()):>6}")
+                  f"{p['wrong_answers'] + p['warmup']['wrong_answers']:>5} {sum(p['failed_by_kind'].values()):>6}"
+                  + (f"  {p['vs_flask']['requests_per_s']:>12} {p['vs_flask']['p95']} "
+                     f"{p['vs_flask']['cpu_ms_per_request_more']}" if p.get("vs_flask") else ""))
     print(f"\nwrong answers (top-1 != {report['expect']!r}), all systems, warm-ups included: "
           f"{report['wrong_answers_total']}; failed requests: {report['failed_requests_total']}")
 
@@ -459,7 +491,7 @@ def main(argv=None):
               "expect": args.expect, "image": os.path.basename(args.image),
               "concurrency": args.concurrency, "duration_s": args.duration, "warmup_s": args.warmup,
               "client": "bench/load.py: closed loop, keep-alive http.client, fresh multipart boundary per request",
-              "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+              "machine": {"cpu_model": cpu_model(), "cpu_count": os.cpu_count(), "platform": platform.platform(),
                           "load_average_at_start": [round(x, 2) for x in os.getloadavg()]},
               "peer_packages": package_versions(), "systems": {}}
     workdir = tempfile.mkdtemp(prefix="peers-")
@@ -470,6 +502,7 @@ def main(argv=None):
         os.makedirs(sysdir)
         report["systems"][name] = run_system(name, args, upload, sysdir)
     report["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    against_flask(report)
     points = [p for s in report["systems"].values() for p in s.get("points", [])]
     report["wrong_answers_total"] = sum(p["wrong_answers"] + p["warmup"]["wrong_answers"] for p in points)
     report["failed_requests_total"] = sum(sum(p["failed_by_kind"].values())
@@ -477,6 +510,11 @@ def main(argv=None):
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump(report, f, indent=1)
+    if os.path.abspath(args.out) == os.path.abspath(os.path.join(RESULTS, "peers.json")):
+        # The latest full run from each CPU stays beside the latest of all (docs/benchmarks.md shows each).
+        slug = "".join(c if c.isalnum() else "-" for c in report["machine"]["cpu_model"].lower()).strip("-")
+        with open(os.path.join(os.path.dirname(args.out), f"peers-{slug}.json"), "w") as f:
+            json.dump(report, f, indent=1)
     png = os.path.splitext(args.out)[0] + ".png"
     plot(report, png)
     print_table(report)
