@@ -39,6 +39,13 @@ def main(argv=None):
     if stop_early.is_set():
         log("worker.stopped", reason="signal during model load")
         return 0
+    refusal = worker.wait_for_redis()
+    if refusal:  # a Redis that evicts: one line, exit 2 (make run's launcher stops everything on it)
+        log("worker.cannot_start", level="ERROR", error=refusal)
+        return 2
+    if worker.stopping.is_set():
+        log("worker.stopped", reason="signal while waiting for Redis")
+        return 0
     worker.run()
     return 0
 

@@ -17,6 +17,7 @@ closing a client's connections (disconnect()).
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
@@ -150,17 +151,80 @@ def disconnect(client: RedisClient) -> None:
         client.connection_pool.disconnect()
 
 
-def describe_problem(exc: redis.RedisError) -> str:
+# Redis' answers that say it cannot do the work now but may later, by the code that starts them (a script's
+# error carries the code inside its own text, so the text is searched too), in words a client may see.
+_REFUSALS = (
+    ("OOM", "full (maxmemory reached)"),
+    ("READONLY", "read-only (a replica, e.g. during a failover)"),
+    ("MISCONF", "refusing writes (it cannot save its data: MISCONF)"),
+    ("NOPERM", "denying a command to our user (NOPERM)"),
+    ("LOADING", "loading its data"),
+    ("BUSY", "busy (a long script or command is running)"),
+    ("UNBLOCKED", "changing role (a blocking wait was cut short)"),
+    ("MASTERDOWN", "without its primary (MASTERDOWN)"),
+    ("EXECABORT", "refusing a transaction"),
+)
+
+
+def _refusal(exc: BaseException) -> tuple[str, str] | None:
+    text, code = str(exc), getattr(exc, "status_code", None)
+    for known, words in _REFUSALS:
+        if code == known or text.startswith(known) or re.search(rf"\b{known}\b", text):
+            return known, words
+    return None
+
+
+def describe_problem(exc: BaseException) -> str:
     """A Redis error in words a client may see: never its text, which names the host, port or user."""
     if isinstance(exc, redis.TimeoutError):
         return f"not answering (no reply within {settings.REDIS_SOCKET_TIMEOUT:g}s)"
     if isinstance(exc, redis.AuthenticationError):
         return "refusing our credentials"
+    refusal = _refusal(exc)
+    if refusal:
+        return refusal[1]
     if isinstance(exc, redis.ConnectionError):
         return "unreachable"
     return "unavailable (it answered with an error)"
 
 
+def problem_kind(exc: BaseException) -> str:
+    """One word for a Redis error in log lines: oom, readonly, misconf, noperm, loading, busy, timeout,
+    auth, connection ... or error."""
+    if isinstance(exc, redis.TimeoutError):
+        return "timeout"
+    if isinstance(exc, redis.AuthenticationError):
+        return "auth"
+    refusal = _refusal(exc)
+    if refusal:
+        return refusal[0].lower()
+    return "connection" if isinstance(exc, (redis.ConnectionError, OSError)) else "error"
+
+
 def unavailable(exc: redis.RedisError) -> RedisUnavailable:
     """The 503 a request answers when Redis fails it."""
     return RedisUnavailable(f"the queue (Redis) is {describe_problem(exc)}; try again shortly")
+
+
+def eviction_refusal(client: RedisClient) -> str | None:
+    """At start: the one line that refuses a Redis which evicts keys when full (its maxmemory-policy is not
+    noeviction: it would drop queued jobs, results and worker heartbeats, and requests would end in 504), or None
+    (noeviction, ALLOW_EVICTION=1, or the policy cannot be read: CONFIG refused, which is logged). A Redis that
+    cannot be reached raises its redis error: the caller decides whether to wait."""
+    if settings.ALLOW_EVICTION:
+        return None
+    try:
+        reply = client.config_get("maxmemory-policy")
+    except redis.ResponseError as exc:  # NOPERM, or a managed Redis that renamed or disabled CONFIG
+        from imgq.observe.logutil import log
+        log("redis.policy_unchecked", level="WARNING", reason="CONFIG GET maxmemory-policy refused",
+            problem=problem_kind(exc), note="make sure it is noeviction")
+        return None
+    policy = reply.get("maxmemory-policy", reply.get(b"maxmemory-policy")) if isinstance(reply, dict) else None
+    if isinstance(policy, bytes):
+        policy = policy.decode()
+    if not isinstance(policy, str) or policy == "noeviction":
+        return None
+    return (f"Redis' maxmemory-policy is {policy}: when full it would evict queued jobs, results and worker "
+            f"heartbeats (requests would end in 504); set it to noeviction (CONFIG SET maxmemory-policy "
+            f"noeviction), or set ALLOW_EVICTION=1 to run anyway")

@@ -16,6 +16,13 @@ heartbeat key alive and puts the in-flight jobs of dead workers back on the queu
 
 SIGTERM / SIGINT: finish the batch the model has, write its results (and those not yet written), return
 untaken jobs (including a batch taken ahead but not started), exit 0.
+
+Redis trouble never kills a thread: every thread that talks to Redis catches any Redis error (connection lost,
+timeout, and the answers a Redis gives while it cannot work: OOM at maxmemory, READONLY on a replica, MISCONF,
+NOPERM, LOADING, BUSY), logs the first failure of an outage and its end (`redis.unavailable`, `redis.recovered`,
+with the thread's name), and tries again with a backoff bounded by RETRY_MAX_S. Anything else that escapes a
+thread is a bug: the thread logs `worker.thread_died` and ends the whole process (exit 1), so a supervisor starts
+a fresh one and no process goes on with a thread missing.
 """
 from __future__ import annotations
 
@@ -46,7 +53,50 @@ if TYPE_CHECKING:
 
     from imgq.models.registry import Model
 
-REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+REDIS_ERRORS = (redis.RedisError,)
+RETRY_MAX_S = 2.0  # longest wait between two tries while Redis fails: back within this of Redis coming back
+
+
+class Outage:
+    """One thread's run of Redis failures: the first failure of an outage (or a change of its kind) and the
+    recovery are logged once each, not every retry; failed() says how long to wait before the next try."""
+
+    def __init__(self, worker_id: str, thread: str, first_delay: float = 0.1) -> None:
+        self.worker_id, self.thread, self.first_delay = worker_id, thread, first_delay
+        self.since: float | None = None
+        self.kind: str | None = None
+        self.failures = 0
+        self.delay = first_delay
+
+    def failed(self, exc: BaseException) -> float:
+        kind = connection.problem_kind(exc)
+        if self.since is None or kind != self.kind:
+            log("redis.unavailable", level="WARNING", worker=self.worker_id, thread=self.thread, problem=kind,
+                error=str(exc)[:200], retry=f"every {self.first_delay:g}-{RETRY_MAX_S:g}s")
+        if self.since is None:
+            self.since = time.monotonic()
+        self.kind = kind
+        self.failures += 1
+        delay, self.delay = self.delay, min(self.delay * 2, RETRY_MAX_S)
+        return delay
+
+    def ok(self) -> None:
+        if self.since is not None:
+            log("redis.recovered", worker=self.worker_id, thread=self.thread, problem=self.kind,
+                after_s=round(time.monotonic() - self.since, 2), failures=self.failures)
+        self.since, self.kind, self.failures, self.delay = None, None, 0, self.first_delay
+
+
+def _guarded(worker_id: str, target: Any) -> Any:
+    """A thread's body that ends the process if it ever raises: a worker never lives on with a dead thread."""
+    def run() -> None:
+        try:
+            target()
+        except BaseException as exc:
+            log("worker.thread_died", level="ERROR", worker=worker_id, thread=threading.current_thread().name,
+                error=repr(exc)[:500], next="exit 1 (a supervisor starts a new worker)")
+            os._exit(1)
+    return run
 
 
 def _trace(job: dict[str, Any]) -> dict[str, str]:
@@ -81,6 +131,8 @@ class Worker:
         self._heartbeat_thread: threading.Thread | None = None
         self._blocked = False  # True only while waiting to take and inside take_batch: a signal may interrupt
         self._abandoned: list[bytes] = []   # jobs of batches whose results could not be written (Redis down too long)
+        # The writer's outage outlives one batch: a batch given up on leaves it open, the next write closes it.
+        self._write_outage = Outage(self.id, "writer")
 
     # --- signals -----------------------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -105,26 +157,27 @@ class Worker:
 
     def _heartbeat(self) -> None:
         hb_queue = JobQueue(connect(socket_timeout=5), self.queue.prefix)
-        healthy, announced = True, None
+        outage = Outage(self.id, "heartbeat", first_delay=min(settings.HEARTBEAT_INTERVAL, 0.5))
+        announced = None
         while not self.stopping.is_set():
             self._beat_now.clear()
             try:
                 self._reap(hb_queue.beat(self.id))
                 # The model record for /healthz: after the first beat, after an outage, and once a minute in
                 # case Redis restarted between two beats or a /healthz pruned it while this worker stalled.
-                if announced is None or not healthy or time.monotonic() - announced > workers.REFRESH_S:
+                if announced is None or outage.since is not None or \
+                        time.monotonic() - announced > workers.REFRESH_S:
                     workers.announce(hb_queue.redis, hb_queue.prefix, self.id, self.model.name,
-                                        self.model.runtime)
+                                     self.model.runtime)
                     announced = time.monotonic()
-                if not healthy:
-                    log("redis.back", worker=self.id)
-                healthy = True
+                outage.ok()
+                wait = settings.HEARTBEAT_INTERVAL
             except REDIS_ERRORS as exc:
-                if healthy:
-                    log("redis.down", level="WARNING", worker=self.id, error=str(exc))
-                healthy = False
-            # While Redis is away, try often: the first beat after it returns re-registers this worker.
-            self._beat_now.wait(settings.HEARTBEAT_INTERVAL if healthy else min(settings.HEARTBEAT_INTERVAL, 0.5))
+                outage.failed(exc)
+                # While Redis fails, try often (not backing off): the first beat that passes re-registers this
+                # worker, and /healthz counts it again.
+                wait = outage.first_delay
+            self._beat_now.wait(wait)
 
     def _reap(self, reaped: tuple[int, list[str]]) -> None:
         requeued, dead_lettered = reaped
@@ -134,12 +187,28 @@ class Worker:
             log("job.dead_lettered", level="ERROR", worker=self.id, id=job_id, attempts=settings.MAX_ATTEMPTS,
                 reason="its worker died each time: not retried, client told")
 
+    # --- start -------------------------------------------------------------------------------------
+    def wait_for_redis(self) -> str | None:
+        """Before the loop: wait, inside this process and with a bounded backoff, until Redis answers (a Redis
+        that is down, loading or full is no reason to exit and be restarted again and again), then check that
+        it keeps data when full. Returns the line refusing to start (connection.eviction_refusal), or None."""
+        outage = Outage(self.id, "start")
+        while not self.stopping.is_set():
+            try:
+                refusal = connection.eviction_refusal(self.queue.redis)
+                outage.ok()
+                return refusal
+            except REDIS_ERRORS as exc:
+                self.stopping.wait(outage.failed(exc))
+        return None
+
     # --- the loop ----------------------------------------------------------------------------------
     def run(self) -> None:
         log("worker.ready", worker=self.id, model=self.model.name, runtime=getattr(self.model, "runtime", None),
             threads=getattr(self.model, "threads", None), batch_size=settings.BATCH_SIZE,
             batch_wait_ms=settings.BATCH_WAIT_MS)
-        self._heartbeat_thread = threading.Thread(target=self._heartbeat, name="heartbeat", daemon=True)
+        self._heartbeat_thread = threading.Thread(target=_guarded(self.id, self._heartbeat), name="heartbeat",
+                                                  daemon=True)
         self._heartbeat_thread.start()
         # Bounded hand-offs: at most one batch waits for the model, two for the writer (a Redis outage
         # stalls the writer, which stalls the model, which stops the taking).
@@ -150,11 +219,11 @@ class Worker:
         self._model_busy_since = None   # time.monotonic() the model started its batch; None while idle
         self._model_s = None            # how long the last model call took
         self._take_s = 0.005            # how long taking and parsing a batch has been taking (smoothed)
-        threads = [threading.Thread(target=self._model_loop, name="model", daemon=True),
-                   threading.Thread(target=self._writer_loop, name="writer", daemon=True)]
+        threads = [threading.Thread(target=_guarded(self.id, self._model_loop), name="model", daemon=True),
+                   threading.Thread(target=_guarded(self.id, self._writer_loop), name="writer", daemon=True)]
         for t in threads:
             t.start()
-        backoff = 0.1
+        outage = Outage(self.id, "main")
         orphans = False
         while not self.stopping.is_set():
             try:
@@ -168,16 +237,14 @@ class Worker:
                 raws = self.queue.take_batch(self.id, settings.BATCH_SIZE, settings.BLOCK_TIMEOUT,
                                              settings.BATCH_WAIT_MS)
                 self._blocked = False
-                backoff = 0.1
+                outage.ok()
             except Interrupted:
                 break
             except REDIS_ERRORS as exc:
                 self._blocked = False
                 self._beat_now.set()  # the heartbeat thread learns of the outage now and retries often
-                orphans = True
-                log("redis.unavailable", level="WARNING", worker=self.id, error=str(exc), retry_s=backoff)
-                self.stopping.wait(backoff)
-                backoff = min(backoff * 2, 2.0)
+                orphans = True  # a take cut short may have moved jobs that no batch holds
+                self.stopping.wait(outage.failed(exc))
                 continue
             if raws:
                 parse_began = time.monotonic()
@@ -318,12 +385,15 @@ class Worker:
             log("job.done", level="DEBUG", worker=self.id, id=job["id"], **_trace(job), batch=len(good),
                 queue_ms=queue_ms, inference_ms=inference_ms)
         self._write(results, batch["raws"])
-        metrics.record_batch(self.queue, self.model.name, len(good), inference_ms / 1000 if good else 0.0,
-                             [max(taken - job.get("enqueued", taken), 0.0) for job in good],
-                             failed=len(good) if good and probabilities is None else 0,
-                             expired=batch["expired"], bad=batch["bad"])
-        if good:  # the page's live view: one script call, a record only while a page watches
-            activity.batch_done(self.queue, self.id, self.model.name, len(good), inference_ms)
+        try:  # the results are written: nothing below may make the writer answer this batch again
+            metrics.record_batch(self.queue, self.model.name, len(good), inference_ms / 1000 if good else 0.0,
+                                 [max(taken - job.get("enqueued", taken), 0.0) for job in good],
+                                 failed=len(good) if good and probabilities is None else 0,
+                                 expired=batch["expired"], bad=batch["bad"])
+            if good:  # the page's live view: one script call, a record only while a page watches
+                activity.batch_done(self.queue, self.id, self.model.name, len(good), inference_ms)
+        except Exception as exc:
+            log("metrics.lost", level="WARNING", worker=self.id, jobs=len(good), error=repr(exc)[:200])
 
     def _write(self, results: dict[str, str], raws: list[bytes]) -> None:
         # Results are worth a retry while their clients may still wait; the in-flight list keeps the jobs
@@ -332,20 +402,19 @@ class Worker:
         # answered (its clients have had their 504 by then), so the list stays in the order complete() needs.
         taken = self._abandoned + list(raws)
         give_up = time.monotonic() + settings.REQUEST_TIMEOUT
-        delay = 0.1
+        outage = self._write_outage
         while True:
             try:
                 self.queue.complete(self.id, results, taken=taken)
                 self._abandoned = []
+                outage.ok()
                 return
             except REDIS_ERRORS as exc:
                 if time.monotonic() > give_up:
-                    log("results.lost", level="ERROR", worker=self.id, jobs=len(results), error=str(exc))
+                    log("results.lost", level="ERROR", worker=self.id, jobs=len(results), error=str(exc)[:200])
                     self._abandoned = taken
                     return
-                log("redis.unavailable", level="WARNING", worker=self.id, error=str(exc), retry_s=delay)
-                time.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                time.sleep(outage.failed(exc))
 
     def _drain(self, threads: list[threading.Thread]) -> None:
         """Stopping: a batch taken but not started stays in the in-flight list (shutdown returns it); the
