@@ -77,6 +77,10 @@ class RedisUnavailable(Unavailable):
     retry_after = 2
 
 
+class JobLost(Unavailable):
+    """The request's job vanished from Redis (restarted without it, flushed): nobody will answer it; send it again."""
+
+
 class TooManyRequests(Unavailable):
     """This client (API key, else address) already has CLIENT_MAX_QUEUED jobs waiting: 429, try again shortly."""
 

@@ -9,6 +9,8 @@
     {prefix}:attempts            hash    job id → how many workers died holding it (deleted when it is answered)
     {prefix}:dead_letter         list    jobs that killed MAX_ATTEMPTS workers: a JSON reason line, newline, the job
     {prefix}:counters            hash    running counts for /metrics: requeued, dead_lettered (never expire)
+    {prefix}:epoch               string  a random value set by the first push into an empty Redis: a waiting
+                                         request that finds it changed knows Redis lost its data (results.py)
     {prefix}:share:{client}      string  jobs one client (API key id, else address) has waiting or running
                                          (shares.py; expires if a web process dies holding some)
     {prefix}:live:watched        string  exists while a browser page shows the live view (value: since when)
@@ -62,6 +64,11 @@ def dead_letter(prefix: str | None = None) -> str:
 
 def counters(prefix: str | None = None) -> str:
     return _k("counters", prefix=prefix)
+
+
+def epoch(prefix: str | None = None) -> str:
+    """Which life of Redis' data the queue is in: set when missing by a push, expires when pushes stop."""
+    return _k("epoch", prefix=prefix)
 
 
 # Fields of counters(): jobs a live worker put back on the queue after their worker died, and jobs it

@@ -13,6 +13,7 @@ Life of a job:  queue --take_batch--> inflight:{worker} --complete--> result:{id
 from __future__ import annotations
 
 import time
+import uuid
 from typing import TYPE_CHECKING, Any
 
 
@@ -23,10 +24,34 @@ if TYPE_CHECKING:
     from imgq.jobs.connection import RedisClient
 
 # Refuse the job when the queue is full, else append it: one atomic step, so MAX_QUEUE_LENGTH holds
-# under any number of web servers.
+# under any number of web servers. Returns {queue length, epoch}: the epoch (KEYS[2]) is set here when missing
+# and lives while pushes come, so a waiting request that finds it changed or gone knows that Redis lost its
+# data (restarted without persistence, flushed) and looks for its job (_LOCATE).
 _PUSH = """
-if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[2]) then return -1 end
-return redis.call('RPUSH', KEYS[1], ARGV[1])
+if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[2]) then return {-1} end
+local n = redis.call('RPUSH', KEYS[1], ARGV[1])
+local epoch = redis.call('GET', KEYS[2])
+if not epoch then
+  epoch = ARGV[3]
+  redis.call('SET', KEYS[2], epoch, 'EX', ARGV[4])
+else
+  redis.call('EXPIRE', KEYS[2], ARGV[4])
+end
+return {n, epoch}
+"""
+
+# Where is this job? 'answered' (its result is waiting), 'queued', 'running' (in a registered worker's in-flight
+# list) or nil: gone. KEYS[1]: queue, KEYS[2]: workers set, KEYS[3]: the job's result key; ARGV[1]: the job as
+# pushed, ARGV[2]: the in-flight key prefix. LPOS compares whole values, but two jobs differ within their first
+# bytes (the id), so a look costs about one memcmp per job held. Only called when a request has reason to think
+# its job is gone (results.py), never per poll.
+_LOCATE = """
+if redis.call('EXISTS', KEYS[3]) == 1 then return 'answered' end
+if redis.call('LPOS', KEYS[1], ARGV[1]) then return 'queued' end
+for _, worker in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  if redis.call('LPOS', ARGV[2] .. worker, ARGV[1]) then return 'running' end
+end
+return false
 """
 
 # The hash field a job's attempts are counted under: its id, read from the first bytes of the job (no
@@ -148,6 +173,8 @@ class JobQueue:
         self.isolated = False  # the last batch taken is one suspect job, run alone (see _ISOLATE)
         self._waiting_hint = 0
         self._push = client.register_script(_PUSH)
+        self._locate = client.register_script(_LOCATE)
+        self.epoch_key = keys.epoch(self.prefix)
         self._beat = client.register_script(_BEAT)
         self._isolate = client.register_script(_ISOLATE)
         self._complete = client.register_script(_COMPLETE)
@@ -156,9 +183,27 @@ class JobQueue:
     # --- web server side ---------------------------------------------------------------------------
     def push(self, job_text: bytes, max_length: int | None = None) -> int | None:
         """Append a job. Returns the queue length after it, or None if the queue is full."""
+        return self.push_job(job_text, max_length)[0]
+
+    def push_job(self, job_text: bytes, max_length: int | None = None) -> tuple[int | None, str | None]:
+        """Append a job. Returns (the queue length after it, or None if the queue is full; Redis' epoch)."""
         max_length = settings.MAX_QUEUE_LENGTH if max_length is None else max_length
-        length = self._push(keys=[self.queue_key], args=[job_text, max_length])
-        return None if length < 0 else length
+        out = self._push(keys=[self.queue_key, self.epoch_key],
+                         args=[job_text, max_length, uuid.uuid4().hex, self.epoch_ttl()])
+        if out[0] < 0:
+            return None, None
+        return out[0], out[1].decode() if isinstance(out[1], bytes) else out[1]
+
+    @staticmethod
+    def epoch_ttl() -> int:
+        # Longer than any request waits (REQUEST_TIMEOUT after its push), so it never expires under a waiting one.
+        return int(2 * settings.REQUEST_TIMEOUT) + 10
+
+    def locate(self, job_id: str, job_text: bytes) -> str | None:
+        """'answered', 'queued', 'running', or None when the job is nowhere in Redis (see _LOCATE)."""
+        where = self._locate(keys=[self.queue_key, keys.workers(self.prefix), keys.result(job_id, self.prefix)],
+                             args=[job_text, keys.inflight("", self.prefix)])
+        return where.decode() if isinstance(where, bytes) else where
 
     def withdraw(self, job_text: bytes) -> bool:
         """Take a job back off the queue if no worker has it yet (the client gave up). True if removed."""

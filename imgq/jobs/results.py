@@ -8,6 +8,14 @@ before it pushes the job, then sleeps on an Event; the listener sets that Event 
 Pub/sub drops events while the subscriber is disconnected, and a managed Redis may refuse CONFIG, so
 every request also looks for its result every POLL_INTERVAL seconds on its own (the backup), and the
 listener wakes every waiting request once each time it (re)subscribes.
+
+A job can vanish: Redis restarted without persistence (or from an older snapshot), or its data was flushed.
+Its request would otherwise wait for REQUEST_TIMEOUT and get 504. So each poll reads the queue's epoch
+(keys.epoch, set by the first push into an empty Redis) with the result, in the same round trip; when it has
+changed, or the listener had to subscribe again since the job was pushed (every Redis restart cuts it), the
+request looks for its job once (JobQueue.locate: queued, in a worker's in-flight list, or answered). Found: it
+waits on. Not found, and still not found LOST_GRACE_S later (a worker that held it across the restart may still
+write its result): 503 JobLost with Retry-After, about 1-2 s after Redis is back instead of a 504.
 """
 from __future__ import annotations
 
@@ -17,12 +25,34 @@ import time
 
 import redis
 
+from typing import TYPE_CHECKING
+
 from imgq.jobs import keys
 from imgq.jobs import connection
 from imgq import settings
+from imgq.errors import JobLost
 from imgq.observe.logutil import log
 
+if TYPE_CHECKING:
+    from imgq.jobs.queue import JobQueue
+
 NEEDED_FLAGS = "K$"  # K: keyspace channel; $: string commands (SET). The smallest class that covers SET.
+LOST_GRACE_S = 0.5  # a job not found is looked for once more this long after, before its request gets 503
+
+
+class Watch:
+    """A pushed job as its waiting request knows it: what wait() needs to tell a job that vanished from Redis
+    from one that is only slow. epoch: Redis' epoch when it was pushed; generation: the listener's then."""
+
+    def __init__(self, queue: JobQueue, job_text: bytes, epoch: str | None, generation: int) -> None:
+        self.queue, self.job_text, self.epoch, self.generation = queue, job_text, epoch, generation
+
+    def suspect(self, epoch: str | None, generation: int) -> bool:
+        return epoch != self.epoch or generation != self.generation
+
+    def settle(self, epoch: str | None, generation: int) -> None:
+        """The job was found: what is seen now is the new normal (no second look until it changes again)."""
+        self.epoch, self.generation = epoch, generation
 
 
 def enable_notifications(client: connection.RedisClient) -> bool:
@@ -54,6 +84,8 @@ class ResultWaiter:
         self._waiting: dict[str, threading.Event] = {}      # job id → threading.Event
         self._lock = threading.Lock()
         self._pid: int | None = None
+        # +1 each time the listener subscribes again after losing its connection (a Redis restart always cuts it)
+        self.generation = 0
 
     def register(self, job_id: str) -> threading.Event:
         """Call before pushing the job, so its notification cannot come before anyone listens for it."""
@@ -67,21 +99,35 @@ class ResultWaiter:
         with self._lock:
             self._waiting.pop(job_id, None)
 
-    def wait(self, job_id: str, event: threading.Event, deadline: float) -> bytes | None:
+    def wait(self, job_id: str, event: threading.Event, deadline: float, watch: Watch | None = None) -> bytes | None:
         """Sleep until notified (or POLL_INTERVAL passes), then GETDEL; repeat until `deadline`
         (time.monotonic()). Returns the result bytes, or None on timeout. A read that timed out (Redis
         slow, or hung) is tried again at the next wake-up: the job is queued and the worker may still
-        answer, so a slow Redis costs this request time, not a 503. Other Redis errors propagate."""
+        answer, so a slow Redis costs this request time, not a 503. With `watch`, raises JobLost (503) when
+        the job vanished from Redis (see the module's notes). Other Redis errors propagate."""
         key = keys.result(job_id, self.prefix)
+        epoch_key = keys.epoch(self.prefix)
         slow = False
+        lost_at: float | None = None  # when the job was first found missing
         while True:
-            remaining = deadline - time.monotonic()
+            now = time.monotonic()
+            remaining = deadline - now
             if remaining <= 0:
                 return None
-            event.wait(min(self.poll_interval, remaining))
+            timeout = min(self.poll_interval, remaining)
+            if lost_at is not None:
+                timeout = min(timeout, max(lost_at + LOST_GRACE_S - now, 0.0))
+            event.wait(timeout)
             event.clear()
             try:
-                value = self.redis.getdel(key)
+                if watch is None:
+                    value, epoch = self.redis.getdel(key), None
+                else:
+                    with self.redis.pipeline(transaction=False) as pipe:
+                        pipe.getdel(key)
+                        pipe.get(epoch_key)
+                        value, raw_epoch = pipe.execute()
+                    epoch = raw_epoch.decode() if isinstance(raw_epoch, bytes) else raw_epoch
             except redis.TimeoutError as exc:
                 if not slow:
                     log("result.read_slow", level="WARNING", id=job_id, error=str(exc), retry="until the deadline")
@@ -89,6 +135,25 @@ class ResultWaiter:
                 continue
             if value is not None:
                 return value
+            if watch is None:
+                continue
+            generation = self.generation
+            if lost_at is None and not watch.suspect(epoch, generation):
+                continue
+            if lost_at is not None and time.monotonic() < lost_at + LOST_GRACE_S:
+                continue
+            where = watch.queue.locate(job_id, watch.job_text)
+            if where is not None:
+                if lost_at is not None:
+                    log("request.job_found", id=job_id, where=where)
+                watch.settle(epoch, generation)
+                lost_at = None
+            elif lost_at is None:
+                lost_at = time.monotonic()
+            else:
+                log("request.job_lost", level="WARNING", id=job_id, reason="not in Redis any more (restarted or "
+                    "flushed without it)", next="503, send it again")
+                raise JobLost("the job was lost when Redis restarted; send it again")
 
     # --- the listener thread -----------------------------------------------------------------------
     def start(self) -> None:
@@ -111,6 +176,7 @@ class ResultWaiter:
         # asked for again on every reconnect (connection.subscriber).
         sample_key = keys.result("x", self.prefix)
         backoff = 0.1
+        subscribed_before = False
         while True:
             pubsub = None
             try:
@@ -121,7 +187,9 @@ class ResultWaiter:
                 self.config_ok = enable_notifications(client)
                 pubsub.psubscribe(channel)
                 pubsub.get_message(timeout=1.0)  # wait for the subscription to be confirmed
-                self.listening, backoff = True, 0.1
+                if subscribed_before:
+                    self.generation += 1  # waiting requests look for their jobs once (see wait())
+                self.listening, backoff, subscribed_before = True, 0.1, True
                 log("listener.subscribed", channel=channel)
                 self._wake_all()  # anything set while we were not subscribed is fetched now
                 for message in pubsub.listen():

@@ -6,8 +6,8 @@
 POST /predict calls it once per upload; an endpoint that takes several images in one request submits them
 all first and then waits for each, so every image still travels as its own job and the workers batch
 them with everyone else's. Errors a client must hear about are imgq.errors with the HTTP status to answer:
-QueueFull (503), TimedOut (504), WorkerFailed (500), PoisonJob (502); Redis errors propagate (the app
-answers 503, imgq/web/errors.py).
+QueueFull (503), TimedOut (504), WorkerFailed (500), PoisonJob (502), JobLost (503: the job vanished with a
+restarted Redis); Redis errors propagate (the app answers 503, imgq/web/errors.py).
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from imgq.jobs import message
+from imgq.jobs.results import Watch
 from imgq import settings
 from imgq.errors import PoisonJob, QueueFull, TimedOut, WorkerFailed
 from imgq.observe.logutil import log
@@ -37,11 +38,12 @@ class Pending:
         self.queue, self.waiter = queue, waiter
         self.id, self.job_text, self.event, self.deadline = job_id, job_text, event, deadline
         self.share = share  # the client's share of the queue, given back once when this job is done with
+        self.watch: Watch | None = None  # set once pushed: lets the wait tell a vanished job (JobLost, 503)
 
     def wait(self) -> dict[str, Any]:
         """The worker's result as a dict; raises TimedOut or WorkerFailed. Always stops listening for it."""
         try:
-            raw = self.waiter.wait(self.id, self.event, self.deadline)
+            raw = self.waiter.wait(self.id, self.event, self.deadline, self.watch)
             if raw is None:
                 # Take the job back if no worker has it; if one has, its result expires after RESULT_TTL.
                 withdrawn = self.queue.withdraw(self.job_text)
@@ -86,11 +88,13 @@ def submit(queue: JobQueue, waiter: ResultWaiter, pixels: np.ndarray, job_id: st
         share.take()
     event = waiter.register(job_id)  # listen before pushing: the answer may come back at once
     pending = Pending(queue, waiter, job_id, job_text, event, deadline, share)
+    generation = waiter.generation  # before the push: a resubscription after it makes the wait look for the job
     try:
-        length = queue.push(job_text)
+        length, epoch = queue.push_job(job_text)
     except BaseException:
         pending.cancel()
         raise
+    pending.watch = Watch(queue, job_text, epoch, generation)
     if length is None:
         pending.cancel()
         log("request.refused", level="WARNING", id=job_id, reason="queue full")
