@@ -38,6 +38,11 @@ if TYPE_CHECKING:
 
 NEEDED_FLAGS = "K$"  # K: keyspace channel; $: string commands (SET). The smallest class that covers SET.
 LOST_GRACE_S = 0.5  # a job not found is looked for once more this long after, before its request gets 503
+# A waiting request rides out a Redis that fails (restarting, failing over, refusing) for this long, polling
+# every OUTAGE_POLL_S, then answers 503: a Redis restarted with its data still answers it, one restarted
+# without learns it as JobLost.
+OUTAGE_PATIENCE_S = 3.0
+OUTAGE_POLL_S = 0.25
 
 
 class Watch:
@@ -103,18 +108,20 @@ class ResultWaiter:
         """Sleep until notified (or POLL_INTERVAL passes), then GETDEL; repeat until `deadline`
         (time.monotonic()). Returns the result bytes, or None on timeout. A read that timed out (Redis
         slow, or hung) is tried again at the next wake-up: the job is queued and the worker may still
-        answer, so a slow Redis costs this request time, not a 503. With `watch`, raises JobLost (503) when
-        the job vanished from Redis (see the module's notes). Other Redis errors propagate."""
+        answer, so a slow Redis costs this request time, not a 503. Other Redis errors are tried again for
+        OUTAGE_PATIENCE_S, then propagate. With `watch`, raises JobLost (503) when the job vanished from Redis
+        (see the module's notes)."""
         key = keys.result(job_id, self.prefix)
         epoch_key = keys.epoch(self.prefix)
         slow = False
         lost_at: float | None = None  # when the job was first found missing
+        failing_since: float | None = None  # when Redis began to fail this request's reads
         while True:
             now = time.monotonic()
             remaining = deadline - now
             if remaining <= 0:
                 return None
-            timeout = min(self.poll_interval, remaining)
+            timeout = min(self.poll_interval if failing_since is None else OUTAGE_POLL_S, remaining)
             if lost_at is not None:
                 timeout = min(timeout, max(lost_at + LOST_GRACE_S - now, 0.0))
             event.wait(timeout)
@@ -133,6 +140,15 @@ class ResultWaiter:
                     log("result.read_slow", level="WARNING", id=job_id, error=str(exc), retry="until the deadline")
                 slow = True
                 continue
+            except redis.RedisError as exc:
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                    log("result.read_failed", level="WARNING", id=job_id, problem=connection.problem_kind(exc),
+                        retry=f"for {OUTAGE_PATIENCE_S:g}s")
+                elif time.monotonic() - failing_since > OUTAGE_PATIENCE_S:
+                    raise
+                continue
+            failing_since = None
             if value is not None:
                 return value
             if watch is None:
