@@ -46,14 +46,15 @@ def document() -> dict[str, Any]:
                              "shape": {"type": "array", "items": {"type": "integer"}},
                              "parameters": {"type": "object"}, "data": {"type": "array"}}}
     infer_request = {"type": "object", "required": ["inputs"], "properties": {
-        "id": {"type": "string"}, "parameters": {"type": "object"},
+        "id": {"type": "string", "maxLength": settings.MAX_INFER_ID_LENGTH}, "parameters": {"type": "object"},
         "inputs": {"type": "array", "minItems": 1, "maxItems": 1, "items": {"$ref": "#/components/schemas/Tensor"},
                    "description": f"one tensor: IMAGE (BYTES [N], each an encoded image file, base64 in JSON) or "
                                   f"PIXELS (UINT8 [N, {h}, {w}, 3])"},
-        "outputs": {"type": "array", "items": {"type": "object", "required": ["name"], "properties": {
+        "outputs": {"type": "array", "minItems": 1, "maxItems": settings.MAX_REQUEST_OUTPUTS,
+                    "items": {"type": "object", "required": ["name"], "properties": {
             "name": {"const": "PROBABILITIES"},
             "parameters": {"type": "object", "properties": {
-                "classification": {"type": "integer", "minimum": 0, "maximum": 1000,
+                "classification": {"type": "integer", "minimum": 0, "maximum": settings.MAX_CLASSIFICATION,
                                    "description": "top k as BYTES 'score:index:label' instead of FP32"},
                 "binary_data": {"type": "boolean"}}}}}}}}
     infer_response = {"type": "object", "required": ["model_name", "outputs"], "properties": {

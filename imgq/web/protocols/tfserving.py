@@ -6,7 +6,9 @@ encoded image as {"b64": "<base64 of the file>"} (TF Serving's convention for bi
 under a named input ({"image": {"b64": ...}}), or a [224][224][3] list of 0..255 pixel values. Every image
 goes through the same path as in protocol_v2 (each its own job, all submitted, then waited for). The answer
 is {"predictions": [{"probabilities": [1000 floats], "classes": [top 5 indices], "labels": [...],
-"scores": [...]}, ...]}, one per instance, in order; errors are {"error": "..."}.
+"scores": [...]}, ...]}, one per instance, in order; errors are {"error": "..."}. The request's limits
+and checks are v2's: MAX_REQUEST_IMAGES instances, MAX_REQUEST_PIXELS pixels in all read from the headers
+before any image is decoded, JSON too deeply nested a 400 (v2.load_json).
 """
 from __future__ import annotations
 
@@ -32,8 +34,8 @@ if TYPE_CHECKING:
 TOP_K = 5
 
 
-def _instance_pixels_or_bytes(instance: Any, i: int) -> bytes | np.ndarray:
-    """One instance → encoded bytes, or a uint8 array of pixels."""
+def _instance_pixels_or_bytes(instance: Any, i: int, input_size: tuple[int, int]) -> bytes | np.ndarray:
+    """One instance → encoded bytes, or a uint8 array of pixels of the model's size."""
     if isinstance(instance, dict) and "b64" not in instance and len(instance) == 1:
         instance = next(iter(instance.values()))  # a named input: {"image": {"b64": ...}}
     if isinstance(instance, dict) and isinstance(instance.get("b64"), str):
@@ -43,14 +45,17 @@ def _instance_pixels_or_bytes(instance: Any, i: int) -> bytes | np.ndarray:
             raise ProtocolError(f"instance {i}: 'b64' is not base64")
     if isinstance(instance, list):
         try:
-            array = np.asarray(instance)
+            array = v2.integer_array(instance)  # types checked before numpy converts (no 1 GB array of strings)
         except ValueError:
             raise ProtocolError(f"instance {i}: a ragged list is not an image")
+        except TypeError:
+            raise ProtocolError(f"instance {i}: pixel values must be integers 0..255")
         if array.dtype.kind not in "iu" or array.size == 0 or array.min() < 0 or array.max() > 255:
             raise ProtocolError(f"instance {i}: pixel values must be integers 0..255")
+        v2.check_pixel_shape((1, *array.shape), input_size)
         return array.astype(np.uint8)
     raise ProtocolError(f"instance {i}: expected {{\"b64\": \"<base64 of an image file>\"}} "
-                                    "or a [height][width][3] list of pixel values")
+                        "or a [height][width][3] list of pixel values")
 
 
 def _instances(body: Any) -> list[Any]:
@@ -88,20 +93,16 @@ def blueprint(queue: JobQueue, waiter: ResultWaiter) -> Blueprint:
     def predict(name: str) -> Response:
         started = time.monotonic()
         v2.check_model(name)
-        body = request.get_json(force=True, silent=True)  # TF Serving needs no Content-Type
-        if body is None:
+        try:  # TF Serving needs no Content-Type
+            body = v2.load_json(request.get_data(cache=False))
+        except ValueError:
             raise ProtocolError("the request is not JSON (Content-Type: application/json)")
         instances = _instances(body)
         if len(instances) > settings.MAX_REQUEST_IMAGES:
             raise ProtocolError(f"{len(instances)} instances in one request; at most "
-                                            f"MAX_REQUEST_IMAGES ({settings.MAX_REQUEST_IMAGES})", 413)
-        pixel_list: list[np.ndarray] = []
-        for i, instance in enumerate(instances):
-            item = _instance_pixels_or_bytes(instance, i)
-            if isinstance(item, bytes):
-                pixel_list += v2.prepare_all([item], input_size)
-            else:
-                pixel_list += v2.check_pixels(item[None], input_size)
+                                f"MAX_REQUEST_IMAGES ({settings.MAX_REQUEST_IMAGES})", 413)
+        items = [_instance_pixels_or_bytes(instance, i, input_size) for i, instance in enumerate(instances)]
+        pixel_list = v2.prepare_request(items, input_size)  # the request's pixel budget, then the decodes
         results = v2.run(queue, waiter, pixel_list, started)
         probabilities = v2.probabilities_of(results)
         labels = models.imagenet_labels()
