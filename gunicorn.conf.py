@@ -21,8 +21,11 @@ from gunicorn.glogging import Logger
 
 from imgq.observe import logutil
 from imgq import settings
+from imgq.jobs import connection
 
 settings.check("gunicorn")  # a wrong setting: one line and exit 2, before the port is bound
+# A Redis that evicts keys when full: one line and exit 2 (ALLOW_EVICTION=1 to run anyway).
+connection.check_at_start("gunicorn", wait_s=3)
 
 wsgi_app = "imgq.web.app:create_app()"  # when no app is named on the command line
 bind = f"{settings.HOST}:{settings.PORT}"

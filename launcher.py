@@ -18,8 +18,19 @@ each program's output, without a prefix, into a FIFO of its own; the launcher pa
 and wraps any other line (see Output). supervisord's and Redis' own logs go to files in the run directory
 (the `launcher.start run_dir=` line). Once a worker is live, one `ready` line says where to send requests.
 
-`python launcher.py redis` (`make redis`) runs only the embedded redis-server, in the foreground: shell 1 of
-the course's three-shell flow.
+The embedded Redis is locked down (imgq/embedded_redis.py): a fresh random password per run for the service's
+ACL user, passed to the processes in REDIS_URL (never on a command line); no access without it (NOAUTH); no
+CONFIG SET, DEBUG, MODULE ... for that user; maxmemory REDIS_MAXMEMORY_MB with noeviction; the keyspace
+notification flags set on its command line. An admin user's password is in the run directory
+(redis-admin-password), for operators. A Redis of your own (REDIS_URL) is checked at start instead: one whose
+maxmemory-policy evicts keys is refused with one line and exit code 2 (ALLOW_EVICTION=1 to run anyway).
+
+A full, read-only or restarting Redis is no reason to give up: workers and web servers wait and retry inside
+their processes (imgq/worker/loop.py), so supervisord sees no deaths and never gives up because of Redis.
+
+`python launcher.py redis` (`make redis`) runs only the embedded redis-server (locked down the same way), in
+the foreground: shell 1 of the course's three-shell flow. It publishes the service user's URL in a file of
+this user's (embedded_redis.url_file) that the other shells' processes read when REDIS_URL is unset.
 """
 import argparse
 import ctypes
@@ -39,7 +50,7 @@ import time
 import urllib.error
 import urllib.request
 
-from imgq.embedded_redis import redis_args
+from imgq.embedded_redis import Credentials, publish_url, secure_args, unpublish_url, url_file, write_acl
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 STARTRETRIES = 5  # fast failures in a row before supervisord gives a process up (then everything stops)
@@ -96,6 +107,7 @@ def fifo_path(run_dir, name):
 
 
 def supervisor_config(run_dir, settings, redis_port):
+    # The Redis command line names the ACL file only: passwords never appear in a command line or this file.
     py = shlex.quote(sys.executable)
     # supervisord expands %(...)s in its config: a literal % must be doubled.
     q = lambda text: text.replace("%", "%%")  # noqa: E731
@@ -121,7 +133,8 @@ stderr_logfile_maxbytes=0
 """]
     if redis_port:
         # Redis' banner and warnings go to its own file: they are not in logutil's format.
-        args = redis_args(redis_port) + ["--logfile", os.path.join(run_dir, "redis.log")]
+        args = secure_args(redis_port, run_dir, settings.REDIS_MAXMEMORY_MB) + [
+            "--logfile", os.path.join(run_dir, "redis.log")]
         parts.append(_program(run_dir, "redis", q(shlex.join(args)), priority=1, stopwaitsecs=10))
     parts.append(_program(run_dir, "web", f"{q(py)} -m gunicorn 'imgq.web.app:create_app()'", priority=20,
                           stopwaitsecs=stop_web, startsecs=2))
@@ -132,10 +145,10 @@ stderr_logfile_maxbytes=0
     return "".join(parts)
 
 
-def child_env(settings, redis_port, run_dir):
+def child_env(settings, redis_port, run_dir, creds: Credentials | None = None):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if redis_port:
-        env["REDIS_URL"] = f"redis://127.0.0.1:{redis_port}/0"
+        env["REDIS_URL"] = creds.service_url(redis_port)  # this run's password, in the environment only
     if settings.WORKERS > 1 and "MODEL_THREADS" not in os.environ and not settings.TF_INTRA_OP_THREADS:
         # Several workers on one machine share its cores instead of each taking all of them.
         env["MODEL_THREADS"] = str(max(1, cores() // settings.WORKERS))
@@ -190,12 +203,18 @@ def run(settings, log):
             print(f"launcher: port {redis_port} is in use (another Redis?); set EMBEDDED_REDIS_PORT, or point "
                   f"REDIS_URL at that Redis", file=sys.stderr)
             return 1
+    else:
+        from imgq.jobs import connection
+        connection.check_at_start("launcher", wait_s=2)  # a Redis that evicts: one line, exit 2
 
-    run_dir = tempfile.mkdtemp(prefix="imgq-run-")
+    run_dir = tempfile.mkdtemp(prefix="imgq-run-")  # mode 0700: the ACL file and the admin password live here
+    creds = write_acl(run_dir) if redis_port else None
     conf = os.path.join(run_dir, "supervisord.conf")
     with open(conf, "w") as f:
         f.write(supervisor_config(run_dir, settings, redis_port))
-    env = child_env(settings, redis_port, run_dir)
+    env = child_env(settings, redis_port, run_dir, creds)
+    if redis_port:
+        publish_url(redis_port, env["REDIS_URL"], os.getpid())  # for tools run in another shell
     env["IMGQ_RUN_DIR"] = run_dir  # the event listener leaves its "gave up" mark here
 
     stop = []
@@ -234,6 +253,8 @@ def run(settings, log):
             _kill_tree(supervisord.pid)
         output.stop()
         gave_up = os.path.exists(os.path.join(run_dir, "gave_up"))
+        if redis_port:
+            unpublish_url(redis_port, os.getpid())
         shutil.rmtree(run_dir, ignore_errors=True)
     if output.fatal is not None:
         print(f"launcher: a model worker cannot start: {_field(output.fatal, 'error')}", file=sys.stderr)
@@ -385,6 +406,35 @@ def events(log):
         childutils.listener.ok(sys.stdout)
 
 
+def serve_redis(settings, log):
+    """`make redis`: the embedded redis-server alone, locked down as under `make run`, in the foreground until
+    Ctrl-C or SIGTERM; its URL published for the other shells while it runs."""
+    port = settings.EMBEDDED_REDIS_PORT
+    if not port_free("127.0.0.1", port):
+        print(f"launcher: port {port} is in use (another Redis?); set EMBEDDED_REDIS_PORT", file=sys.stderr)
+        return 1
+    run_dir = tempfile.mkdtemp(prefix="imgq-redis-")
+    creds = write_acl(run_dir)
+    # A session of its own: Ctrl-C reaches the launcher only, which passes it on once.
+    redis = subprocess.Popen(secure_args(port, run_dir, settings.REDIS_MAXMEMORY_MB), start_new_session=True)
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda signum, frame: redis.send_signal(signal.SIGTERM))
+    publish_url(port, creds.service_url(port), os.getpid())
+    log("redis.start", port=port, pid=redis.pid, url_file=url_file(port),
+        admin_password_file=os.path.join(run_dir, "redis-admin-password"))
+    try:
+        while True:
+            try:
+                code = redis.wait()
+                break
+            except InterruptedError:
+                continue
+    finally:
+        unpublish_url(port, os.getpid())
+        shutil.rmtree(run_dir, ignore_errors=True)
+    return 0 if code in (0, -signal.SIGTERM) else 1
+
+
 def parse_args(argv):
     parser = argparse.ArgumentParser(
         prog="launcher.py", description="Run the image-classification service (what `make run` does).",
@@ -406,8 +456,7 @@ def main(argv):
     from imgq.observe import logutil
     from imgq.observe.logutil import log
     if args.command == "redis":
-        redis = redis_args(settings.EMBEDDED_REDIS_PORT)
-        os.execv(redis[0], redis)
+        return serve_redis(settings, log)
     if args.command == "events":
         return events(log)
     logutil.stream = sys.stdout  # the launcher's lines join its children's, on stdout

@@ -30,6 +30,8 @@ def __getattr__(name):
 def main(argv=None):
     parse_args(argv)  # --help, and a wrong setting, end here: nothing has connected or started yet
     settings.check()
+    from imgq.jobs import connection
+    connection.check_at_start("web", wait_s=3)  # a Redis that evicts keys: one line, exit 2
     import flask.cli
 
     from imgq.observe.logutil import log, route_logging

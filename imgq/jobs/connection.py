@@ -41,7 +41,12 @@ class BadRedisURL(ValueError):
 
 
 def default_url() -> str:
-    return settings.REDIS_URL or f"redis://127.0.0.1:{settings.EMBEDDED_REDIS_PORT}/0"
+    """REDIS_URL; unset: the embedded Redis on EMBEDDED_REDIS_PORT, logged in as `make run` / `make redis`
+    published it for this user (imgq/embedded_redis.py), else without a password."""
+    if settings.REDIS_URL:
+        return settings.REDIS_URL
+    from imgq.embedded_redis import published_url
+    return published_url(settings.EMBEDDED_REDIS_PORT) or f"redis://127.0.0.1:{settings.EMBEDDED_REDIS_PORT}/0"
 
 
 def shape(url: str | None = None) -> str:
@@ -228,3 +233,33 @@ def eviction_refusal(client: RedisClient) -> str | None:
     return (f"Redis' maxmemory-policy is {policy}: when full it would evict queued jobs, results and worker "
             f"heartbeats (requests would end in 504); set it to noeviction (CONFIG SET maxmemory-policy "
             f"noeviction), or set ALLOW_EVICTION=1 to run anyway")
+
+
+def check_at_start(program: str, wait_s: float, client: RedisClient | None = None) -> None:
+    """A server's start: refuse a Redis that evicts (eviction_refusal) with one line on stderr and exit 2. A Redis
+    that does not answer within wait_s is no reason to stop: a warning says the policy was not checked (the
+    workers check it once Redis answers)."""
+    import sys
+    import time
+    from imgq.observe.logutil import log
+    deadline = time.monotonic() + wait_s
+    own = client is None
+    client = client or connect(socket_timeout=max(wait_s, 1.0))
+    try:
+        while True:
+            try:
+                refusal = eviction_refusal(client)
+                break
+            except redis.RedisError as exc:
+                if time.monotonic() >= deadline:
+                    log("redis.policy_unchecked", level="WARNING", reason=f"Redis is {describe_problem(exc)}",
+                        note="the workers check it once Redis answers")
+                    return
+                time.sleep(0.2)
+    finally:
+        if own:
+            disconnect(client)  # a forking server's children must not share its socket
+    if refusal:
+        print(f"{program}: {refusal}", file=sys.stderr)
+        sys.stderr.flush()
+        raise SystemExit(2)

@@ -63,6 +63,8 @@ class Readiness:
     queue_length: int | None = None
     problem: str | None = None
     redis_error: redis.RedisError | None = field(default=None, repr=False)
+    # Why a Redis that answers reads cannot take work ("full (maxmemory reached)", "a read-only replica"), or None
+    redis_condition: str | None = None
 
     @property
     def ready(self) -> bool:
@@ -74,13 +76,38 @@ class Readiness:
         return sorted({w["model"] for w in self.workers if w["model"]})
 
 
+def redis_condition(client: Any) -> str | None:
+    """Why a Redis that answers reads cannot take work, from INFO: full (used_memory at maxmemory, policy
+    noeviction: every write but a delete is refused, so new jobs get 503 and workers can neither beat nor
+    answer), or a read-only replica. None when neither, or when INFO is refused (a managed Redis may)."""
+    try:
+        info = client.info()
+    except redis.ResponseError:
+        return None
+    if not isinstance(info, dict) or "used_memory" not in info:
+        return None  # a cluster client's per-node answer: not judged here
+    maxmemory = int(info.get("maxmemory") or 0)
+    if maxmemory and int(info["used_memory"]) >= maxmemory and info.get("maxmemory_policy") == "noeviction":
+        return "full (maxmemory reached)"
+    if info.get("role") == "slave":
+        return "a read-only replica"
+    return None
+
+
 def readiness(client: Any, prefix: str) -> Readiness:
-    """Ready = Redis answers and at least one model worker has a live heartbeat."""
+    """Ready = Redis answers, can take work (not full, not a replica) and at least one model worker has a live
+    heartbeat. When Redis cannot take work, that is the problem named, whatever the workers' state (a full Redis
+    also stops their heartbeats)."""
     try:
         length = client.llen(keys.queue(prefix))
         live = serving(client, prefix)
+        condition = redis_condition(client)
     except redis.RedisError as exc:
         from imgq.jobs.connection import describe_problem
         return Readiness(redis_ok=False, problem=f"Redis is {describe_problem(exc)}", redis_error=exc)
-    return Readiness(redis_ok=True, workers=live, queue_length=length,
-                     problem=None if live else "no live model worker")
+    if condition:
+        problem: str | None = f"Redis is {condition}: new jobs are refused and model workers cannot write; " \
+            "they retry until it can"
+    else:
+        problem = None if live else "no live model worker"
+    return Readiness(redis_ok=True, workers=live, queue_length=length, problem=problem, redis_condition=condition)

@@ -39,7 +39,7 @@ def blueprint(queue: JobQueue, waiter: ResultWaiter) -> Blueprint:
     def healthz() -> Any:
         state = readiness(queue.redis, queue.prefix)
         status: dict[str, Any] = {
-            "ok": state.ready, "redis": "ok", "model": ", ".join(state.models) or None,
+            "ok": state.ready, "redis": state.redis_condition or "ok", "model": ", ".join(state.models) or None,
             "model_setting": settings.MODEL,
             "notifications": "on" if waiter.listening else f"off (polling every {waiter.poll_interval:g}s)"}
         if not state.redis_ok:
