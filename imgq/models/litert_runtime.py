@@ -85,22 +85,33 @@ class LiteRTModel:
     runtime = "litert"
 
     def __init__(self, name: str, content: bytes, input_size: tuple[int, int], labels: list[str], threads: int,
-                 chunk: int | None = None) -> None:
+                 chunk: int | None = None, prepare: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
+        """prepare: float32 pixels 0..255 → the model's input, for a .tflite whose own graph does not scale
+        (a model folder's config.json, folder.py); None: the pixels as they are."""
         from ai_edge_litert.interpreter import Interpreter
         self.name = name
         self.input_size = cast("tuple[int, int]", tuple(input_size))
         self.labels = labels
         self.threads = threads  # models.model_threads(): MODEL_THREADS with 0 already made every core
         self.chunk = chunk
+        self._prepare = prepare
         # model_content (not model_path): the bytes were already read and checked by the caller.
         self._interpreter = Interpreter(model_content=content, num_threads=self.threads)
         self._interpreter.allocate_tensors()
         inp, out = self._interpreter.get_input_details()[0], self._interpreter.get_output_details()[0]
-        if tuple(inp["shape_signature"]) != (-1, *self.input_size, 3) or tuple(out["shape"])[1:] != (len(labels),):
+        # A free batch (-1), or a model folder's .tflite made for one image at a time (1: one per invoke);
+        # a free height and width take input_size.
+        signature, wanted = tuple(int(d) for d in inp["shape_signature"]), (*self.input_size, 3)
+        fits = len(signature) == 4 and signature[0] in (-1, 1) \
+            and all(d in (-1, w) for d, w in zip(signature[1:], wanted))
+        if not fits or tuple(out["shape"])[1:] != (len(labels),):
             raise ValueError(f"the .tflite takes {tuple(inp['shape_signature'])} → {tuple(out['shape'])}, "
                              f"not (-1, {self.input_size[0]}, {self.input_size[1]}, 3) → (n, {len(labels)})")
+        if signature[0] == 1:
+            self.chunk = 1
         self._input, self._output = inp["index"], out["index"]
-        self._batch = int(inp["shape"][0])
+        # 0: the allocated input is not input_size yet, so the first invoke resizes it.
+        self._batch = int(inp["shape"][0]) if tuple(inp["shape"][1:]) == wanted else 0
         # One interpreter holds one set of tensors: two threads invoking it at once corrupt each other's
         # input ("There is at least 1 reference to internal data"). The worker calls it from one thread;
         # a caller with several (the Flask peer in bench/peers/) waits its turn here.
@@ -112,6 +123,8 @@ class LiteRTModel:
             raise ValueError(f"{self.name} takes uint8 batches (n, {self.input_size[0]}, {self.input_size[1]}, 3), "
                              f"not {batch.shape}")
         pixels = batch.astype(np.float32)
+        if self._prepare is not None:
+            pixels = self._prepare(pixels)
         step = self.chunk or len(batch)
         if step >= len(batch):
             return self._invoke(pixels)
@@ -136,6 +149,19 @@ class LiteRTModel:
             self.predict(np.zeros((n, *self.input_size, 3), dtype=np.uint8))
 
 
+def save_to_cache(path: str, content: bytes) -> None:
+    """Write a conversion into the cache; a cache that cannot be written is logged, not fatal."""
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        # Write aside then rename: several workers may start at once, none may read a half-written file.
+        partial = f"{path}.partial-{os.getpid()}"
+        with open(partial, "wb") as f:
+            f.write(content)
+        os.replace(partial, path)
+    except OSError as exc:  # a read-only cache costs the next start a conversion, nothing else
+        log("model.cache_unwritable", level="WARNING", path=path, error=str(exc))
+
+
 def load(name: str, weights_path: str, input_size: tuple[int, int], labels: list[str], threads: int, cache_dir: str,
          build_keras: Callable[[], tuple[Any, Any]], chunk: int | None = None) -> LiteRTModel:
     """A LiteRTModel for `name`, from the cache when it holds this weights file's conversion, else converted.
@@ -157,15 +183,7 @@ def load(name: str, weights_path: str, input_size: tuple[int, int], labels: list
     keras_model, preprocess = build_keras()
     content = convert(keras_model, input_size, preprocess)
     model = LiteRTModel(name, content, input_size, labels, threads, chunk)
-    try:
-        os.makedirs(cache_dir, exist_ok=True)
-        # Write aside then rename: several workers may start at once, none may read a half-written file.
-        partial = f"{path}.partial-{os.getpid()}"
-        with open(partial, "wb") as f:
-            f.write(content)
-        os.replace(partial, path)
-    except OSError as exc:  # a read-only cache costs the next start a conversion, nothing else
-        log("model.cache_unwritable", level="WARNING", path=path, error=str(exc))
+    save_to_cache(path, content)
     log("model.tflite", model=name, cached=False, path=path, convert_s=round(time.perf_counter() - started, 1),
         weights=weights_path)
     return model
