@@ -74,8 +74,10 @@ def _number(convert: Callable[[str], _N], kind: str, name: str, default: _N, low
     return value
 
 
-def _str(name: str, default: str, choices: Sequence[str] | None = None, nonempty: bool = False) -> str:
-    """choices: the accepted values, matched without regard to case and returned as spelled here."""
+def _str(name: str, default: str, choices: Sequence[str] | None = None, nonempty: bool = False,
+         or_folder: bool = False) -> str:
+    """choices: the accepted values, matched without regard to case and returned as spelled here.
+    or_folder: a value that is no choice may be an existing folder's path instead (returned absolute)."""
     raw = os.environ.get(name)
     if raw is None:
         return default
@@ -83,7 +85,10 @@ def _str(name: str, default: str, choices: Sequence[str] | None = None, nonempty
         for choice in choices:
             if raw.strip().lower() == choice.lower():
                 return choice
-        refuse(name, raw, "one of " + ", ".join(choices))
+        folder = os.path.expanduser(raw.strip())
+        if or_folder and raw.strip() and os.path.isdir(folder):
+            return os.path.abspath(folder)
+        refuse(name, raw, "one of " + ", ".join(choices) + (", or an existing folder's path" if or_folder else ""))
         return default
     if nonempty and not raw.strip():
         refuse(name, raw, "a non-empty value")
@@ -141,8 +146,9 @@ REDIS_MAXMEMORY_MB = _int("REDIS_MAXMEMORY_MB", 512, low=1)
 ALLOW_EVICTION = _bool("ALLOW_EVICTION", False)
 
 # --- Model and batching --------------------------------------------------------------------------
-# auto | resnet50 | efficientnet_lite0 | standin (the fast stand-in for queue tests; never the default)
-MODEL = _str("MODEL", "auto", choices=("auto", "resnet50", "efficientnet_lite0", "standin"))
+# auto | resnet50 | efficientnet_lite0 | standin (the fast stand-in for queue tests; never the default), or the
+# path of a model folder: your own classifier and its labels (docs/models.md#your-own-model, imgq/models/folder.py).
+MODEL = _str("MODEL", "auto", choices=("auto", "resnet50", "efficientnet_lite0", "standin"), or_folder=True)
 # Optional local file with Keras ResNet50 ImageNet weights (resnet50_weights_tf_dim_ordering_tf_kernels.h5).
 RESNET50_WEIGHTS = _str("RESNET50_WEIGHTS", "")
 # Where converted weights are cached (EfficientNet-Lite0 converted from the PyTorch file).

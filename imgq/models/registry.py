@@ -19,6 +19,9 @@ the reference and the conversion source) or `litert` (the same Keras model conve
 LiteRT's interpreter with XNNPACK, litert_runtime.py). `auto` picks AUTO_RUNTIME[model], the one measured
 fastest. TensorFlow is imported only when a model runs on it or is being converted (a LiteRT cache hit
 does not import it).
+
+MODEL may also be a model folder's path: the user's own classifier and its labels (folder.py has the format and
+the checks). Its name in results is the folder's base name; it runs on LiteRT unless MODEL_RUNTIME=tensorflow.
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ import numpy as np
 
 from imgq import settings
 from imgq.errors import ModelUnavailable
-from imgq.models import resnet50, standin
+from imgq.models import folder, resnet50, standin
 from imgq.models.labels import imagenet_labels
 from imgq.models.standin import StandinModel
 from imgq.models.tensorflow_runtime import model_threads
@@ -46,6 +49,8 @@ RUNTIMES = ("litert", "tensorflow")
 # MODEL_RUNTIME=auto: the runtime measured fastest for each model on the 2-core VM (docs/models.md). ResNet50:
 # LiteRT is faster at batch 1, TensorFlow's oneDNN kernels about 2x faster at batch 32 (the service's limit).
 AUTO_RUNTIME = {"efficientnet_lite0": "litert", "resnet50": "tensorflow"}
+# MODEL_RUNTIME=auto for a model folder: its Keras or SavedModel model converted once, or its own .tflite.
+FOLDER_RUNTIME = "litert"
 # LiteRT: images per invoke (None = the whole batch in one): Lite0 is fastest per image one at a time, ResNet50
 # batched (litert_runtime's docstring has the figures).
 LITERT_CHUNK = {"efficientnet_lite0": 1, "resnet50": None}
@@ -65,16 +70,39 @@ class Model(Protocol):
     def warm_up(self, batch_size: int) -> None: ...
 
 
-def input_size(name: str | None = None) -> tuple[int, int]:
-    """The (height, width) the web server resizes uploads to for model `name` (default MODEL)."""
+def is_folder(name: str) -> bool:
+    """True when MODEL (or `name`) is a model folder's path, not a built-in model's name."""
+    return name not in INPUT_SIZES and name != "auto" and folder.is_folder(name)
+
+
+def served_name(name: str | None = None) -> str:
+    """The name results carry for MODEL (or `name`): a built-in model's own name, a folder's base name. auto
+    stays auto: which real model it picks is known to the workers only."""
     name = name or settings.MODEL
+    return folder.name_of(name) if is_folder(name) else name
+
+
+def labels_of(name: str | None = None) -> list[str]:
+    """The class names of MODEL (or `name`), in class-index order, without loading the model: a folder's
+    labels.txt, else the ImageNet labels every built-in model answers with."""
+    name = name or settings.MODEL
+    return folder.labels(name) if is_folder(name) else imagenet_labels()
+
+
+def input_size(name: str | None = None) -> tuple[int, int]:
+    """The (height, width) the web server resizes uploads to for model `name` (default MODEL): a built-in's
+    from INPUT_SIZES, a folder's from its config.json or its model file (folder.input_size; no TensorFlow)."""
+    name = name or settings.MODEL
+    if is_folder(name):
+        return folder.input_size(name)
     if name == "auto":
         # Every model auto may pick takes the same size, so the web server need not know which one serves.
         sizes = {INPUT_SIZES[m] for m in REAL_MODELS}
         assert len(sizes) == 1, "auto needs one input size for all real models"
         return sizes.pop()
     if name not in INPUT_SIZES:
-        raise ModelUnavailable(f"unknown MODEL {name!r}: choose auto, {', '.join(INPUT_SIZES)}")
+        raise ModelUnavailable(f"unknown MODEL {name!r}: choose auto, {', '.join(INPUT_SIZES)}, or a model "
+                               f"folder's path")
     return INPUT_SIZES[name]
 
 
@@ -83,7 +111,9 @@ def runtime_for(name: str, runtime: str | None = None) -> str:
     runtime = runtime or settings.MODEL_RUNTIME
     if runtime not in ("auto", *RUNTIMES):
         raise ModelUnavailable(f"unknown MODEL_RUNTIME {runtime!r}: choose auto, {', '.join(RUNTIMES)}")
-    return AUTO_RUNTIME[name] if runtime == "auto" else runtime
+    if runtime != "auto":
+        return runtime
+    return FOLDER_RUNTIME if is_folder(name) else AUTO_RUNTIME[name]
 
 
 def _lite0_keras() -> tuple[Any, None]:
@@ -129,14 +159,16 @@ def load_model(name: str | None = None, runtime: str | None = None) -> Model:
     up and ready to predict.
 
     auto = ResNet50 when a local weights file exists, else EfficientNet-Lite0 (never a download unless
-    RESNET50_DOWNLOAD=1); one log line says which and why. May raise ModelUnavailable.
+    RESNET50_DOWNLOAD=1); one log line says which and why. A model folder's path loads the user's own model
+    (folder.load). May raise ModelUnavailable.
     """
     name = name or settings.MODEL
-    input_size(name)  # unknown names fail here, with the list of known ones
     model: Model
-    if name == "standin":
+    if is_folder(name):
+        model = folder.load(name, runtime_for(name, runtime), model_threads(), settings.MODEL_CACHE_DIR)
+    elif name == "standin":
         return StandinModel(settings.STANDIN_LATENCY_MS)
-    if name == "auto":
+    elif name == "auto":
         name, reason = choose_auto()
         try:
             model = _load(name, runtime_for(name, runtime))
@@ -147,6 +179,7 @@ def load_model(name: str | None = None, runtime: str | None = None) -> Model:
             model = _load(name, runtime_for(name, runtime))
         log("model.chosen", model=name, runtime=model.runtime, reason=reason)
     else:
+        input_size(name)  # an unknown name fails here, with the list of known ones
         model = _load(name, runtime_for(name, runtime))
     started = time.perf_counter()
     model.warm_up(settings.BATCH_SIZE)
