@@ -141,6 +141,24 @@ def test_the_web_servers_input_size_reads_every_format_without_tensorflow(folder
     assert json.loads(done.stdout) == [[list(example.SIZE)] * len(folders), False, False]
 
 
+@pytest.mark.parametrize("shape", [[1, 32, 32, 3], [None, None, None, 3]], ids=["batch-of-one", "free-size"])
+def test_a_tflite_made_for_one_image_or_any_size(colour_model, tmp_path, shape):
+    import tensorflow as tf
+    forward = tf.function(lambda x: colour_model(x), input_signature=[tf.TensorSpec(shape, tf.float32)])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([forward.get_concrete_function()], colour_model)
+    converter.experimental_lower_to_saved_model = False  # weights frozen in (litert_runtime.py says why)
+    path = tmp_path / "colours"
+    path.mkdir()
+    (path / "model.tflite").write_bytes(converter.convert())
+    (path / "labels.txt").write_text("\n".join(LABELS) + "\n")
+    if shape[1] is None:
+        (path / "config.json").write_text('{"input_size": [32, 32]}')
+    model = model_folder.load(str(path), "litert", 1, str(tmp_path / "cache"))
+    model.warm_up(8)
+    batch = np.stack([np.full((*example.SIZE, 3), c, np.uint8) for c in SOLIDS.values()])
+    assert [LABELS[i] for i in model.predict(batch).argmax(axis=1)] == list(SOLIDS)
+
+
 # --- what config.json asks for -------------------------------------------------------------------------------
 def with_config(src, dst, config):
     shutil.copytree(src, dst)

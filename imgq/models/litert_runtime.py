@@ -97,21 +97,24 @@ class LiteRTModel:
         self._prepare = prepare
         # model_content (not model_path): the bytes were already read and checked by the caller.
         self._interpreter = Interpreter(model_content=content, num_threads=self.threads)
-        self._interpreter.allocate_tensors()
-        inp, out = self._interpreter.get_input_details()[0], self._interpreter.get_output_details()[0]
         # A free batch (-1), or a model folder's .tflite made for one image at a time (1: one per invoke);
-        # a free height and width take input_size.
+        # a free height and width are set to input_size before anything is allocated (a placeholder size of
+        # 1x1 may not even fit the model's convolutions).
+        inp = self._interpreter.get_input_details()[0]
         signature, wanted = tuple(int(d) for d in inp["shape_signature"]), (*self.input_size, 3)
         fits = len(signature) == 4 and signature[0] in (-1, 1) \
             and all(d in (-1, w) for d, w in zip(signature[1:], wanted))
+        if fits and tuple(inp["shape"][1:]) != wanted:
+            self._interpreter.resize_tensor_input(inp["index"], [1, *wanted])
+        self._interpreter.allocate_tensors()
+        inp, out = self._interpreter.get_input_details()[0], self._interpreter.get_output_details()[0]
         if not fits or tuple(out["shape"])[1:] != (len(labels),):
             raise ValueError(f"the .tflite takes {tuple(inp['shape_signature'])} → {tuple(out['shape'])}, "
                              f"not (-1, {self.input_size[0]}, {self.input_size[1]}, 3) → (n, {len(labels)})")
         if signature[0] == 1:
             self.chunk = 1
         self._input, self._output = inp["index"], out["index"]
-        # 0: the allocated input is not input_size yet, so the first invoke resizes it.
-        self._batch = int(inp["shape"][0]) if tuple(inp["shape"][1:]) == wanted else 0
+        self._batch = int(inp["shape"][0])
         # One interpreter holds one set of tensors: two threads invoking it at once corrupt each other's
         # input ("There is at least 1 reference to internal data"). The worker calls it from one thread;
         # a caller with several (the Flask peer in bench/peers/) waits its turn here.
