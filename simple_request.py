@@ -2,6 +2,7 @@
 
     python simple_request.py                      # castle_image.jpg, http://127.0.0.1:$PORT/predict
     python simple_request.py photo.jpg --url http://host:5000/predict
+    python simple_request.py --async              # submit (202), then poll /jobs/<id> with a progress line
 
 Where it sits: *client* → web server → Redis → worker → back. Prints `1. castle: 0.9246` lines and
 exits 0; when the server is down, answers an error, or the image is missing, prints one clear line on
@@ -11,6 +12,7 @@ exit 2.
 import argparse
 import os
 import sys
+import time
 
 import requests
 
@@ -48,7 +50,29 @@ def parse_args(argv=None):
                         help="the service's predict endpoint (default: %(default)s, PORT from settings)")
     parser.add_argument("--timeout", type=float, default=settings.REQUEST_TIMEOUT + 10,
                         help="seconds to wait for the answer (default: REQUEST_TIMEOUT + 10)")
+    parser.add_argument("--async", dest="asynchronous", action="store_true",
+                        help="submit with Prefer: respond-async (202 at once), then poll GET /jobs/<id> until done")
+    parser.add_argument("--api-key", default=os.environ.get("IMGQ_API_KEY"),
+                        help="API key, sent as Authorization: Bearer (default: $IMGQ_API_KEY)")
     return parser.parse_args(argv)
+
+
+def collect(args, location, headers):
+    """Poll the job's URL until it is done (or failed), printing one progress line that rewrites itself."""
+    url = requests.compat.urljoin(args.url, location)
+    waited, status = 0.0, "queued"
+    while waited < args.timeout:
+        response = requests.get(url, headers=headers, timeout=args.timeout)
+        body = response.json() if response.headers.get("Content-Type", "").startswith("application/json") else {}
+        if response.status_code != 202:
+            print(file=sys.stderr)
+            return response, body
+        status = body.get("status", status)
+        print(f"\rjob {body.get('id', '')[:8]}... {status}, {waited:.1f}s", end="", file=sys.stderr, flush=True)
+        delay = min(float(response.headers.get("Retry-After", "1")), 1.0)
+        time.sleep(delay)
+        waited += delay
+    raise requests.Timeout()
 
 
 def fail(message):
@@ -64,9 +88,15 @@ def main(argv=None):
     except ValueError as exc:
         return fail(str(exc))
 
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     try:
         response = requests.post(args.url, files={"image": (os.path.basename(path), data)},
+                                 headers={**headers, **({"Prefer": "respond-async"} if args.asynchronous else {})},
                                  timeout=args.timeout)
+        body = {}
+        if args.asynchronous and response.status_code == 202:
+            print(f"submitted: {response.headers['Location']}", file=sys.stderr)
+            response, body = collect(args, response.headers["Location"], headers)
     except requests.ConnectionError:
         return fail(f"cannot connect to {args.url}: is the server running? (start it with `make run`)")
     except requests.Timeout:
@@ -75,7 +105,7 @@ def main(argv=None):
         return fail(f"request to {args.url} failed: {exc}")
 
     try:
-        body = response.json()
+        body = body or response.json()
     except ValueError:
         body = {}
     if response.status_code != 200 or not body.get("success"):

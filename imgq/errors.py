@@ -96,6 +96,13 @@ class Unauthorized(ServiceError):
         super().__init__(message, headers={"WWW-Authenticate": 'Bearer realm="imgq"'})
 
 
+class ClientGone(ServiceError):
+    """The client closed its connection while its request waited: nobody reads this answer (499, nginx's
+    "client closed request", for the access log)."""
+
+    status = 499
+
+
 class TimedOut(ServiceError):
     """No result within the request's deadline (REQUEST_TIMEOUT)."""
 

@@ -216,6 +216,27 @@ MAX_CLASSIFICATION = _int("MAX_CLASSIFICATION", 100, low=1, high=1000)
 # Longest v2 request "id" (the answer echoes it).
 MAX_INFER_ID_LENGTH = _int("MAX_INFER_ID_LENGTH", 256, low=1)
 
+# --- Asynchronous jobs, callbacks, lanes, deadlines, identical uploads ---------------------------------
+# Seconds an asynchronous job (Prefer: respond-async) may wait on the queue before it is dropped (expired).
+ASYNC_TIMEOUT = _float("ASYNC_TIMEOUT", 600, gt=0)
+# Host names a callback_url may point at, comma-separated. Empty: no callback goes anywhere (no server-side
+# request forgery until the operator names the receivers).
+CALLBACK_HOSTS = _str("CALLBACK_HOSTS", "")
+# The key callbacks are signed with (X-Signature: sha256=<HMAC-SHA256 of the body>); set it wherever callbacks
+# are used: an empty key signs, but anyone can forge that signature.
+CALLBACK_SECRET = _str("CALLBACK_SECRET", "")
+# POSTs of one callback before it is recorded as failed (backoff 1, 2, 4 ... 60 s between them).
+CALLBACK_MAX_ATTEMPTS = _int("CALLBACK_MAX_ATTEMPTS", 8, low=1)
+# Seconds one callback POST may take.
+CALLBACK_TIMEOUT = _float("CALLBACK_TIMEOUT", 5, gt=0)
+# Seconds an idle worker waits on the interactive lane before it looks at the batch lane (a bulk job waits at
+# most this long for an idle worker; a busy one takes from both lanes at every take).
+LANE_POLL_S = _float("LANE_POLL_S", 5, gt=0)
+# 1 = identical prepared pixels for the same model share one job while it is in flight (across every web
+# process), and RESULT_CACHE_TTL > 0 answers a repeat from a recent result at once.
+DEDUP = _bool("DEDUP", False)
+RESULT_CACHE_TTL = _int("RESULT_CACHE_TTL", 0, low=0)
+
 # --- Workers' liveness ---------------------------------------------------------------------------
 # A worker refreshes its heartbeat key every HEARTBEAT_INTERVAL s; the key lives HEARTBEAT_TTL s.
 # A worker whose heartbeat has expired is dead: a live worker puts its in-flight jobs back on the queue.

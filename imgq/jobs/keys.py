@@ -1,6 +1,9 @@
 """Every Redis key the service uses is named here, and nowhere else.
 
-    {prefix}:queue               list    jobs waiting for a worker (web RPUSHes, workers pop from the left)
+    {prefix}:queue               list    jobs waiting for a worker, lane `interactive` (web RPUSHes, workers pop
+                                         from the left)
+    {prefix}:queue:{lane}        list    the same for every other lane (`batch`): workers fill a batch from
+                                         the interactive lane first (queue.py)
     {prefix}:inflight:{worker}   list    jobs one worker has taken and not yet answered
     {prefix}:workers             set     ids of the workers that have registered
     {prefix}:heartbeat:{worker}  string  exists while the worker is alive (refreshed, with a TTL)
@@ -13,6 +16,11 @@
                                          request that finds it changed knows Redis lost its data (results.py)
     {prefix}:share:{client}      string  jobs one client (API key id, else address) has waiting or running
                                          (shares.py; expires if a web process dies holding some)
+    {prefix}:job:{id}            hash    an asynchronous job's record: status, owner, lane, callback (records.py)
+    {prefix}:cancel:{id}         string  exists while a cancelled job must not be run (records.py)
+    {prefix}:callbacks           zset    job id → when its callback is due (callbacks.py)
+    {prefix}:dedup:{hash}        string  the job in flight for these exact pixels and model (DEDUP=1)
+    {prefix}:cached:{hash}       string  a recent result for these exact pixels and model (RESULT_CACHE_TTL)
     {prefix}:live:watched        string  exists while a browser page shows the live view (value: since when)
     {prefix}:live:batches        list    one compact record per batch, newest first, capped (only while watched)
     {prefix}:live:requests       list    one record per web process per second of answers, capped (ditto)
@@ -75,6 +83,36 @@ def epoch(prefix: str | None = None) -> str:
 # moved to the dead-letter list instead (HGET/HGETALL them; HINCRBY inside jobqueue's heartbeat script).
 COUNTER_REQUEUED = "requeued"
 COUNTER_DEAD_LETTERED = "dead_lettered"
+# Callbacks delivered (a 2xx) and given up on (CALLBACK_MAX_ATTEMPTS refused), counted by callbacks.py.
+COUNTER_CALLBACKS_DELIVERED = "callbacks_delivered"
+COUNTER_CALLBACKS_FAILED = "callbacks_failed"
+
+LANES = ("interactive", "batch")  # highest first
+
+
+def lane_queue(lane: str, prefix: str | None = None) -> str:
+    """The list of one lane: `interactive` is the queue every version of the service has used."""
+    return queue(prefix) if lane == LANES[0] else _k("queue", lane, prefix=prefix)
+
+
+def job(job_id: str, prefix: str | None = None) -> str:
+    return _k("job", job_id, prefix=prefix)
+
+
+def cancel(job_id: str, prefix: str | None = None) -> str:
+    return _k("cancel", job_id, prefix=prefix)
+
+
+def callbacks(prefix: str | None = None) -> str:
+    return _k("callbacks", prefix=prefix)
+
+
+def dedup(digest: str, prefix: str | None = None) -> str:
+    return _k("dedup", digest, prefix=prefix)
+
+
+def cached(digest: str, prefix: str | None = None) -> str:
+    return _k("cached", digest, prefix=prefix)
 
 
 def share(client: str, prefix: str | None = None) -> str:

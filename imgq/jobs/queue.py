@@ -41,13 +41,14 @@ return {n, epoch}
 """
 
 # Where is this job? 'answered' (its result is waiting), 'queued', 'running' (in a registered worker's in-flight
-# list) or nil: gone. KEYS[1]: queue, KEYS[2]: workers set, KEYS[3]: the job's result key; ARGV[1]: the job as
+# list) or nil: gone. KEYS[1]: queue, KEYS[2]: workers set, KEYS[3]: the job's result key, KEYS[4]: the batch
+# lane; ARGV[1]: the job as
 # pushed, ARGV[2]: the in-flight key prefix. LPOS compares whole values, but two jobs differ within their first
 # bytes (the id), so a look costs about one memcmp per job held. Only called when a request has reason to think
 # its job is gone (results.py), never per poll.
 _LOCATE = """
 if redis.call('EXISTS', KEYS[3]) == 1 then return 'answered' end
-if redis.call('LPOS', KEYS[1], ARGV[1]) then return 'queued' end
+if redis.call('LPOS', KEYS[1], ARGV[1]) or redis.call('LPOS', KEYS[4], ARGV[1]) then return 'queued' end
 for _, worker in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   if redis.call('LPOS', ARGV[2] .. worker, ARGV[1]) then return 'running' end
 end
@@ -171,7 +172,9 @@ class JobQueue:
         self.queue_key = keys.queue(self.prefix)
         self.fill_seconds = 0.0
         self.isolated = False  # the last batch taken is one suspect job, run alone (see _ISOLATE)
-        self._waiting_hint = 0
+        self._waiting_hint = 0  # jobs the interactive lane held after the last take
+        self._batch_hint = 0    # and the batch lane
+        self.batch_key = keys.lane_queue(keys.LANES[1], self.prefix)
         self._push = client.register_script(_PUSH)
         self._locate = client.register_script(_LOCATE)
         self.epoch_key = keys.epoch(self.prefix)
@@ -181,15 +184,20 @@ class JobQueue:
         self.attempts_key = keys.attempts(self.prefix)
 
     # --- web server side ---------------------------------------------------------------------------
-    def push(self, job_text: bytes, max_length: int | None = None) -> int | None:
+    def push(self, job_text: bytes, max_length: int | None = None, lane: str = keys.LANES[0]) -> int | None:
         """Append a job. Returns the queue length after it, or None if the queue is full."""
-        return self.push_job(job_text, max_length)[0]
+        return self.push_job(job_text, max_length, lane)[0]
 
-    def push_job(self, job_text: bytes, max_length: int | None = None) -> tuple[int | None, str | None]:
-        """Append a job. Returns (the queue length after it, or None if the queue is full; Redis' epoch)."""
+    def push_job(self, job_text: bytes, max_length: int | None = None, lane: str = keys.LANES[0],
+                 pipe: Any = None) -> tuple[int | None, str | None]:
+        """Append a job to its lane (each lane holds at most MAX_QUEUE_LENGTH). Returns (the lane's length after
+        it, or None if it is full; Redis' epoch). With `pipe`, the call is queued there and returns (0, None)."""
         max_length = settings.MAX_QUEUE_LENGTH if max_length is None else max_length
-        out = self._push(keys=[self.queue_key, self.epoch_key],
-                         args=[job_text, max_length, uuid.uuid4().hex, self.epoch_ttl()])
+        args = [job_text, max_length, uuid.uuid4().hex, self.epoch_ttl()]
+        if pipe is not None:
+            self._push(keys=[keys.lane_queue(lane, self.prefix), self.epoch_key], args=args, client=pipe)
+            return 0, None
+        out = self._push(keys=[keys.lane_queue(lane, self.prefix), self.epoch_key], args=args)
         if out[0] < 0:
             return None, None
         return out[0], out[1].decode() if isinstance(out[1], bytes) else out[1]
@@ -201,13 +209,14 @@ class JobQueue:
 
     def locate(self, job_id: str, job_text: bytes) -> str | None:
         """'answered', 'queued', 'running', or None when the job is nowhere in Redis (see _LOCATE)."""
-        where = self._locate(keys=[self.queue_key, keys.workers(self.prefix), keys.result(job_id, self.prefix)],
+        where = self._locate(keys=[self.queue_key, keys.workers(self.prefix), keys.result(job_id, self.prefix),
+                                   self.batch_key],
                              args=[job_text, keys.inflight("", self.prefix)])
         return where.decode() if isinstance(where, bytes) else where
 
-    def withdraw(self, job_text: bytes) -> bool:
-        """Take a job back off the queue if no worker has it yet (the client gave up). True if removed."""
-        return self.redis.lrem(self.queue_key, 1, job_text) > 0
+    def withdraw(self, job_text: bytes, lane: str = keys.LANES[0]) -> bool:
+        """Take a job back off its lane if no worker has it yet (the client gave up). True if removed."""
+        return self.redis.lrem(keys.lane_queue(lane, self.prefix), 1, job_text) > 0
 
     def length(self) -> int:
         return self.redis.llen(self.queue_key)
@@ -234,7 +243,15 @@ class JobQueue:
         in-flight list. With wait_ms > 0, keep waiting that long for the batch to fill. Returns raw jobs.
         Sets fill_seconds: how long the batch took to fill after its first job came."""
         inflight = keys.inflight(worker_id, self.prefix)
-        first = self.redis.blmove(self.queue_key, inflight, block_timeout, "LEFT", "RIGHT")
+        first = None
+        if self._batch_hint:  # the batch lane had jobs: never block on the interactive one meanwhile
+            first = self.redis.lmove(self.queue_key, inflight, "LEFT", "RIGHT") or \
+                self.redis.lmove(self.batch_key, inflight, "LEFT", "RIGHT")
+            self._batch_hint = int(first is not None)
+        if first is None:
+            # Blocking pops watch one list: an idle worker looks at the batch lane every LANE_POLL_S.
+            first = self.redis.blmove(self.queue_key, inflight, min(block_timeout, settings.LANE_POLL_S),
+                                      "LEFT", "RIGHT") or self.redis.lmove(self.batch_key, inflight, "LEFT", "RIGHT")
         if first is None:
             return []
         jobs = [first]
@@ -242,16 +259,21 @@ class JobQueue:
         deadline = began + wait_ms / 1000.0
         # How many to ask for: what the queue held after the last take (under load, a full batch; idle,
         # none, and then only its length is asked), then exactly what it holds.
-        waiting = self._waiting_hint
+        waiting, batch_waiting = self._waiting_hint, self._batch_hint
         suspects = False  # True if some job's worker died once: then the batch may need isolating
         while True:
             while len(jobs) < batch_size:
-                more, waiting, suspect = self._take_more(inflight, min(batch_size - len(jobs), waiting))
+                # The interactive lane first; while the batch lane holds jobs, one place of each batch is its
+                # (so a bulk backlog moves at least a job a batch, whatever the interactive load).
+                room = batch_size - len(jobs)
+                from_batch = min(batch_waiting, max(room - waiting, 1 if batch_waiting else 0))
+                more, waiting, batch_waiting, suspect = self._take_more(inflight, min(room - from_batch, waiting),
+                                                                        from_batch)
                 jobs += more
                 suspects = suspects or suspect
-                if not waiting:
+                if not waiting and not batch_waiting:
                     break
-            self._waiting_hint = waiting
+            self._waiting_hint, self._batch_hint = waiting, batch_waiting
             remaining = deadline - time.monotonic()
             if len(jobs) >= batch_size or remaining <= 0:
                 break
@@ -268,20 +290,23 @@ class JobQueue:
                 return [jobs[kept - 1]]
         return jobs
 
-    def _take_more(self, inflight: str, n: int) -> tuple[list[bytes], int, bool]:
-        """Move up to n jobs from the head of the queue to the in-flight list, atomically: one MULTI of n
-        LMOVEs (any past the end of the queue answer nil), then the queue's length and the number of jobs
-        whose worker died at least once (HLEN attempts: when not 0 the batch may hold a suspect, and
-        take_batch runs it alone, see _ISOLATE). Returns (jobs, length, suspects).
+    def _take_more(self, inflight: str, n: int, n_batch: int = 0) -> tuple[list[bytes], int, int, bool]:
+        """Move up to n jobs from the head of the interactive lane and n_batch from the batch lane's to the
+        in-flight list, atomically: one MULTI of LMOVEs (any past the end of a lane answer nil), then both lanes'
+        lengths and the number of jobs whose worker died at least once (HLEN attempts: when not 0 the batch may
+        hold a suspect, and take_batch runs it alone, see _ISOLATE). Returns (jobs, lengths of both, suspects).
         Not a Lua script: Lua would copy each 150 KB job into a Lua string and back (measured 106-160
         against 56-75 us of Redis CPU per job)."""
-        with self.redis.pipeline(transaction=n > 0) as pipe:  # nothing to move: two reads, no MULTI
+        with self.redis.pipeline(transaction=n + n_batch > 0) as pipe:  # nothing to move: reads, no MULTI
             for _ in range(max(n, 0)):
                 pipe.lmove(self.queue_key, inflight, "LEFT", "RIGHT")
+            for _ in range(max(n_batch, 0)):
+                pipe.lmove(self.batch_key, inflight, "LEFT", "RIGHT")
             pipe.llen(self.queue_key)
+            pipe.llen(self.batch_key)
             pipe.hlen(self.attempts_key)
-            *moved, length, suspects = pipe.execute()
-        return [job for job in moved if job is not None], length, suspects > 0
+            *moved, length, batch_length, suspects = pipe.execute()
+        return [job for job in moved if job is not None], length, batch_length, suspects > 0
 
     def complete(self, worker_id: str, results: dict[str, str], ttl: float | None = None,
                  taken: list[bytes] | None = None) -> None:

@@ -86,7 +86,8 @@ class ResultWaiter:
         self.poll_interval = settings.POLL_INTERVAL if poll_interval is None else poll_interval
         self.listening = False  # True while subscribed: requests are woken by notifications
         self.config_ok: bool | None = None   # False when CONFIG was refused: events come only if an admin enabled them
-        self._waiting: dict[str, threading.Event] = {}      # job id → threading.Event
+        # job id → the Events of the requests waiting for it (several only with DEDUP=1: they share one job)
+        self._waiting: dict[str, set[threading.Event]] = {}
         self._lock = threading.Lock()
         self._pid: int | None = None
         # +1 each time the listener subscribes again after losing its connection (a Redis restart always cuts it)
@@ -97,20 +98,29 @@ class ResultWaiter:
         self.start()
         event = threading.Event()
         with self._lock:
-            self._waiting[job_id] = event
+            self._waiting.setdefault(job_id, set()).add(event)
         return event
 
-    def unregister(self, job_id: str) -> None:
+    def unregister(self, job_id: str, event: threading.Event | None = None) -> None:
         with self._lock:
-            self._waiting.pop(job_id, None)
+            events = self._waiting.get(job_id)
+            if events is not None:
+                if event is None:
+                    events.clear()
+                else:
+                    events.discard(event)
+                if not events:
+                    del self._waiting[job_id]
 
-    def wait(self, job_id: str, event: threading.Event, deadline: float, watch: Watch | None = None) -> bytes | None:
+    def wait(self, job_id: str, event: threading.Event, deadline: float, watch: Watch | None = None,
+             gone: threading.Event | None = None, keep: bool = False) -> bytes | None:
         """Sleep until notified (or POLL_INTERVAL passes), then GETDEL; repeat until `deadline`
         (time.monotonic()). Returns the result bytes, or None on timeout. A read that timed out (Redis
         slow, or hung) is tried again at the next wake-up: the job is queued and the worker may still
         answer, so a slow Redis costs this request time, not a 503. Other Redis errors are tried again for
         OUTAGE_PATIENCE_S, then propagate. With `watch`, raises JobLost (503) when the job vanished from Redis
-        (see the module's notes)."""
+        (see the module's notes). Returns None at once when `gone` is set (it sets `event` too, to wake this).
+        keep: read the result without deleting it (DEDUP=1: other requests may wait for the same job)."""
         key = keys.result(job_id, self.prefix)
         epoch_key = keys.epoch(self.prefix)
         slow = False
@@ -119,7 +129,7 @@ class ResultWaiter:
         while True:
             now = time.monotonic()
             remaining = deadline - now
-            if remaining <= 0:
+            if remaining <= 0 or (gone is not None and gone.is_set()):
                 return None
             timeout = min(self.poll_interval if failing_since is None else OUTAGE_POLL_S, remaining)
             if lost_at is not None:
@@ -128,10 +138,10 @@ class ResultWaiter:
             event.clear()
             try:
                 if watch is None:
-                    value, epoch = self.redis.getdel(key), None
+                    value, epoch = (self.redis.get(key) if keep else self.redis.getdel(key)), None
                 else:
                     with self.redis.pipeline(transaction=False) as pipe:
-                        pipe.getdel(key)
+                        pipe.get(key) if keep else pipe.getdel(key)
                         pipe.get(epoch_key)
                         value, raw_epoch = pipe.execute()
                     epoch = raw_epoch.decode() if isinstance(raw_epoch, bytes) else raw_epoch
@@ -184,8 +194,9 @@ class ResultWaiter:
 
     def _wake_all(self) -> None:
         with self._lock:
-            for event in self._waiting.values():
-                event.set()
+            for events in self._waiting.values():
+                for event in events:
+                    event.set()
 
     def _listen(self) -> None:
         # The keyspace events of a key are published on the node that holds it; Sentinel's current primary is
@@ -214,8 +225,8 @@ class ResultWaiter:
                     job_id = keys.job_id_from_result(message["channel"].decode()[len(prefix):], self.prefix)
                     with self._lock:
                         # job_id None (not a result key) finds nothing, as any unknown id does
-                        event = self._waiting.get(job_id)  # type: ignore[arg-type]
-                    if event is not None:
+                        events = list(self._waiting.get(job_id, ()))  # type: ignore[arg-type]
+                    for event in events:
                         event.set()
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 if self.listening:

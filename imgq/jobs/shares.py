@@ -19,6 +19,12 @@ from imgq.errors import TooManyRequests
 from imgq.jobs import keys
 
 
+# Give one unit back; the key goes when its count does (no zero left behind per client ever seen).
+_GIVE_BACK = """
+if redis.call('DECR', KEYS[1]) <= 0 then redis.call('DEL', KEYS[1]) end
+"""
+
+
 class ClientShare:
     """One request's handle on its client's share. take() per job, give_back() per job taken."""
 
@@ -43,6 +49,6 @@ class ClientShare:
         if self.cap <= 0:
             return
         try:
-            self.redis.decr(self.key)
+            self.redis.eval(_GIVE_BACK, 1, self.key)
         except redis.RedisError:  # the key expires by itself; the answer the client waits for matters more
             pass

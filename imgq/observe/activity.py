@@ -57,7 +57,8 @@ return 1
 """
 
 # One consistent read of everything the page shows, and the refresh of the watched flag (keeping the time
-# it was first set). KEYS: watched, queue, workers, batches, requests, worker models (workers.py's records).
+# it was first set). KEYS: watched, queue, workers, batches, requests, worker models (workers.py's records), the
+# batch lane.
 # ARGV: now, watch ttl, heartbeat key prefix, in-flight key prefix, batch records to read, request records.
 _SNAPSHOT = """
 local since = redis.call('GET', KEYS[1]) or ARGV[1]
@@ -69,7 +70,7 @@ for _, w in ipairs(redis.call('SMEMBERS', KEYS[3])) do
 end
 return {since, redis.call('LLEN', KEYS[2]), workers,
         redis.call('LRANGE', KEYS[4], 0, tonumber(ARGV[5]) - 1),
-        redis.call('LRANGE', KEYS[5], 0, tonumber(ARGV[6]) - 1)}
+        redis.call('LRANGE', KEYS[5], 0, tonumber(ARGV[6]) - 1), redis.call('LLEN', KEYS[7])}
 """
 
 
@@ -213,9 +214,9 @@ def snapshot(client: RedisClient, prefix: str | None = None, now: float | None =
     prefix = prefix or settings.KEY_PREFIX
     now = time.time() if now is None else now
     script = script or snapshot_script(client)
-    since, queue_length, workers, batch_raws, request_raws = script(
+    since, queue_length, workers, batch_raws, request_raws, batch_lane = script(
         keys=[keys.live_watched(prefix), keys.queue(prefix), keys.workers(prefix), keys.live_batches(prefix),
-              keys.live_requests(prefix), keys.worker_models(prefix)],
+              keys.live_requests(prefix), keys.worker_models(prefix), keys.lane_queue(keys.LANES[1], prefix)],
         args=[round(now, 3), watch_ttl(), keys.heartbeat("", prefix), keys.inflight("", prefix), BATCHES_SHOWN,
               settings.LIVE_RECORDS])
     since = float(since)
@@ -256,7 +257,8 @@ def snapshot(client: RedisClient, prefix: str | None = None, now: float | None =
         "time": round(now, 3),
         "interval": settings.LIVE_INTERVAL,
         "window_s": round(covered, 1),
-        "queue_length": queue_length,
+        "queue_length": queue_length + batch_lane,
+        "lanes": {keys.LANES[0]: queue_length, keys.LANES[1]: batch_lane},
         "max_queue_length": settings.MAX_QUEUE_LENGTH,
         "live_workers": sum(w["alive"] for w in worker_rows),
         "workers": worker_rows,

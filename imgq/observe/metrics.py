@@ -51,6 +51,14 @@ REQUEST_SECONDS = Histogram("imgq_request_seconds", "End to end: time to answer 
                             "request (upload to response), by endpoint and model", ["endpoint", "model"],
                             buckets=SECONDS)
 
+REQUESTS_ABANDONED = Counter("imgq_requests_abandoned_total", "Waiting requests whose client hung up, by what "
+                             "became of the job: withdrawn from the queue, or marked cancelled for its worker",
+                             ["job"])
+ASYNC_SUBMITTED = Counter("imgq_async_jobs_total", "Asynchronous jobs accepted (Prefer: respond-async), by lane",
+                          ["lane"])
+DEDUPLICATED = Counter("imgq_deduplicated_total", "Requests answered without a model run of their own (DEDUP=1): "
+                       "joined a job in flight, or answered from a recent result", ["how"])
+
 # --- workers: series kept in Redis ---------------------------------------------------------------------
 HISTOGRAMS: dict[str, tuple[str, tuple[float, ...]]] = {  # name → (help, bucket bounds)
     "batch_size": ("Jobs per model call, per batch", BATCH_SIZES),
@@ -62,12 +70,16 @@ COUNTERS = {
     "jobs_failed": "Jobs answered with an error because the model failed on their batch",
     "jobs_expired": "Jobs dropped by a worker because their client had stopped waiting",
     "jobs_bad": "Queue entries a worker could not read as a job",
+    "jobs_cancelled": "Jobs a worker dropped unrun because they were cancelled (DELETE /jobs/<id>, a client gone)",
 }
 # Counters the queue's scripts keep in the hash keys.counters() (queue.py's heartbeat script counts them).
 STATS = {
     keys.COUNTER_REQUEUED: ("imgq_jobs_requeued", "Jobs put back on the queue from workers found dead"),
     keys.COUNTER_DEAD_LETTERED: ("imgq_jobs_dead_lettered",
                                  "Jobs set aside in the dead-letter list after killing MAX_ATTEMPTS workers"),
+    keys.COUNTER_CALLBACKS_DELIVERED: ("imgq_callbacks_delivered", "Callbacks a receiver accepted (2xx)"),
+    keys.COUNTER_CALLBACKS_FAILED: ("imgq_callbacks_failed",
+                                    "Callbacks given up on after CALLBACK_MAX_ATTEMPTS refusals or errors"),
 }
 
 
@@ -85,13 +97,13 @@ def _observe(pipe: Any, key: str, model: str, name: str, values: Sequence[float]
 
 
 def record_batch(queue: JobQueue, model: str, size: int, inference_s: float, queue_waits_s: Sequence[float],
-                 failed: int = 0, expired: int = 0, bad: int = 0) -> None:
+                 failed: int = 0, expired: int = 0, bad: int = 0, cancelled: int = 0) -> None:
     """Add one batch's figures to the workers' hash, in one round trip. Never raises for Redis: a lost
     batch of counts is better than a worker that stops."""
     key = keys.metrics(queue.prefix)
     pipe = queue.redis.pipeline(transaction=False)
     for name, n in (("jobs_done", size - failed), ("jobs_failed", failed), ("jobs_expired", expired),
-                    ("jobs_bad", bad)):
+                    ("jobs_bad", bad), ("jobs_cancelled", cancelled)):
         if n:
             pipe.hincrby(key, f"{model}|{name}", n)
     if size:

@@ -28,7 +28,7 @@ from imgq.jobs.queue import JobQueue
 from imgq.jobs.results import ResultWaiter
 from imgq.observe import metrics, tracing
 from imgq.observe.logutil import log
-from imgq.web import auth, errors, openapi, page, predict, probes
+from imgq.web import auth, errors, jobs_api, openapi, page, predict, probes
 from imgq.web.protocols import tfserving, v2
 
 # Polled paths (the page, scrapers, probes): logged at DEBUG only, failures too (a failing probe says so itself).
@@ -63,6 +63,7 @@ def create_app() -> Flask:
     app.register_blueprint(page.blueprint(queue.redis))  # GET / for browsers, GET /activity
     app.register_blueprint(predict.blueprint(queue, waiter))  # POST /predict, GET /
     app.register_blueprint(probes.blueprint(queue, waiter))  # GET /livez, /readyz, /healthz
+    app.register_blueprint(jobs_api.blueprint(queue))  # GET, DELETE /jobs/<id> (asynchronous jobs)
     app.register_blueprint(v2.blueprint(queue, waiter))  # Open Inference Protocol v2: /v2/...
     app.register_blueprint(tfserving.blueprint(queue, waiter))  # TF Serving REST: /v1/models/...
     app.register_blueprint(openapi.blueprint())  # GET /openapi.json

@@ -181,7 +181,7 @@ _pool: Any = None
 _pool_pid: int | None = None
 
 
-def _under_gevent() -> bool:
+def under_gevent() -> bool:
     try:
         from gevent import monkey
     except ImportError:
@@ -198,7 +198,7 @@ def _off_loop(image: Image.Image, height: int, width: int) -> np.ndarray:
     global _pool, _pool_pid
     import os
     if _pool is None or _pool_pid != os.getpid():  # one pool per process, made after gunicorn forks
-        if _under_gevent():
+        if under_gevent():
             from gevent.threadpool import ThreadPool
             _pool = ThreadPool(max(1, settings.DECODE_CONCURRENCY))
         else:

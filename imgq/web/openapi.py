@@ -23,9 +23,12 @@ def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
 
 
 def _errors(ref: str, *codes: int) -> dict[str, Any]:
-    text = {400: "bad request (what is wrong is in 'error')", 404: "unknown model name or version",
-            413: "body or image too large", 415: "compressed body", 500: "a worker could not classify",
-            503: "Redis unavailable, queue full, or no live worker", 504: "no result within REQUEST_TIMEOUT"}
+    text = {400: "bad request (what is wrong is in 'error')", 401: "no API key, or not an accepted one",
+            404: "unknown model name or version; unknown or expired job", 409: "the job runs or ended already",
+            410: "the job was cancelled", 413: "body or image too large", 415: "compressed body",
+            429: "this client has CLIENT_MAX_QUEUED jobs waiting", 500: "a worker could not classify",
+            502: "the image crashed MAX_ATTEMPTS workers", 503: "Redis unavailable, queue full, or no live worker",
+            504: "no result within the deadline (REQUEST_TIMEOUT or X-Timeout-Ms)"}
     return {str(c): _json({"$ref": ref}, text[c]) for c in codes}
 
 
@@ -41,6 +44,11 @@ def _version_param() -> dict[str, Any]:
 def document() -> dict[str, Any]:
     h, w = models.input_size()
     E, C = "#/components/schemas/Error", "#/components/schemas/CourseError"
+    job: dict[str, Any] = {"type": "object", "required": ["id", "status"], "properties": {
+        "success": {"type": "boolean"}, "id": {"type": "string"},
+        "status": {"type": "string", "enum": ["queued", "running", "done", "failed", "expired", "cancelled"]},
+        "lane": {"type": "string"}, "predictions": {"type": "array"},
+        "jobs": {"type": "array", "items": {"type": "object"}}, "callback": {"type": "object"}}}
     tensor = {"type": "object", "required": ["name", "datatype", "shape"],
               "properties": {"name": {"type": "string"}, "datatype": {"type": "string"},
                              "shape": {"type": "array", "items": {"type": "integer"}},
@@ -79,16 +87,37 @@ def document() -> dict[str, Any]:
                           "application/json": {"schema": {"type": "object"}},
                           "text/html": {"schema": {"type": "string"}}}}}}},
         "/predict": {"post": {
-            "summary": "Classify one uploaded image (the course's API)",
+            "summary": "Classify an uploaded image (the course's API); with Prefer: respond-async, queue one job per "
+                       "image and answer 202 at once",
+            "parameters": [
+                {"name": "Prefer", "in": "header", "schema": {"type": "string", "example": "respond-async"},
+                 "description": "respond-async (RFC 7240): 202 + Location: /jobs/{id} instead of waiting"},
+                {"name": "X-Timeout-Ms", "in": "header", "schema": {"type": "integer", "minimum": 1},
+                 "description": "the client's deadline: a job still queued then is dropped unrun (504 / expired); "
+                                "at most REQUEST_TIMEOUT (ASYNC_TIMEOUT when asynchronous)"}],
             "requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
                 "type": "object", "required": ["image"],
-                "properties": {"image": {"type": "string", "format": "binary"}}}}}},
+                "properties": {"image": {"type": "string", "format": "binary",
+                                         "description": "repeat it for several jobs (asynchronous requests)"},
+                               "lane": {"type": "string", "enum": ["interactive", "batch"]},
+                               "callback_url": {"type": "string", "format": "uri",
+                                                "description": "asynchronous only; its host must be in "
+                                                               "CALLBACK_HOSTS"}}}}}},
             "responses": {"200": _json({"type": "object", "required": ["success", "predictions"], "properties": {
                 "success": {"const": True}, "id": {"type": "string"}, "model": {"type": "string"},
                 "predictions": {"type": "array", "items": {"type": "object", "properties": {
                     "label": {"type": "string"}, "probability": {"type": "number"}}}},
                 "timings": {"type": "object"}}}),
-                **_errors(C, 400, 413, 500, 503, 504)}}},
+                "202": _json(job, "Accepted (Prefer: respond-async): the jobs are queued; Location names the first"),
+                **_errors(C, 400, 401, 413, 429, 500, 503, 504)}}},
+        "/jobs/{job_id}": {
+            "parameters": [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "get": {"summary": "An asynchronous job: its result when done (until RESULT_TTL), else its status",
+                    "responses": {"200": _json(job, "done: the course's JSON"),
+                                  "202": _json(job, "queued or running; Retry-After says when to ask again"),
+                                  **_errors(C, 404, 410, 500, 502, 504)}},
+            "delete": {"summary": "Cancel a queued asynchronous job",
+                       "responses": {"200": _json(job, "cancelled"), **_errors(C, 404, 409)}}},
         "/healthz": {"get": {"summary": "Redis, queue length, live workers",
                              "responses": {"200": _json({"type": "object"}),
                                            "503": _json({"type": "object"}, "Redis down or no live worker")}}},

@@ -10,23 +10,80 @@ shape. GET / is the service's index (JSON for curl, the page for a browser).
 """
 from __future__ import annotations
 
+import socket
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
 
 from imgq import models, settings
 from imgq.errors import BadRequest
+from imgq.jobs import callbacks, keys
+from imgq.jobs.records import Records
 from imgq.jobs.queue import JobQueue
 from imgq.jobs.results import ResultWaiter
 from imgq.observe import metrics, tracing
-from imgq.web import classify, page, upload
+from imgq.web import classify, images, page, upload
 from imgq.web.images import prepare_image
+
+
+def wants_async() -> bool:
+    """Prefer: respond-async (RFC 7240), in any of the request's Prefer headers."""
+    return any(token.split(";")[0].strip().lower() == "respond-async"
+               for header in request.headers.getlist("Prefer") for token in header.split(","))
+
+
+def client_timeout(cap: float) -> float:
+    """X-Timeout-Ms, the client's own deadline for this request, in seconds and at most `cap`."""
+    raw = request.headers.get("X-Timeout-Ms")
+    if raw is None:
+        return cap
+    try:
+        ms = int(raw.strip())
+    except ValueError:
+        raise BadRequest(f"X-Timeout-Ms {raw[:40]!r} is not a whole number of milliseconds") from None
+    if ms < 1:
+        raise BadRequest("X-Timeout-Ms must be at least 1")
+    return min(ms / 1000.0, cap)
+
+
+@contextmanager
+def hang_up_watch(wake: threading.Event) -> Iterator[threading.Event | None]:
+    """Under gevent: an Event set (and `wake` set with it) when the client closes its connection while its
+    request waits, found by a greenlet that sleeps until the socket reads. None elsewhere (Flask's server,
+    gthread), where a request whose client left waits for its result as before."""
+    sock = request.environ.get("gunicorn.socket")
+    if sock is None or not images.under_gevent():
+        yield None
+        return
+    import gevent
+    import gevent.socket
+    gone = threading.Event()
+
+    def watch() -> None:
+        try:
+            gevent.socket.wait_read(sock.fileno())
+            closed = sock.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            closed = True
+        if closed:  # data instead would be the client's next request on this connection: not a hang-up
+            gone.set()
+            wake.set()
+
+    watcher = gevent.spawn(watch)
+    try:
+        yield gone
+    finally:
+        watcher.kill(block=False)
 
 
 def blueprint(queue: JobQueue, waiter: ResultWaiter) -> Blueprint:
     bp = Blueprint("predict", __name__)
     input_size = models.input_size()
+    records = Records(queue.redis, queue.prefix)
 
     @bp.after_request
     def count(response: Response) -> Response:
@@ -55,14 +112,24 @@ def blueprint(queue: JobQueue, waiter: ResultWaiter) -> Blueprint:
     @bp.post("/predict")
     def predict() -> Any:
         started = time.monotonic()
-        data = upload.image_bytes(request)  # not request.files: see upload.py
-        if data is None:
+        asynchronous = wants_async()
+        form = upload.read_form(request, settings.MAX_REQUEST_IMAGES)  # not request.files: see upload.py
+        if not form.images:
             raise BadRequest("no file in the multipart field 'image' (try: curl -F image=@photo.jpg ...)")
-        pixels = prepare_image(data, input_size)
+        lane = form.fields.get("lane", keys.LANES[0])
+        if lane not in keys.LANES:
+            raise BadRequest(f"unknown lane {lane[:40]!r}: one of {', '.join(keys.LANES)}")
+        timeout = client_timeout(settings.ASYNC_TIMEOUT if asynchronous else settings.REQUEST_TIMEOUT)
+        if asynchronous:
+            return submit_async(form, lane, timeout)
+        if "callback_url" in form.fields:
+            raise BadRequest("callback_url needs an asynchronous request (Prefer: respond-async)")
+        pixels = prepare_image(form.images[0], input_size)  # the course's form has one image; more are ignored
         prepared = time.monotonic()
-        pending = classify.submit(queue, waiter, pixels, job_id=g.job_id, deadline=started + settings.REQUEST_TIMEOUT,
-                                  trace=tracing.trace_id(), share=g.get("share"))
-        result = pending.wait()
+        pending = classify.submit(queue, waiter, pixels, job_id=g.job_id, deadline=started + timeout,
+                                  trace=tracing.trace_id(), share=g.get("share"), lane=lane)
+        with hang_up_watch(pending.event) as gone:
+            result = pending.wait(gone)
         total = time.monotonic() - started
         metrics.PREDICT_LATENCY.observe(total)
         metrics.served(result.get("model"))
@@ -73,5 +140,22 @@ def blueprint(queue: JobQueue, waiter: ResultWaiter) -> Blueprint:
                                 "inference_ms": result.get("inference_ms"),
                                 "batch": result.get("batch"),
                                 "total_ms": round(total * 1000, 2)})
+
+    def submit_async(form: upload.Form, lane: str, timeout: float) -> Any:
+        """Prefer: respond-async (RFC 7240): every image becomes a job of its own with a record, and the answer
+        is 202 at once, Location naming the first job."""
+        callback = callbacks.check_url(form.fields["callback_url"]) if "callback_url" in form.fields else ""
+        all_pixels = [prepare_image(data, input_size) for data in form.images]  # a bad one refuses them all
+        owner = g.get("client") or "unknown"
+        ids = [classify.submit_async(queue, records, pixels, owner, timeout, lane, callback, tracing.trace_id())
+               for pixels in all_pixels]
+        metrics.ASYNC_SUBMITTED.labels(lane).inc(len(ids))
+        g.done_fields = {"jobs": ",".join(ids), "lane": lane}
+        response = jsonify(success=True, id=ids[0], status="queued",
+                           jobs=[{"id": i, "status": "queued", "location": f"/jobs/{i}"} for i in ids])
+        response.status_code = 202
+        response.headers.update({"Location": f"/jobs/{ids[0]}", "Retry-After": "1",
+                                 "Preference-Applied": "respond-async"})
+        return response
 
     return bp

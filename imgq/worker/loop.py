@@ -45,7 +45,10 @@ from imgq.jobs import connection
 from imgq import settings
 from imgq.jobs import workers
 from imgq.jobs.connection import connect
+from imgq.jobs import callbacks, keys
+from imgq.jobs.callbacks import Deliverer
 from imgq.jobs.queue import JobQueue
+from imgq.jobs.records import Records
 from imgq.observe.logutil import log
 
 if TYPE_CHECKING:
@@ -133,6 +136,8 @@ class Worker:
         self._abandoned: list[bytes] = []   # jobs of batches whose results could not be written (Redis down too long)
         # The writer's outage outlives one batch: a batch given up on leaves it open, the next write closes it.
         self._write_outage = Outage(self.id, "writer")
+        self.records = Records(self.queue.redis, self.queue.prefix)
+        self.callbacks = Deliverer(self.queue.redis, self.queue.prefix, self.id)
 
     # --- signals -----------------------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -172,6 +177,7 @@ class Worker:
                     announced = time.monotonic()
                 outage.ok()
                 wait = settings.HEARTBEAT_INTERVAL
+                self.callbacks.nudge()  # retries come due between beats: look once a beat
             except REDIS_ERRORS as exc:
                 outage.failed(exc)
                 # While Redis fails, try often (not backing off): the first beat that passes re-registers this
@@ -221,6 +227,10 @@ class Worker:
         self._take_s = 0.005            # how long taking and parsing a batch has been taking (smoothed)
         threads = [threading.Thread(target=_guarded(self.id, self._model_loop), name="model", daemon=True),
                    threading.Thread(target=_guarded(self.id, self._writer_loop), name="writer", daemon=True)]
+        # Callbacks on a thread of their own: a slow receiver holds nothing else. Not joined at shutdown: the
+        # schedule is in Redis, and whatever it had claimed comes due again after its lease.
+        threading.Thread(target=_guarded(self.id, lambda: self.callbacks.run(self.stopping)), name="callbacks",
+                         daemon=True).start()
         for t in threads:
             t.start()
         outage = Outage(self.id, "main")
@@ -334,6 +344,7 @@ class Worker:
                 self._model_busy_since = time.monotonic()
                 self._state.notify_all()
             probabilities, inference_ms = None, 0.0
+            self._drop_unwanted(batch)
             if batch["jobs"]:
                 started = time.perf_counter()
                 try:
@@ -349,6 +360,44 @@ class Worker:
                 self._state.notify_all()
             batch["pixels"] = None  # the batch's copy of the pixels is not needed any more
             self._done.put((batch, probabilities, inference_ms))
+
+    def _drop_unwanted(self, batch: dict[str, Any]) -> None:
+        """Right before the model runs: drop the jobs whose deadline passed since they were taken and the jobs
+        cancelled meanwhile (DELETE /jobs/<id>, or a client that hung up), so neither is ever run; mark the
+        asynchronous ones running. One round trip for the whole batch."""
+        jobs = batch["jobs"]
+        if not jobs:
+            return
+        now = time.time()
+        keep = [not message.expired(job, now) for job in jobs]
+        try:
+            with self.queue.redis.pipeline(transaction=False) as pipe:
+                for job in jobs:
+                    pipe.exists(keys.cancel(job["id"], self.queue.prefix))
+                for job, alive in zip(jobs, keep):
+                    if job.get("async"):
+                        self.records.advance(job["id"], "running" if alive else "expired", pipe=pipe)
+                answers = pipe.execute()
+        except REDIS_ERRORS as exc:  # not knowing of a cancel costs one needless classification, nothing else
+            log("worker.cancel_check_failed", level="WARNING", worker=self.id, error=str(exc)[:200])
+            answers = [0] * len(jobs)
+        cancelled = [bool(n) for n in answers[:len(jobs)]]
+        batch["expired"] += keep.count(False)
+        batch["cancelled"] = sum(c and k for c, k in zip(cancelled, keep))
+        wanted = [k and not c for k, c in zip(keep, cancelled)]
+        for job, ok, alive in zip(jobs, wanted, keep):
+            if not ok:
+                log("job.expired" if not alive else "job.cancelled", worker=self.id, id=job["id"], **_trace(job))
+        done_with = [keys.cancel(job["id"], self.queue.prefix) for job, c in zip(jobs, cancelled) if c]
+        if done_with:
+            try:  # the marks did their work: gone now rather than at their expiry
+                self.queue.redis.delete(*done_with)
+            except REDIS_ERRORS:
+                pass
+        if all(wanted):
+            return
+        batch["jobs"] = [job for job, ok in zip(jobs, wanted) if ok]
+        batch["pixels"] = batch["pixels"][np.array(wanted)] if batch["jobs"] else None
 
     def _writer_loop(self) -> None:
         while True:
@@ -385,15 +434,35 @@ class Worker:
             log("job.done", level="DEBUG", worker=self.id, id=job["id"], **_trace(job), batch=len(good),
                 queue_ms=queue_ms, inference_ms=inference_ms)
         self._write(results, batch["raws"])
+        self._settle_async(good, probabilities is not None)
         try:  # the results are written: nothing below may make the writer answer this batch again
             metrics.record_batch(self.queue, self.model.name, len(good), inference_ms / 1000 if good else 0.0,
                                  [max(taken - job.get("enqueued", taken), 0.0) for job in good],
                                  failed=len(good) if good and probabilities is None else 0,
-                                 expired=batch["expired"], bad=batch["bad"])
+                                 expired=batch["expired"], bad=batch["bad"], cancelled=batch.get("cancelled", 0))
             if good:  # the page's live view: one script call, a record only while a page watches
                 activity.batch_done(self.queue, self.id, self.model.name, len(good), inference_ms)
         except Exception as exc:
             log("metrics.lost", level="WARNING", worker=self.id, jobs=len(good), error=repr(exc)[:200])
+
+    def _settle_async(self, jobs: list[dict[str, Any]], ok: bool) -> None:
+        """The asynchronous jobs of a written batch: their records say done (or failed), and those with a
+        callback are scheduled for delivery. Nothing for a batch of synchronous jobs."""
+        settled = [job for job in jobs if job.get("async")]
+        if not settled:
+            return
+        try:
+            with self.queue.redis.pipeline(transaction=False) as pipe:
+                for job in settled:
+                    self.records.advance(job["id"], "done" if ok else "failed", pipe=pipe)
+                    if job.get("callback"):
+                        callbacks.schedule(pipe, job["id"], self.queue.prefix)
+                pipe.execute()
+        except REDIS_ERRORS as exc:  # the results are written; GET /jobs/<id> answers from them anyway
+            log("worker.records_lost", level="WARNING", worker=self.id, jobs=len(settled), error=str(exc)[:200])
+            return
+        if any(job.get("callback") for job in settled):
+            self.callbacks.nudge()
 
     def _write(self, results: dict[str, str], raws: list[bytes]) -> None:
         # Results are worth a retry while their clients may still wait; the in-flight list keeps the jobs

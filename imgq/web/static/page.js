@@ -261,6 +261,9 @@ function drawBatches(live) {
 
 function drawLive(live) {
   $("queue-length").textContent = live.queue_length;
+  // Both lanes count in the figure; the tile says how many of them are bulk work (lane "batch").
+  const bulk = (live.lanes && live.lanes.batch) || 0;
+  $("queue-length").title = bulk ? `${live.queue_length - bulk} interactive, ${bulk} in the batch lane` : "";
   $("queue-length").parentElement.classList.toggle("hot", live.queue_length > 0);
   $("live-workers").textContent = live.live_workers;
   $("rps").textContent = live.requests.per_second_5s.toFixed(1);

@@ -1,0 +1,277 @@
+"""What only a durable queue gives, against real gunicorn, real workers and a real HTTP receiver: submit now and
+collect later (Prefer: respond-async, /jobs/<id>), signed callbacks with retries, priority lanes, client
+deadlines, and no work for a client that has gone."""
+import concurrent.futures
+import hashlib
+import hmac
+import http.server
+import json
+import os
+import signal
+import socket
+import threading
+import time
+
+import psutil
+import pytest
+import requests
+
+from conftest import CASTLE, grey_png, standin_label, wait_until
+from imgq.jobs import keys
+
+ASYNC = {"Prefer": "respond-async"}
+
+
+def submit(url, data, name="castle.jpg", headers=None, **fields):
+    return requests.post(url + "/predict", files={"image": (name, data)}, data=fields,
+                         headers={**ASYNC, **(headers or {})}, timeout=30)
+
+
+def collect(url, job_id, timeout=120):
+    """GET /jobs/<id> until it is no longer 202 (queued or running)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = requests.get(f"{url}/jobs/{job_id}", timeout=30)
+        if answer.status_code != 202 or time.monotonic() > deadline:
+            return answer
+        assert answer.json()["status"] in ("queued", "running") and answer.headers["Retry-After"]
+        time.sleep(0.1)
+
+
+def metric(url, name, **labels):
+    from prometheus_client.parser import text_string_to_metric_families
+    total = 0.0
+    for family in text_string_to_metric_families(requests.get(url + "/metrics", timeout=10).text):
+        for s in family.samples:
+            if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
+                total += s.value
+    return total
+
+
+@pytest.mark.skipif(not os.path.exists(CASTLE), reason="needs ../shared/castle_image.jpg")
+def test_100_async_jobs_survive_a_killed_web_process_and_a_killed_worker(service):
+    castle = open(CASTLE, "rb").read()
+    model = dict(MODEL="efficientnet_lite0")
+    victim_worker = service.start_worker(BATCH_SIZE=8, **model)
+    url_a, web_a = service.start_web(**model)
+    url_b, _ = service.start_web(**model)
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: submit(url_a, castle), range(100)))
+    assert [a.status_code for a in answers] == [202] * 100
+    ids = [a.json()["id"] for a in answers]
+    assert len(set(ids)) == 100 and all(len(i) == 32 for i in ids)  # 128 random bits each
+    assert all(a.headers["Location"] == f"/jobs/{a.json()['id']}" and a.json()["status"] == "queued" for a in answers)
+    # The web process that accepted them dies at once; one worker dies in the middle of its batches.
+    for child in psutil.Process(web_a.popen.pid).children(recursive=True):
+        child.kill()
+    web_a.popen.kill()
+    client = service.redis_server.client()
+    wait_until(lambda: client.llen(keys.inflight("", service.prefix) + victim_worker_id(service)) > 0, timeout=120)
+    victim_worker.signal(signal.SIGKILL)
+    service.start_worker(BATCH_SIZE=8, **model)
+    results = [collect(url_b, i) for i in ids]
+    assert [r.status_code for r in results] == [200] * 100, [r.text for r in results if r.status_code != 200][:3]
+    assert {r.json()["predictions"][0]["label"] for r in results} == {"castle"}
+    assert all(r.json()["status"] == "done" and r.json()["success"] for r in results)
+    # Done results keep answering until RESULT_TTL (read, not deleted).
+    assert collect(url_b, ids[0]).status_code == 200
+
+
+def victim_worker_id(service):
+    client = service.redis_server.client()
+    members = sorted(m.decode() for m in client.smembers(keys.workers(service.prefix)))
+    return members[0] if members else "none"
+
+
+def test_unknown_ids_bad_lanes_bad_deadlines_and_disallowed_callbacks_are_4xx(service):
+    url, _ = service.start_web(CALLBACK_HOSTS="hooks.example")
+    assert requests.get(url + "/jobs/" + "0" * 32, timeout=10).status_code == 404
+    assert requests.get(url + "/jobs/not-an-id", timeout=10).status_code == 404
+    assert requests.delete(url + "/jobs/" + "f" * 32, timeout=10).status_code == 404
+    png = grey_png(5)
+    bad = {"lane": submit(url, png, lane="vip"),
+           "deadline": submit(url, png, headers={"X-Timeout-Ms": "soon"}),
+           "deadline0": submit(url, png, headers={"X-Timeout-Ms": "0"}),
+           "scheme": submit(url, png, callback_url="ftp://hooks.example/x"),
+           "host": submit(url, png, callback_url="http://169.254.169.254/latest/meta-data"),
+           "credentials": submit(url, png, callback_url="http://user:pw@hooks.example/x"),
+           "sync callback": requests.post(url + "/predict", files={"image": ("g.png", png)},
+                                          data={"callback_url": "http://hooks.example/x"}, timeout=10)}
+    for what, answer in bad.items():
+        assert answer.status_code == 400 and answer.json()["success"] is False, (what, answer.text)
+    assert "CALLBACK_HOSTS" in bad["host"].json()["error"]
+
+
+def test_a_cancelled_job_is_never_run(service):
+    url, _ = service.start_web()
+    first, second = (submit(url, grey_png(n), name="g.png").json()["id"] for n in (11, 12))
+    cancelled = requests.delete(f"{url}/jobs/{first}", timeout=10)
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    assert requests.delete(f"{url}/jobs/{first}", timeout=10).status_code == 200  # idempotent
+    worker = service.start_worker()
+    assert collect(url, second).json()["predictions"][0]["label"] == standin_label(12)
+    gone = requests.get(f"{url}/jobs/{first}", timeout=10)
+    assert gone.status_code == 410 and gone.json()["status"] == "cancelled"
+    assert f"id={first}" not in "".join(line for line in worker.log_text().splitlines() if "job.done" in line)
+    assert requests.delete(f"{url}/jobs/{second}", timeout=10).status_code == 409  # ended already
+
+
+class Receiver:
+    """A real HTTP receiver for callbacks: records (id, body, signature ok) of every POST it accepts."""
+
+    def __init__(self, secret):
+        self.secret, self.got, self.lock = secret.encode(), [], threading.Lock()
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server = None
+
+    def start(self):
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                expected = "sha256=" + hmac.new(receiver.secret, body, hashlib.sha256).hexdigest()
+                ok = hmac.compare_digest(expected, self.headers.get("X-Signature", ""))
+                with receiver.lock:
+                    receiver.got.append((json.loads(body)["id"], json.loads(body), ok))
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        if self.server:
+            self.server.shutdown()
+
+
+def test_a_receiver_down_for_5_s_still_gets_every_callback_signed(service):
+    secret = "s3cret-for-the-test"
+    receiver = Receiver(secret)
+    env = dict(CALLBACK_HOSTS="127.0.0.1", CALLBACK_SECRET=secret)
+    service.start_worker(**env)
+    url, _ = service.start_web(**env)
+    hook = f"http://127.0.0.1:{receiver.port}/hook"
+    ids = [submit(url, grey_png(n % 200), name="g.png", callback_url=hook).json()["id"] for n in range(50)]
+    time.sleep(5)  # the receiver is down this long: every first attempt is refused
+    receiver.start()
+    try:
+        wait_until(lambda: {i for i, _, _ in receiver.got} >= set(ids), timeout=120)
+    finally:
+        receiver.stop()
+    by_id = {i: (body, ok) for i, body, ok in receiver.got}
+    assert all(ok for _, ok in by_id.values())
+    assert all(by_id[i][0]["status"] == "done" and by_id[i][0]["result"]["predictions"] for i in ids)
+    duplicates = len(receiver.got) - len(set(i for i, _, _ in receiver.got))
+    assert duplicates == 0, f"{duplicates} duplicate deliveries"  # at least once; none expected here
+    record = requests.get(f"{url}/jobs/{ids[0]}", timeout=10).json()
+    assert record["callback"]["status"] == "delivered" and record["callback"]["attempts"] >= 2
+
+
+def test_an_interactive_request_passes_a_bulk_backlog(service):
+    """200 batch-lane jobs queued; an interactive request is answered within two batches of the bulk work."""
+    batch = 8
+    url, _ = service.start_web()
+    ids = []
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        ids = list(pool.map(lambda n: submit(url, grey_png(n % 200), name="g.png", lane="batch").json()["id"],
+                            range(200)))
+    service.start_worker(BATCH_SIZE=batch, STANDIN_LATENCY_MS=150)
+    wait_until(lambda: metric(url, "imgq_jobs_done_total") >= batch)  # the bulk work is under way
+    before = metric(url, "imgq_jobs_done_total")
+    answer = requests.post(url + "/predict", files={"image": ("g.png", grey_png(201))}, timeout=60)
+    after = metric(url, "imgq_jobs_done_total")
+    assert answer.status_code == 200 and answer.json()["predictions"][0]["label"] == standin_label(201)
+    # Jobs done meanwhile: the batch under way, then the one that carried the interactive job (itself included).
+    assert after - before <= 2 * batch + 1, (before, after)
+    assert metric(url, "imgq_jobs_done_total") < 200  # the backlog was still there
+    # Starvation is bounded: the bulk work finishes while interactive requests keep coming.
+    for n in range(5):
+        assert requests.post(url + "/predict", files={"image": ("g.png", grey_png(n))}, timeout=60).status_code == 200
+    assert all(collect(url, i).status_code == 200 for i in ids)
+
+
+def test_a_50_ms_deadline_behind_a_long_queue_is_504_and_never_run(service):
+    url, web = service.start_web()
+    for n in range(60):  # a long queue, and no worker yet
+        submit(url, grey_png(n), name="g.png")
+    started = time.monotonic()
+    late = requests.post(url + "/predict", files={"image": ("g.png", grey_png(250))},
+                         headers={"X-Timeout-Ms": "50"}, timeout=30)
+    assert late.status_code == 504 and time.monotonic() - started < 10
+    job_id = late.json()["id"]
+    worker = service.start_worker(BATCH_SIZE=8)
+    wait_until(lambda: metric(url, "imgq_jobs_done_total") >= 60, timeout=120)
+    done_lines = [line for line in worker.log_text().splitlines() if " job.done " in line]
+    assert len(done_lines) >= 60 and not [line for line in done_lines if f"id={job_id}" in line]
+
+
+def test_clients_that_hang_up_leave_no_work(service):
+    """50 clients send a whole /predict and close at once. None of their jobs is ever run."""
+    url, web = service.start_web()
+    host, port = url.split("//")[1].split(":")
+    body_parts = []
+    for n in range(50):
+        boundary = f"b{n:08d}"
+        payload = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"g.png\"\r\n"
+                   f"Content-Type: image/png\r\n\r\n").encode() + grey_png(n) + f"\r\n--{boundary}--\r\n".encode()
+        head = (f"POST /predict HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; boundary={boundary}"
+                f"\r\nContent-Length: {len(payload)}\r\n\r\n").encode()
+        body_parts.append(head + payload)
+    for raw in body_parts:
+        with socket.create_connection((host, int(port))) as s:
+            s.sendall(raw)
+    wait_until(lambda: metric(url, "imgq_requests_abandoned_total") >= 50, timeout=60)
+    client = service.redis_server.client()
+    assert client.llen(keys.queue(service.prefix)) == 0
+    service.start_worker()
+    assert post_ok(url, 7)  # the worker runs, and answers what is asked of it
+    assert metric(url, "imgq_jobs_done_total") == 1
+
+
+def post_ok(url, level):
+    answer = requests.post(url + "/predict", files={"image": ("g.png", grey_png(level))}, timeout=60)
+    return answer.status_code == 200 and answer.json()["predictions"][0]["label"] == standin_label(level)
+
+
+def test_dedup_runs_identical_uploads_once(service):
+    """DEDUP=1: 32 identical uploads at once share one job (one model run, 32 right answers); with
+    RESULT_CACHE_TTL a repeat a moment later is answered from that result."""
+    env = dict(DEDUP=1, RESULT_CACHE_TTL=60)
+    url, _ = service.start_web(**env)
+    png = grey_png(42)
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        answers = [pool.submit(requests.post, url + "/predict", files={"image": ("g.png", png)}, timeout=90)
+                   for _ in range(32)]
+        wait_until(lambda: metric(url, "imgq_deduplicated_total", how="joined") >= 31, timeout=60)
+        service.start_worker(**env)
+        answers = [a.result() for a in answers]
+    assert [a.status_code for a in answers] == [200] * 32
+    assert {a.json()["predictions"][0]["label"] for a in answers} == {standin_label(42)}
+    assert metric(url, "imgq_jobs_done_total") == 1
+    again = requests.post(url + "/predict", files={"image": ("g.png", png)}, timeout=30)
+    assert again.status_code == 200 and again.json()["predictions"][0]["label"] == standin_label(42)
+    assert metric(url, "imgq_deduplicated_total", how="cached") == 1 and metric(url, "imgq_jobs_done_total") == 1
+    # Other pixels are not deduplicated.
+    assert post_ok(url, 43) and metric(url, "imgq_jobs_done_total") == 2
+
+
+def test_simple_request_async_submits_then_collects(service, tmp_path):
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    image = tmp_path / "g.png"
+    image.write_bytes(grey_png(77))
+    service.start_worker()
+    url, _ = service.start_web()
+    done = subprocess.run([sys.executable, "simple_request.py", str(image), "--url", url + "/predict", "--async"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[0] == f"1. {standin_label(77)}: 0.9000"
+    assert "submitted: /jobs/" in done.stderr
