@@ -275,3 +275,28 @@ def test_simple_request_async_submits_then_collects(service, tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines()[0] == f"1. {standin_label(77)}: 0.9000"
     assert "submitted: /jobs/" in done.stderr
+
+
+def test_v2_priority_and_timeout_parameters(service):
+    """Open Inference Protocol v2's own `priority` (2 and above: the batch lane) and `timeout` (microseconds)
+    parameters, as Triton names them."""
+    url, _ = service.start_web()
+    for n in range(20):  # a queue, and no worker yet
+        submit(url, grey_png(n), name="g.png")
+
+    def infer(level, **parameters):
+        body = {"parameters": parameters,
+                "inputs": [{"name": "PIXELS", "datatype": "UINT8", "shape": [1, 224, 224, 3],
+                            "data": [level] * (224 * 224 * 3)}]}
+        return requests.post(url + "/v2/models/standin/infer", json=body, timeout=60)
+
+    late = infer(5, timeout=50_000)  # 50 ms
+    assert late.status_code == 504, late.text
+    client = service.redis_server.client()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        bulk = pool.submit(infer, 6, priority=5)
+        wait_until(lambda: client.llen(keys.lane_queue("batch", service.prefix)) == 1)
+        service.start_worker()
+        assert bulk.result().status_code == 200
+    for bad in ({"priority": -1}, {"priority": "high"}, {"timeout": 0}, {"timeout": 1.5}):
+        assert infer(1, **bad).status_code == 400, bad

@@ -41,7 +41,7 @@ from PIL import Image
 
 from imgq.observe import tracing
 from imgq.web import classify
-from imgq.jobs import message
+from imgq.jobs import keys, message
 from imgq.observe import metrics
 from imgq import models
 from imgq import settings
@@ -76,29 +76,42 @@ def check_model(name: str, version: str | None = None) -> None:
 
 # --- running several images: each its own job ----------------------------------------------------------
 def classify_all(queue: JobQueue, waiter: ResultWaiter, pixel_list: Sequence[np.ndarray],
-                 deadline: float) -> list[dict[str, Any]]:
+                 deadline: float, lane: str = keys.LANES[0]) -> list[dict[str, Any]]:
     """Submit every image, then wait for each: results in order. Raises an imgq.errors.ServiceError or a Redis
     error; either way no job of this request is left waiting on the queue."""
     pending: list[classify.Pending] = []
     try:
         for pixels in pixel_list:
             pending.append(classify.submit(queue, waiter, pixels, deadline=deadline, outputs="probabilities",
-                                           trace=tracing.trace_id(), share=g.get("share")))
+                                           trace=tracing.trace_id(), share=g.get("share"), lane=lane))
         return [p.wait() for p in pending]
     except BaseException:
         for p in pending:  # already answered ones are gone from the queue: withdraw finds nothing
             p.cancel()
             try:
-                queue.withdraw(p.job_text)
+                queue.withdraw(p.job_text, lane)
             except redis.RedisError:
                 pass
         raise
 
 
 def run(queue: JobQueue, waiter: ResultWaiter, pixel_list: Sequence[np.ndarray],
-        started: float) -> list[dict[str, Any]]:
-    """classify_all by the request's deadline (REQUEST_TIMEOUT after it arrived)."""
-    return classify_all(queue, waiter, pixel_list, started + settings.REQUEST_TIMEOUT)
+        started: float, timeout: float | None = None, lane: str = keys.LANES[0]) -> list[dict[str, Any]]:
+    """classify_all by the request's deadline (`timeout`, at most REQUEST_TIMEOUT, after it arrived)."""
+    return classify_all(queue, waiter, pixel_list, started + min(timeout or settings.REQUEST_TIMEOUT,
+                                                                 settings.REQUEST_TIMEOUT), lane)
+
+
+def scheduling(request_json: dict[str, Any]) -> tuple[float | None, str]:
+    """The request's own `timeout` (microseconds, as Triton's) and `priority` (1 = the highest, 0 = the
+    default; 2 and above are bulk work: the batch lane) parameters → (timeout in seconds or None, lane)."""
+    parameters = _object(request_json.get("parameters"), "the request's 'parameters'")
+    timeout, priority = parameters.get("timeout"), parameters.get("priority", 0)
+    if timeout is not None and (type(timeout) is not int or timeout < 1):
+        raise ProtocolError(f"parameters.timeout must be a whole number of microseconds >= 1, not {shown(timeout)}")
+    if type(priority) is not int or priority < 0:
+        raise ProtocolError(f"parameters.priority must be a whole number >= 0, not {shown(priority)}")
+    return (timeout / 1e6 if timeout is not None else None), keys.LANES[0] if priority <= 1 else keys.LANES[1]
 
 
 def probabilities_of(results: list[dict[str, Any]]) -> np.ndarray:
@@ -508,8 +521,9 @@ def blueprint(queue: JobQueue, waiter: ResultWaiter) -> Blueprint:
         request_json, tail = split_body(request.get_data(cache=False), request.headers.get(HEADER_LENGTH))
         infer_id = request_id(request_json)
         wanted = requested_outputs(request_json)
+        timeout, lane = scheduling(request_json)
         pixel_list = prepare_request(read_input(request_json, tail, input_size), input_size)
-        results = run(queue, waiter, pixel_list, started)
+        results = run(queue, waiter, pixel_list, started, timeout, lane)
         probabilities = probabilities_of(results)
         served_model = results[0].get("model")
         metrics.served(served_model)
