@@ -131,6 +131,7 @@ class RedisCollector:
             members = sorted(m.decode() for m in self.redis.smembers(keys.workers(self.prefix)))
             pipe = self.redis.pipeline(transaction=False)
             pipe.llen(keys.queue(self.prefix))
+            pipe.llen(keys.lane_queue(keys.LANES[1], self.prefix))
             pipe.hgetall(keys.metrics(self.prefix))
             pipe.hmget(keys.counters(self.prefix), *STATS)
             for m in members:
@@ -144,11 +145,16 @@ class RedisCollector:
             return
         up.add_metric([], 1)
         yield up
-        queue_length, stored = answers[0], answers[1]
-        stats = answers[2]
-        live = answers[3::2]
-        inflight = answers[4::2]
-        yield GaugeMetricFamily("imgq_queue_length", "Jobs waiting on the queue", value=queue_length)
+        queue_length, batch_lane, stored = answers[0], answers[1], answers[2]
+        stats = answers[3]
+        live = answers[4::2]
+        inflight = answers[5::2]
+        yield GaugeMetricFamily("imgq_queue_length", "Jobs waiting on the interactive lane (the queue)",
+                                value=queue_length)
+        lanes = GaugeMetricFamily("imgq_lane_length", "Jobs waiting, by lane", labels=["lane"])
+        lanes.add_metric([keys.LANES[0]], queue_length)
+        lanes.add_metric([keys.LANES[1]], batch_lane)
+        yield lanes
         yield GaugeMetricFamily("imgq_live_workers", "Workers whose heartbeat is alive", value=sum(live))
         yield GaugeMetricFamily("imgq_jobs_in_flight", "Jobs taken by workers and not yet answered",
                                 value=sum(inflight))
