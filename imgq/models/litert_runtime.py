@@ -62,6 +62,21 @@ def cache_path(cache_dir: str, model_name: str, weights_hash: str) -> str:
     return os.path.join(cache_dir, f"{model_name}-{weights_hash[:16]}-tf{converter_version()}-r{RECIPE}.tflite")
 
 
+def cached_path(cache_dir: str, model_name: str, weights_hash: str) -> str:
+    """The cache file to read: cache_path(); where TensorFlow is not installed (the container image, which
+    converts at build time and leaves TensorFlow out), the newest conversion of these weights by this recipe,
+    whichever TensorFlow made it, since none could be made here."""
+    path = cache_path(cache_dir, model_name, weights_hash)
+    if os.path.exists(path) or converter_version() != "unknown":
+        return path
+    head, tail = f"{model_name}-{weights_hash[:16]}-tf", f"-r{RECIPE}.tflite"
+    try:
+        found = [os.path.join(cache_dir, n) for n in os.listdir(cache_dir) if n.startswith(head) and n.endswith(tail)]
+    except OSError:
+        return path
+    return max(found, key=os.path.getmtime, default=path)
+
+
 def convert(keras_model: Any, input_size: tuple[int, int], preprocess: Callable[[Any], Any] | None = None) -> bytes:
     """The .tflite bytes of keras_model (float32 pixels 0..255 in, probabilities out), preprocessing inside."""
     from imgq.models.tensorflow_runtime import tensorflow
@@ -172,7 +187,7 @@ def load(name: str, weights_path: str, input_size: tuple[int, int], labels: list
     build_keras() → (keras_model, preprocess) is called only on a miss (it imports TensorFlow).
     Logs model.tflite with cached=true/false and the file.
     """
-    path = cache_path(cache_dir, name, file_sha256(weights_path))
+    path = cached_path(cache_dir, name, file_sha256(weights_path))
     if os.path.exists(path):
         try:
             with open(path, "rb") as f:
