@@ -75,7 +75,7 @@ def cores():
 
 
 # --- supervisord's config --------------------------------------------------------------------------
-def _program(run_dir, name, command, priority, stopwaitsecs, startsecs=1):
+def _program(run_dir, name, command, priority, stopwaitsecs, startsecs=1, environment=None):
     # A FIFO per program + maxbytes 0 + redirect_stderr: supervisord copies the child's output there as it
     # is, with no prefix; the launcher reads every FIFO (see Output) and knows which program wrote a line.
     return f"""
@@ -94,12 +94,27 @@ killasgroup=true
 redirect_stderr=true
 stdout_logfile={fifo_path(run_dir, name).replace("%", "%%")}
 stdout_logfile_maxbytes=0
-"""
+""" + (f"environment={environment}\n" if environment else "")
+
+
+def worker_programs(settings):
+    """(program name, environment line or None) of every model worker: worker.N for one model, as always;
+    worker.<model>.N for each of MODELS, started with that model's MODEL and KEY_PREFIX (its own queue)."""
+    from imgq.models.served import deployment
+    served = deployment()
+    if not settings.MODELS:
+        return [(f"worker.{n}", None) for n in range(1, served[0].workers + 1)]
+    programs = []
+    for model in served:
+        # supervisord's environment= syntax: KEY="value",... with % doubled
+        env = ",".join(f'{k}="{v}"'.replace("%", "%%") for k, v in
+                       (("MODEL", model.source), ("KEY_PREFIX", model.prefix), ("MODELS", "")))
+        programs += [(f"worker.{model.name}.{n}", env) for n in range(1, model.workers + 1)]
+    return programs
 
 
 def program_names(settings, redis_port):
-    return ["events"] + (["redis"] if redis_port else []) + ["web"] + [f"worker.{n}" for n in
-                                                                     range(1, settings.WORKERS + 1)]
+    return ["events"] + (["redis"] if redis_port else []) + ["web"] + [name for name, _ in worker_programs(settings)]
 
 
 def fifo_path(run_dir, name):
@@ -138,10 +153,10 @@ stderr_logfile_maxbytes=0
         parts.append(_program(run_dir, "redis", q(shlex.join(args)), priority=1, stopwaitsecs=10))
     parts.append(_program(run_dir, "web", f"{q(py)} -m gunicorn 'imgq.web.app:create_app()'", priority=20,
                           stopwaitsecs=stop_web, startsecs=2))
-    for n in range(1, settings.WORKERS + 1):
+    for name, environment in worker_programs(settings):
         # A worker finishes its batch on SIGTERM; a batch is far shorter than REQUEST_TIMEOUT.
-        parts.append(_program(run_dir, f"worker.{n}", f"{q(py)} run_model_server.py", priority=10,
-                              stopwaitsecs=int(settings.REQUEST_TIMEOUT) + 10))
+        parts.append(_program(run_dir, name, f"{q(py)} run_model_server.py", priority=10,
+                              stopwaitsecs=int(settings.REQUEST_TIMEOUT) + 10, environment=environment))
     return "".join(parts)
 
 
@@ -149,9 +164,10 @@ def child_env(settings, redis_port, run_dir, creds: Credentials | None = None):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if redis_port:
         env["REDIS_URL"] = creds.service_url(redis_port)  # this run's password, in the environment only
-    if settings.WORKERS > 1 and "MODEL_THREADS" not in os.environ and not settings.TF_INTRA_OP_THREADS:
+    workers = len(worker_programs(settings))
+    if workers > 1 and "MODEL_THREADS" not in os.environ and not settings.TF_INTRA_OP_THREADS:
         # Several workers on one machine share its cores instead of each taking all of them.
-        env["MODEL_THREADS"] = str(max(1, cores() // settings.WORKERS))
+        env["MODEL_THREADS"] = str(max(1, cores() // workers))
     if settings.LOG_LEVEL != "DEBUG":
         env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ INFO/WARNING chatter: off
     # One metrics folder for every gunicorn master this run starts (a restarted one too), removed at the end.

@@ -149,6 +149,10 @@ ALLOW_EVICTION = _bool("ALLOW_EVICTION", False)
 # auto | resnet50 | efficientnet_lite0 | standin (the fast stand-in for queue tests; never the default), or the
 # path of a model folder: your own classifier and its labels (docs/models.md#your-own-model, imgq/models/folder.py).
 MODEL = _str("MODEL", "auto", choices=("auto", "resnet50", "efficientnet_lite0", "standin"), or_folder=True)
+# Several models in one deployment: name=source[@workers],... where a source is a built-in name or a model
+# folder; each model gets its own queue (keys under KEY_PREFIX:name) and its own workers (WORKERS each unless
+# @workers says). The first is the default of POST /predict. Empty: one model, MODEL, exactly as before.
+MODELS = _str("MODELS", "")
 # Optional local file with Keras ResNet50 ImageNet weights (resnet50_weights_tf_dim_ordering_tf_kernels.h5).
 RESNET50_WEIGHTS = _str("RESNET50_WEIGHTS", "")
 # Where converted weights are cached (EfficientNet-Lite0 converted from the PyTorch file).
@@ -298,6 +302,37 @@ LOG_LINE_MAX = _int("LOG_LINE_MAX", 4096, low=256)
 # Name of this server in every log line (default: the host name).
 SERVER_NAME = _str("SERVER_NAME", "")
 
+MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+BUILT_IN_MODELS = ("auto", "resnet50", "efficientnet_lite0", "standin")
+
+
+def parse_models(text: str) -> list[tuple[str, str, int | None]]:
+    """MODELS → [(name, source, workers or None)]; ValueError naming the first entry that is wrong."""
+    entries, names = [], set()
+    for entry in (e.strip() for e in text.split(",")):
+        if not entry:
+            continue
+        name, eq, rest = entry.partition("=")
+        source, at, count = rest.rpartition("@") if "@" in rest else (rest, "", "")
+        name, source = name.strip(), source.strip()
+        if not eq or not MODEL_NAME.fullmatch(name):
+            raise ValueError(f"{entry!r}: a name (a-z 0-9 _ -) = a source, e.g. lite0=efficientnet_lite0")
+        if name in names:
+            raise ValueError(f"{entry!r}: the name {name} is used twice")
+        if source not in BUILT_IN_MODELS and not os.path.isdir(os.path.expanduser(source)):
+            raise ValueError(f"{entry!r}: {source!r} is neither a built-in model ({', '.join(BUILT_IN_MODELS)}) "
+                             "nor a folder")
+        workers = None
+        if at:
+            if not count.strip().isdigit() or int(count) < 1:
+                raise ValueError(f"{entry!r}: @{count} is not a number of workers (1 or more)")
+            workers = int(count)
+        names.add(name)
+        entries.append((name, os.path.abspath(os.path.expanduser(source)) if source not in BUILT_IN_MODELS
+                        else source, workers))
+    return entries
+
+
 # --- Combinations (checked after every setting is read) -------------------------------------------
 def _refused(*names: str) -> bool:
     # A combination is judged only on values the user gave correctly, else one mistake shows as two.
@@ -315,6 +350,12 @@ _tag = KEY_PREFIX.find("{")
 if REDIS_URL.startswith(("redis+cluster://", "rediss+cluster://")) and not (
         _tag >= 0 and KEY_PREFIX.find("}", _tag + 2) > _tag):
     refuse("KEY_PREFIX", KEY_PREFIX, f"a hash tag with Redis Cluster, e.g. {{{KEY_PREFIX}}}")
+if MODELS:
+    try:
+        if not parse_models(MODELS):
+            refuse("MODELS", MODELS, "name=source[@workers],... with at least one model")
+    except ValueError as _exc:
+        refuse("MODELS", MODELS, f"name=source[@workers],... ({_exc})")
 # Beyond loopback, anyone who can reach the port could use the service: keys, or an explicit waiver.
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 if not (HOST in LOOPBACK_HOSTS or HOST.startswith("127.")) and not (API_KEYS.strip() or API_KEYS_FILE) \

@@ -207,16 +207,17 @@ class Stack:
         to rise: a new worker may first reap a dead one whose heartbeat was still counted, so the count can
         stay where it was although the new worker is up (seen on a busy machine)."""
         proc = self.start("worker", [sys.executable, "run_model_server.py"], env)
+        prefix = str(env.get("KEY_PREFIX", self.prefix))  # one model of several: its own prefix
         deadline = time.monotonic() + timeout
-        while wait and not self.worker_alive(proc):
+        while wait and not self.worker_alive(proc, prefix):
             if proc.popen.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"worker did not start within {timeout}s:\n{proc.log_text()[-2000:]}")
             time.sleep(0.05)
         return proc
 
-    def worker_alive(self, proc: Proc) -> bool:
+    def worker_alive(self, proc: Proc, prefix: str | None = None) -> bool:
         """True while the worker process `proc` has a heartbeat key in Redis."""
-        return bool(self.redis().keys(keys.heartbeat(f"*:{proc.popen.pid}:*", self.prefix)))
+        return bool(self.redis().keys(keys.heartbeat(f"*:{proc.popen.pid}:*", prefix or self.prefix)))
 
     def live_workers(self) -> int:
         return len(self.redis().keys(keys.heartbeat("*", self.prefix)))

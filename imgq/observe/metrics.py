@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
     from imgq.jobs.connection import RedisClient
     from imgq.jobs.queue import JobQueue
+    from imgq.web.routes import Routes
 
 METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"))
 SECONDS = (.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30)
@@ -117,27 +118,31 @@ def record_batch(queue: JobQueue, model: str, size: int, inference_s: float, que
 
 
 class RedisCollector:
-    """Exports, at scrape time, the workers' hash and the live queue figures, read in one pipeline."""
+    """Exports, at scrape time, the workers' hashes and the live queue figures of every served model (each
+    under its own key prefix), read in one pipeline per model."""
 
-    def __init__(self, client: RedisClient, prefix: str) -> None:
-        self.redis, self.prefix = client, prefix
+    def __init__(self, client: RedisClient, prefixes: Sequence[tuple[str, str]]) -> None:
+        self.redis, self.prefixes = client, list(prefixes)  # (model name, its key prefix)
 
     def describe(self) -> list[Metric]:
         return []  # no Redis call when the collector is registered
 
+    def _read(self, prefix: str) -> list[Any]:
+        members = sorted(m.decode() for m in self.redis.smembers(keys.workers(prefix)))
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.llen(keys.queue(prefix))
+        pipe.llen(keys.lane_queue(keys.LANES[1], prefix))
+        pipe.hgetall(keys.metrics(prefix))
+        pipe.hmget(keys.counters(prefix), *STATS)
+        for m in members:
+            pipe.exists(keys.heartbeat(m, prefix))
+            pipe.llen(keys.inflight(m, prefix))
+        return list(pipe.execute())
+
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily("imgq_redis_up", "1 when this scrape could read Redis, else 0")
         try:
-            members = sorted(m.decode() for m in self.redis.smembers(keys.workers(self.prefix)))
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.llen(keys.queue(self.prefix))
-            pipe.llen(keys.lane_queue(keys.LANES[1], self.prefix))
-            pipe.hgetall(keys.metrics(self.prefix))
-            pipe.hmget(keys.counters(self.prefix), *STATS)
-            for m in members:
-                pipe.exists(keys.heartbeat(m, self.prefix))
-                pipe.llen(keys.inflight(m, self.prefix))
-            answers = pipe.execute()
+            read = [(name, self._read(prefix)) for name, prefix in self.prefixes]
         except redis.RedisError as exc:
             log("metrics.redis_down", level="WARNING", error=str(exc))
             up.add_metric([], 0)
@@ -145,26 +150,33 @@ class RedisCollector:
             return
         up.add_metric([], 1)
         yield up
-        queue_length, batch_lane, stored = answers[0], answers[1], answers[2]
-        stats = answers[3]
-        live = answers[4::2]
-        inflight = answers[5::2]
+        queue_length = sum(answers[0] for _, answers in read)
+        batch_lane = sum(answers[1] for _, answers in read)
         yield GaugeMetricFamily("imgq_queue_length", "Jobs waiting on the interactive lane (the queue)",
                                 value=queue_length)
         lanes = GaugeMetricFamily("imgq_lane_length", "Jobs waiting, by lane", labels=["lane"])
         lanes.add_metric([keys.LANES[0]], queue_length)
         lanes.add_metric([keys.LANES[1]], batch_lane)
         yield lanes
-        yield GaugeMetricFamily("imgq_live_workers", "Workers whose heartbeat is alive", value=sum(live))
+        waiting = GaugeMetricFamily("imgq_model_queue_length", "Jobs waiting, by served model (both lanes)",
+                                    labels=["model"])
+        for name, answers in read:
+            waiting.add_metric([name], answers[0] + answers[1])
+        yield waiting
+        yield GaugeMetricFamily("imgq_live_workers", "Workers whose heartbeat is alive",
+                                value=sum(sum(answers[4::2]) for _, answers in read))
         yield GaugeMetricFamily("imgq_jobs_in_flight", "Jobs taken by workers and not yet answered",
-                                value=sum(inflight))
-        for (name, (metric, help_text)), value in zip(STATS.items(), stats):
-            yield CounterMetricFamily(metric, help_text, value=float(value or 0))
+                                value=sum(sum(answers[5::2]) for _, answers in read))
+        for i, (metric, help_text) in enumerate(STATS.values()):
+            total = sum(float(answers[3][i] or 0) for _, answers in read)
+            yield CounterMetricFamily(metric, help_text, value=total)
 
         series: dict[str, dict[str, float]] = {}  # model → {field: value}
-        for field, value in stored.items():
-            model, _, rest = field.decode().partition("|")
-            series.setdefault(model, {})[rest] = float(value)
+        for _, answers in read:
+            for field, value in answers[2].items():
+                model, _, rest = field.decode().partition("|")
+                fields = series.setdefault(model, {})
+                fields[rest] = fields.get(rest, 0.0) + float(value)
         for name, help_text in COUNTERS.items():
             family = CounterMetricFamily(f"imgq_{name}", help_text, labels=["model"])
             for model in sorted(series):
@@ -190,14 +202,15 @@ def served(model: str | None) -> None:
     g.metrics_model = model or "unknown"
 
 
-def install(app: Flask, queue: JobQueue) -> None:
+def install(app: Flask, routes: Routes) -> None:
     """Count every answer of `app` by endpoint and status, time classification answers, serve GET /metrics."""
     from flask import g, request
 
     # The Redis figures in a registry of this app's own: REGISTRY is the process' (the counters above), and an
     # app built twice in one process (tests) must not register its collector there twice.
     redis_registry = CollectorRegistry()
-    redis_registry.register(RedisCollector(queue.redis, queue.prefix))
+    redis_registry.register(RedisCollector(routes.default.queue.redis,
+                                           [(route.name, route.queue.prefix) for route in routes]))
     multiproc = "PROMETHEUS_MULTIPROC_DIR" in os.environ
 
     @app.before_request

@@ -24,12 +24,11 @@ from flask import Flask, Response, g, request
 
 from imgq import settings
 from imgq.jobs.connection import connect
-from imgq.jobs.queue import JobQueue
-from imgq.jobs.results import ResultWaiter
 from imgq.observe import metrics, tracing
 from imgq.observe.logutil import log
 from imgq.web import auth, errors, jobs_api, openapi, page, predict, probes
 from imgq.web.protocols import tfserving, v2
+from imgq.web.routes import Routes
 
 # Polled paths (the page, scrapers, probes): logged at DEBUG only, failures too (a failing probe says so itself).
 QUIET_PATHS = ("/activity", "/metrics", "/healthz", "/livez", "/readyz", "/static/")
@@ -48,24 +47,25 @@ def create_app() -> Flask:
     # Request-path commands (push, /healthz, /activity) give up after REDIS_SOCKET_TIMEOUT: a hung Redis is
     # a fast 503. The result wait reads through its own client with the longer REDIS_WAIT_TIMEOUT and retries
     # a read that timed out, so a Redis that is merely slow does not turn waiting requests into 503s.
-    queue = JobQueue(connect(socket_timeout=settings.REDIS_SOCKET_TIMEOUT))
-    waiter = ResultWaiter(connect(socket_timeout=settings.REDIS_WAIT_TIMEOUT))
+    routes = Routes(connect(socket_timeout=settings.REDIS_SOCKET_TIMEOUT),
+                    connect(socket_timeout=settings.REDIS_WAIT_TIMEOUT))  # one queue and waiter per model
+    base = routes.default.queue  # what is not any one model's: shares, the page's view of the default model
 
     @app.before_request
     def listen() -> None:
-        waiter.start()  # once per process (a pid check after that): the listener lives where requests wait
+        routes.start()  # once per process (a pid check after that): the listeners live where requests wait
 
     tracing.install(app)  # every later hook and log line has the request's id
     _install_access_log(app)
-    auth.install(app, queue.redis, queue.prefix)  # API keys, each client's share, Host check, security headers
+    auth.install(app, base.redis, settings.KEY_PREFIX)  # API keys, each client's share, Host check, headers
     errors.install(app)
-    metrics.install(app, queue)
-    app.register_blueprint(page.blueprint(queue.redis))  # GET / for browsers, GET /activity
-    app.register_blueprint(predict.blueprint(queue, waiter))  # POST /predict, GET /
-    app.register_blueprint(probes.blueprint(queue, waiter))  # GET /livez, /readyz, /healthz
-    app.register_blueprint(jobs_api.blueprint(queue))  # GET, DELETE /jobs/<id> (asynchronous jobs)
-    app.register_blueprint(v2.blueprint(queue, waiter))  # Open Inference Protocol v2: /v2/...
-    app.register_blueprint(tfserving.blueprint(queue, waiter))  # TF Serving REST: /v1/models/...
+    metrics.install(app, routes)
+    app.register_blueprint(page.blueprint(base.redis, base.prefix))  # GET / for browsers, GET /activity
+    app.register_blueprint(predict.blueprint(routes))  # POST /predict, GET /
+    app.register_blueprint(probes.blueprint(routes))  # GET /livez, /readyz, /healthz
+    app.register_blueprint(jobs_api.blueprint(routes))  # GET, DELETE /jobs/<id> (asynchronous jobs)
+    app.register_blueprint(v2.blueprint(routes))  # Open Inference Protocol v2: /v2/...
+    app.register_blueprint(tfserving.blueprint(routes))  # TF Serving REST: /v1/models/...
     app.register_blueprint(openapi.blueprint())  # GET /openapi.json
     return app
 

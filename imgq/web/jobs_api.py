@@ -19,8 +19,8 @@ from flask import Blueprint, g, jsonify
 
 from imgq.errors import ServiceError
 from imgq.jobs import keys
-from imgq.jobs.queue import JobQueue
 from imgq.jobs.records import Records
+from imgq.web.routes import Routes
 
 JOB_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -29,22 +29,27 @@ class JobNotFound(ServiceError):
     status = 404
 
 
-def blueprint(queue: JobQueue) -> Blueprint:
+def blueprint(routes: Routes) -> Blueprint:
     bp = Blueprint("jobs", __name__)
-    records = Records(queue.redis, queue.prefix)
+    records = {route.name: Records(route.queue.redis, route.queue.prefix) for route in routes}
 
-    def visible(job_id: str) -> tuple[dict[str, str], bytes | None]:
+    def visible(job_id: str) -> tuple[dict[str, str], bytes | None, str]:
+        """The job's record, its result and its model's name; JobNotFound if no served model knows it."""
         if not JOB_ID.fullmatch(job_id):
             raise JobNotFound("unknown job id (or its result expired after RESULT_TTL)")
-        with queue.redis.pipeline(transaction=False) as pipe:
-            pipe.hgetall(keys.job(job_id, queue.prefix))
-            pipe.get(keys.result(job_id, queue.prefix))
-            raw_record, result = pipe.execute()
-        record = {k.decode(): v.decode() for k, v in raw_record.items()}
-        owner = record.get("owner", "")
-        if (not record and result is None) or (owner.startswith("key:") and owner != g.get("client")):
-            raise JobNotFound("unknown job id (or its result expired after RESULT_TTL)")
-        return record, result
+        for route in routes:  # a job lives under its model's prefix: one round trip per model served
+            queue = route.queue
+            with queue.redis.pipeline(transaction=False) as pipe:
+                pipe.hgetall(keys.job(job_id, queue.prefix))
+                pipe.get(keys.result(job_id, queue.prefix))
+                raw_record, result = pipe.execute()
+            record = {k.decode(): v.decode() for k, v in raw_record.items()}
+            if record or result is not None:
+                owner = record.get("owner", "")
+                if owner.startswith("key:") and owner != g.get("client"):
+                    break
+                return record, result, route.name
+        raise JobNotFound("unknown job id (or its result expired after RESULT_TTL)")
 
     def body(job_id: str, status: str, record: dict[str, str], **fields: Any) -> dict[str, Any]:
         out: dict[str, Any] = {"id": job_id, "status": status, **fields}
@@ -57,7 +62,7 @@ def blueprint(queue: JobQueue) -> Blueprint:
 
     @bp.get("/jobs/<job_id>")
     def job_status(job_id: str) -> Any:
-        record, result = visible(job_id)
+        record, result, _ = visible(job_id)
         if result is not None:
             answer = json.loads(result)
             if answer.get("dead_letter"):
@@ -81,8 +86,8 @@ def blueprint(queue: JobQueue) -> Blueprint:
 
     @bp.delete("/jobs/<job_id>")
     def job_cancel(job_id: str) -> Any:
-        record, result = visible(job_id)
-        before = records.cancel(job_id) if record else None
+        record, result, model = visible(job_id)
+        before = records[model].cancel(job_id) if record else None
         if before in ("queued", "cancelled"):
             return jsonify(success=True, **body(job_id, "cancelled", record))
         if before == "running":

@@ -43,6 +43,8 @@ def _version_param() -> dict[str, Any]:
 
 def document() -> dict[str, Any]:
     h, w = models.input_size()
+    from imgq.models.served import deployment
+    served_names = [m.name for m in deployment()]
     E, C = "#/components/schemas/Error", "#/components/schemas/CourseError"
     job: dict[str, Any] = {"type": "object", "required": ["id", "status"], "properties": {
         "success": {"type": "boolean"}, "id": {"type": "string"},
@@ -90,6 +92,8 @@ def document() -> dict[str, Any]:
             "summary": "Classify an uploaded image (the course's API); with Prefer: respond-async, queue one job per "
                        "image and answer 202 at once",
             "parameters": [
+                {"name": "model", "in": "query", "schema": {"type": "string", "enum": served_names},
+                 "description": "the served model to ask (default: the first)"},
                 {"name": "Prefer", "in": "header", "schema": {"type": "string", "example": "respond-async"},
                  "description": "respond-async (RFC 7240): 202 + Location: /jobs/{id} instead of waiting"},
                 {"name": "X-Timeout-Ms", "in": "header", "schema": {"type": "integer", "minimum": 1},

@@ -19,15 +19,14 @@ from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
 
-from imgq import models, settings
+from imgq import settings
 from imgq.errors import BadRequest
 from imgq.jobs import callbacks, keys
 from imgq.jobs.records import Records
-from imgq.jobs.queue import JobQueue
-from imgq.jobs.results import ResultWaiter
 from imgq.observe import metrics, tracing
 from imgq.web import classify, images, page, upload
 from imgq.web.images import prepare_image
+from imgq.web.routes import Route, Routes
 
 
 def wants_async() -> bool:
@@ -80,10 +79,9 @@ def hang_up_watch(wake: threading.Event) -> Iterator[threading.Event | None]:
         watcher.kill(block=False)
 
 
-def blueprint(queue: JobQueue, waiter: ResultWaiter) -> Blueprint:
+def blueprint(routes: Routes) -> Blueprint:
     bp = Blueprint("predict", __name__)
-    input_size = models.input_size()
-    records = Records(queue.redis, queue.prefix)
+    records = {route.name: Records(route.queue.redis, route.queue.prefix) for route in routes}
 
     @bp.after_request
     def count(response: Response) -> Response:
@@ -112,6 +110,8 @@ def blueprint(queue: JobQueue, waiter: ResultWaiter) -> Blueprint:
     @bp.post("/predict")
     def predict() -> Any:
         started = time.monotonic()
+        route = routes.get(request.args.get("model"))  # ?model=<name>; the first served model by default
+        queue, waiter, input_size = route.queue, route.waiter, route.input_size
         asynchronous = wants_async()
         form = upload.read_form(request, settings.MAX_REQUEST_IMAGES)  # not request.files: see upload.py
         if not form.images:
@@ -121,7 +121,7 @@ def blueprint(queue: JobQueue, waiter: ResultWaiter) -> Blueprint:
             raise BadRequest(f"unknown lane {lane[:40]!r}: one of {', '.join(keys.LANES)}")
         timeout = client_timeout(settings.ASYNC_TIMEOUT if asynchronous else settings.REQUEST_TIMEOUT)
         if asynchronous:
-            return submit_async(form, lane, timeout)
+            return submit_async(route, form, lane, timeout)
         if "callback_url" in form.fields:
             raise BadRequest("callback_url needs an asynchronous request (Prefer: respond-async)")
         pixels = prepare_image(form.images[0], input_size)  # the course's form has one image; more are ignored
@@ -141,13 +141,14 @@ def blueprint(queue: JobQueue, waiter: ResultWaiter) -> Blueprint:
                                 "batch": result.get("batch"),
                                 "total_ms": round(total * 1000, 2)})
 
-    def submit_async(form: upload.Form, lane: str, timeout: float) -> Any:
+    def submit_async(route: Route, form: upload.Form, lane: str, timeout: float) -> Any:
         """Prefer: respond-async (RFC 7240): every image becomes a job of its own with a record, and the answer
         is 202 at once, Location naming the first job."""
         callback = callbacks.check_url(form.fields["callback_url"]) if "callback_url" in form.fields else ""
-        all_pixels = [prepare_image(data, input_size) for data in form.images]  # a bad one refuses them all
+        all_pixels = [prepare_image(data, route.input_size) for data in form.images]  # a bad one refuses them all
         owner = g.get("client") or "unknown"
-        ids = [classify.submit_async(queue, records, pixels, owner, timeout, lane, callback, tracing.trace_id())
+        ids = [classify.submit_async(route.queue, records[route.name], pixels, owner, timeout, lane, callback,
+                                     tracing.trace_id())
                for pixels in all_pixels]
         metrics.ASYNC_SUBMITTED.labels(lane).inc(len(ids))
         g.done_fields = {"jobs": ",".join(ids), "lane": lane}

@@ -13,14 +13,17 @@ from typing import Any
 from flask import Blueprint, jsonify
 
 from imgq import settings
-from imgq.jobs.queue import JobQueue
-from imgq.jobs.results import ResultWaiter
-from imgq.jobs.workers import readiness
+from imgq.jobs.workers import Readiness, readiness
+from imgq.web.routes import Route, Routes
 from imgq.observe.logutil import log
 
 
-def blueprint(queue: JobQueue, waiter: ResultWaiter) -> Blueprint:
+def blueprint(routes: Routes) -> Blueprint:
     bp = Blueprint("probes", __name__)
+    single = len(routes) == 1
+
+    def states() -> list[tuple[Route, Readiness]]:
+        return [(route, readiness(route.queue.redis, route.queue.prefix)) for route in routes]
 
     @bp.get("/livez")
     def livez() -> Any:
@@ -28,27 +31,42 @@ def blueprint(queue: JobQueue, waiter: ResultWaiter) -> Blueprint:
 
     @bp.get("/readyz")
     def readyz() -> Any:
-        state = readiness(queue.redis, queue.prefix)
-        body = {"ready": state.ready, "redis": "ok" if state.redis_ok else "down",
-                "live_workers": len(state.workers)}
-        if state.problem:
-            body["error"] = state.problem
-        return jsonify(body), 200 if state.ready else 503
+        # Ready: Redis answers and every served model has a live worker.
+        checked = states()
+        problems = [state.problem if single else f"{route.name}: {state.problem}"
+                    for route, state in checked if state.problem]
+        redis_ok = all(state.redis_ok for _, state in checked)
+        body: dict[str, Any] = {"ready": not problems, "redis": "ok" if redis_ok else "down",
+                                "live_workers": sum(len(state.workers) for _, state in checked)}
+        if problems:
+            body["error"] = problems[0] if single else "; ".join(problems)
+        return jsonify(body), 200 if not problems else 503
 
     @bp.get("/healthz")
     def healthz() -> Any:
-        state = readiness(queue.redis, queue.prefix)
+        checked = states()
+        route, state = checked[0]
+        waiting = all(r.waiter.listening for r, _ in checked)
         status: dict[str, Any] = {
-            "ok": state.ready, "redis": state.redis_condition or "ok", "model": ", ".join(state.models) or None,
-            "model_setting": settings.MODEL,
-            "notifications": "on" if waiter.listening else f"off (polling every {waiter.poll_interval:g}s)"}
+            "ok": all(s.ready for _, s in checked), "redis": state.redis_condition or "ok",
+            "model": ", ".join(sorted({m for _, s in checked for m in s.models})) or None,
+            "model_setting": settings.MODELS or settings.MODEL,
+            "notifications": "on" if waiting else f"off (polling every {route.waiter.poll_interval:g}s)"}
         if not state.redis_ok:
             log("healthz.redis_down", level="WARNING", error=str(state.redis_error))
             status["redis"] = f"down: {state.problem.removeprefix('Redis is ') if state.problem else ''}"
             return jsonify(status), 503
-        status.update(queue_length=state.queue_length, workers=state.workers, live_workers=len(state.workers))
-        if state.problem:
-            status["problem"] = state.problem
-        return jsonify(status), 200 if state.ready else 503
+        status.update(queue_length=sum(s.queue_length or 0 for _, s in checked),
+                      workers=[w for _, s in checked for w in s.workers],
+                      live_workers=sum(len(s.workers) for _, s in checked))
+        if not single:  # each model: its queue and its workers
+            status["models"] = [{"name": r.name, "source": r.model.source, "ready": s.ready,
+                                 "queue_length": s.queue_length, "workers": s.workers,
+                                 "live_workers": len(s.workers), **({"problem": s.problem} if s.problem else {})}
+                                for r, s in checked]
+        problems = [s.problem if single else f"{r.name}: {s.problem}" for r, s in checked if s.problem]
+        if problems:
+            status["problem"] = "; ".join(problems)
+        return jsonify(status), 200 if status["ok"] else 503
 
     return bp

@@ -15,21 +15,17 @@ from __future__ import annotations
 import base64
 import binascii
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from flask import Blueprint, Response, g, jsonify, request
 
 from imgq.observe import metrics
-from imgq import models
 from imgq.web.protocols import v2
 from imgq import settings
 from imgq.errors import ProtocolError
 from imgq.jobs.workers import readiness
-
-if TYPE_CHECKING:
-    from imgq.jobs.queue import JobQueue
-    from imgq.jobs.results import ResultWaiter
+from imgq.web.routes import Routes
 
 TOP_K = 5
 
@@ -76,14 +72,13 @@ def _instances(body: Any) -> list[Any]:
     return instances
 
 
-def blueprint(queue: JobQueue, waiter: ResultWaiter) -> Blueprint:
+def blueprint(routes: Routes) -> Blueprint:
     bp = Blueprint("tfserving", __name__)
-    input_size = models.input_size()
 
     @bp.get("/v1/models/<name>")
     def status(name: str) -> Response:
-        v2.check_model(name)
-        ok = readiness(queue.redis, queue.prefix).ready
+        route = v2.route_of(routes, name)
+        ok = readiness(route.queue.redis, route.queue.prefix).ready
         return jsonify(model_version_status=[{
             "version": v2.MODEL_VERSION, "state": "AVAILABLE" if ok else "UNAVAILABLE",
             "status": {"error_code": "OK" if ok else "UNAVAILABLE",
@@ -92,7 +87,7 @@ def blueprint(queue: JobQueue, waiter: ResultWaiter) -> Blueprint:
     @bp.post("/v1/models/<name>:predict")
     def predict(name: str) -> Response:
         started = time.monotonic()
-        v2.check_model(name)
+        route = v2.route_of(routes, name)
         try:  # TF Serving needs no Content-Type
             body = v2.load_json(request.get_data(cache=False))
         except ValueError:
@@ -101,11 +96,11 @@ def blueprint(queue: JobQueue, waiter: ResultWaiter) -> Blueprint:
         if len(instances) > settings.MAX_REQUEST_IMAGES:
             raise ProtocolError(f"{len(instances)} instances in one request; at most "
                                 f"MAX_REQUEST_IMAGES ({settings.MAX_REQUEST_IMAGES})", 413)
-        items = [_instance_pixels_or_bytes(instance, i, input_size) for i, instance in enumerate(instances)]
-        pixel_list = v2.prepare_request(items, input_size)  # the request's pixel budget, then the decodes
-        results = v2.run(queue, waiter, pixel_list, started)
+        items = [_instance_pixels_or_bytes(instance, i, route.input_size) for i, instance in enumerate(instances)]
+        pixel_list = v2.prepare_request(items, route.input_size)  # the request's pixel budget, then the decodes
+        results = v2.run(route.queue, route.waiter, pixel_list, started)
         probabilities = v2.probabilities_of(results)
-        labels = models.imagenet_labels()
+        labels = route.labels
         metrics.served(results[0].get("model"))
         predictions: list[dict[str, Any]] = []
         for row in probabilities:

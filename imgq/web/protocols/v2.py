@@ -43,10 +43,10 @@ from imgq.observe import tracing
 from imgq.web import classify
 from imgq.jobs import keys, message
 from imgq.observe import metrics
-from imgq import models
 from imgq import settings
 from imgq.errors import BadImage, ProtocolError, WorkerFailed
 from imgq.jobs.workers import readiness
+from imgq.web.routes import Route, Routes, UnknownModel
 from imgq.web import containers
 from imgq.web.images import FORMATS, prepare_image
 
@@ -61,17 +61,20 @@ IMAGE_INPUT, PIXELS_INPUT, OUTPUT = "IMAGE", "PIXELS", "PROBABILITIES"
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
-def served_names() -> list[str]:
-    """Model names the URL may carry. With MODEL=auto the web server cannot know which real model the workers
-    chose, so each of them is accepted, and the answer's model_name says which one ran."""
-    return [settings.MODEL] + (list(models.REAL_MODELS) if settings.MODEL == "auto" else [])
-
-
-def check_model(name: str, version: str | None = None) -> None:
-    if name not in served_names():
-        raise ProtocolError(f"unknown model {shown(name)}: this server serves {', '.join(served_names())}", 404)
+def check_version(name: str, version: str | None = None) -> None:
     if version not in (None, "", MODEL_VERSION):
         raise ProtocolError(f"model {shown(name)} has no version {shown(version)} (only {MODEL_VERSION!r})", 404)
+
+
+def route_of(routes: Routes, name: str, version: str | None = None) -> Route:
+    """The served model the URL names (404 in this protocol's shape for any other name or version)."""
+    try:
+        route = routes.get(name)
+    except UnknownModel:
+        raise ProtocolError(f"unknown model {shown(name)}: this server serves {', '.join(routes.names)}", 404) \
+            from None
+    check_version(name, version)
+    return route
 
 
 # --- running several images: each its own job ----------------------------------------------------------
@@ -472,9 +475,8 @@ def output_tensors(probabilities: np.ndarray, labels: Sequence[str],
     return out
 
 
-def blueprint(queue: JobQueue, waiter: ResultWaiter) -> Blueprint:
+def blueprint(routes: Routes) -> Blueprint:
     bp = Blueprint("protocol_v2", __name__)
-    input_size = models.input_size()
 
     @bp.get("/v2")
     def server_metadata() -> Response:
@@ -487,25 +489,28 @@ def blueprint(queue: JobQueue, waiter: ResultWaiter) -> Blueprint:
 
     @bp.get("/v2/health/ready")
     def server_ready() -> tuple[Response, int]:
-        state = readiness(queue.redis, queue.prefix)
-        return (jsonify(ready=True), 200) if state.ready else (jsonify(ready=False, error=state.problem), 503)
+        for route in routes:  # ready when every served model is
+            state = readiness(route.queue.redis, route.queue.prefix)
+            if not state.ready:
+                return jsonify(ready=False, error=state.problem), 503
+        return jsonify(ready=True), 200
 
     @bp.get("/v2/models/<name>")
     @bp.get("/v2/models/<name>/versions/<version>")
     def model_metadata(name: str, version: str | None = None) -> Response:
-        check_model(name, version)
-        h, w = input_size
+        route = route_of(routes, name, version)
+        h, w = route.input_size
         return jsonify(name=name, versions=[MODEL_VERSION], platform="keras" if name != "standin" else "standin",
                        inputs=[{"name": IMAGE_INPUT, "datatype": "BYTES", "shape": [-1]},
                                {"name": PIXELS_INPUT, "datatype": "UINT8", "shape": [-1, h, w, 3]}],
-                       outputs=[{"name": OUTPUT, "datatype": "FP32", "shape": [-1, 1000]}],
+                       outputs=[{"name": OUTPUT, "datatype": "FP32", "shape": [-1, len(route.labels)]}],
                        parameters={"one_input_of": [IMAGE_INPUT, PIXELS_INPUT]})
 
     @bp.get("/v2/models/<name>/ready")
     @bp.get("/v2/models/<name>/versions/<version>/ready")
     def model_ready(name: str, version: str | None = None) -> tuple[Response, int]:
-        check_model(name, version)
-        state = readiness(queue.redis, queue.prefix)
+        route = route_of(routes, name, version)
+        state = readiness(route.queue.redis, route.queue.prefix)
         body: dict[str, Any] = {"name": name, "ready": state.ready}
         if state.problem:
             body["error"] = state.problem
@@ -515,19 +520,19 @@ def blueprint(queue: JobQueue, waiter: ResultWaiter) -> Blueprint:
     @bp.post("/v2/models/<name>/versions/<version>/infer")
     def infer(name: str, version: str | None = None) -> Any:
         started = time.monotonic()
-        check_model(name, version)
+        route = route_of(routes, name, version)
         if request.headers.get("Content-Encoding") not in (None, "", "identity"):
             raise ProtocolError("compressed request bodies are not accepted", 415)
         request_json, tail = split_body(request.get_data(cache=False), request.headers.get(HEADER_LENGTH))
         infer_id = request_id(request_json)
         wanted = requested_outputs(request_json)
         timeout, lane = scheduling(request_json)
-        pixel_list = prepare_request(read_input(request_json, tail, input_size), input_size)
-        results = run(queue, waiter, pixel_list, started, timeout, lane)
+        pixel_list = prepare_request(read_input(request_json, tail, route.input_size), route.input_size)
+        results = run(route.queue, route.waiter, pixel_list, started, timeout, lane)
         probabilities = probabilities_of(results)
         served_model = results[0].get("model")
         metrics.served(served_model)
-        tensors = output_tensors(probabilities, models.imagenet_labels(), wanted)
+        tensors = output_tensors(probabilities, route.labels, wanted)
         head: dict[str, Any] = {"model_name": name, "model_version": MODEL_VERSION, "outputs": [t for t, _ in tensors],
                 "parameters": {"served_by": served_model, "job_ids": ",".join(r["id"] for r in results)}}
         if infer_id is not None:
