@@ -11,10 +11,19 @@ import requests
 import tritonclient.http as httpclient
 
 from conftest import CASTLE, wait_until
-from test_model_folder import SOLIDS, colour_model, folders, png  # noqa: F401  (module fixtures)
+from test_model_folder import SOLIDS, png
 
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning",
                                         "ignore:You are saving your model as an HDF5 file")
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """The colour classifier of docs/own_model_example.py, trained here (seconds), as a .tflite model folder."""
+    from docs import own_model_example as example
+    path = str(tmp_path_factory.mktemp("toy") / "colours_tflite")
+    example.save(example.train(), path, "tflite")
+    return path
 
 
 def predict(url, data, model=None, name="i.png"):
@@ -23,9 +32,8 @@ def predict(url, data, model=None, name="i.png"):
 
 
 @pytest.mark.skipif(not os.path.exists(CASTLE), reason="needs ../shared/castle_image.jpg")
-def test_two_models_each_answer_with_their_own_labels_on_every_protocol(service, folders, tmp_path):
+def test_two_models_each_answer_with_their_own_labels_on_every_protocol(service, toy):
     castle = open(CASTLE, "rb").read()
-    toy = folders["tflite"]
     models = f"lite0=efficientnet_lite0,toy={toy}"
     lite0_worker = service.start_worker(MODEL="efficientnet_lite0", KEY_PREFIX=f"{service.prefix}:lite0")
     service.start_worker(MODEL=toy, KEY_PREFIX=f"{service.prefix}:toy")
