@@ -1,4 +1,5 @@
 """`make run`'s launcher, and Redis URLs with a password and TLS (rediss://)."""
+import json
 import os
 import signal
 import socket
@@ -33,7 +34,7 @@ def test_launcher_starts_everything_on_loopback_and_stops_everything(tmp_path):
     port, redis_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     env.update(MODEL="standin", PORT=str(port), EMBEDDED_REDIS_PORT=str(redis_port), WORKERS="2",
-               KEY_PREFIX="launch")
+               KEY_PREFIX="launch", HOME=str(tmp_path))
     log = open(tmp_path / "launcher.log", "wb")
     launcher = subprocess.Popen([sys.executable, "launcher.py"], cwd=REPO, env=env, stdout=log, stderr=log)
     try:
@@ -42,8 +43,11 @@ def test_launcher_starts_everything_on_loopback_and_stops_everything(tmp_path):
         assert requests.get(url + "/healthz", timeout=5).json()["live_workers"] == 2
         response = requests.post(url + "/predict", files={"image": ("g.png", grey_png(21))}, timeout=30)
         assert response.json()["predictions"][0]["label"] == standin_label(21)
-        # The embedded Redis listens on loopback only.
-        assert redis.Redis(port=redis_port).config_get("bind")["bind"] == "127.0.0.1"
+        # The embedded Redis listens on loopback only (the service's URL, with this run's password, is where
+        # the launcher publishes it for other shells).
+        url_file = tmp_path / ".cache" / "redis-keras-queue" / f"embedded-redis-{redis_port}.json"
+        service = redis.Redis.from_url(json.loads(url_file.read_text())["url"])
+        assert service.config_get("bind")["bind"] == "127.0.0.1"
         children = psutil.Process(launcher.pid).children(recursive=True)
         assert len(children) >= 5  # supervisord, redis, gunicorn (+ its workers), 2 model workers
     finally:
