@@ -31,7 +31,7 @@ import pytest
 import requests
 
 from conftest import CASTLE, REPO, free_port
-from sysdeps import ensure_command
+from sysdeps import _apt_install, ensure_command
 
 BASE_IMAGE = "localhost/imgq-test-base:bookworm"
 REDIS_IMAGE = "localhost/imgq-test-redis:bookworm"
@@ -71,12 +71,21 @@ def test_the_dockerfile_takes_its_base_image_as_an_argument_and_ends_unprivilege
 # --- podman -------------------------------------------------------------------------------------------------
 class Podman:
     def __init__(self):
-        self.podman = ensure_command("podman", "podman")
-        ensure_command("runc", "runc")
+        # Without recommends, apt would take crun (refused here) and perhaps CNI without DNS: name them all.
+        packages = ("podman", "runc", "netavark", "aardvark-dns", "iptables")
+        self.podman = ensure_command("podman", *packages)
+        ensure_command("runc", *packages)
+        for path in ("/usr/lib/podman/netavark", "/usr/lib/podman/aardvark-dns"):
+            if not os.path.exists(path):
+                why = _apt_install(list(packages))
+                if not os.path.exists(path):
+                    pytest.skip(f"{path} is missing and could not be installed (apt-get install {' '.join(packages)}): "
+                                f"{why}")
         os.makedirs(CACHE, exist_ok=True)
         self.conf = os.path.join(CACHE, "containers.conf")
         with open(self.conf, "w") as f:
-            f.write('[containers]\ndefault_ulimits = []\n\n[engine]\nruntime = "runc"\n')
+            f.write('[containers]\ndefault_ulimits = []\n\n[engine]\nruntime = "runc"\n\n'
+                    '[network]\nnetwork_backend = "netavark"\n')
         self.env = dict(os.environ, CONTAINERS_CONF=self.conf)
 
     def run(self, *args, check=True, timeout=300, **kwargs):
