@@ -3,7 +3,8 @@
 - systemd: `systemd-analyze verify` (Debian's package systemd; installed when missing, as tests/sysdeps.py
   does) on copies whose ExecStart points at stand-in executables: verify refuses a command that does not exist,
   and /opt/imgq (where docs/deployment.md installs the package) is not on this machine. `systemd-analyze
-  security --offline` scores their hardening. The units are not started here: this machine has no systemd.
+  security --offline` scores their hardening. The units are not started here: this machine has no systemd;
+  the web server and a worker are run under the kernel's PR_SET_MDWE, what MemoryDenyWriteExecute= asks.
 - Kubernetes: kubernetes-validate --strict (the Kubernetes API's schemas) on every manifest but the KEDA objects
   and the Kustomization, which are not Kubernetes API kinds. The KEDA objects go through the validators that
   the npm package @kubernetes-models/keda compiles from KEDA's CRD schemas (types, enums, required fields; like
@@ -15,6 +16,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
@@ -77,6 +79,65 @@ def test_the_worker_unit_is_a_template_and_the_env_file_example_is_plain():
         name = line.split("=")[0]
         from imgq import settings
         assert hasattr(settings, name), f"imgq.env sets {name}, which is not a setting"
+
+
+MDWE = """
+import ctypes, os, sys
+# PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN: no mapping both writable and executable, none made executable later;
+# kept across fork and exec. systemd's MemoryDenyWriteExecute= refuses the same.
+if ctypes.CDLL(None, use_errno=True).prctl(65, 1, 0, 0, 0) != 0:
+    sys.exit(77)
+os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
+"""
+
+
+def test_the_web_server_and_a_worker_answer_castle_with_memory_deny_write_execute(redis_server, tmp_path):
+    """The units set MemoryDenyWriteExecute=yes: gunicorn with gevent, LiteRT's XNNPACK and NumPy must run
+    without writable and executable memory. Run here under the kernel's PR_SET_MDWE (Linux 6.3+)."""
+    import signal
+
+    import requests
+
+    from conftest import CASTLE, free_port
+    if not os.path.exists(CASTLE):
+        pytest.skip(f"{CASTLE} not found")
+    probe = subprocess.run([sys.executable, "-c", MDWE, "-c", "import mmap; mmap.mmap(-1, 4096, prot=7)"],
+                           capture_output=True, text=True, timeout=60)
+    if probe.returncode == 77:
+        pytest.skip("this kernel has no PR_SET_MDWE (Linux 6.3+)")
+    assert probe.returncode != 0 and "Permission denied" in probe.stderr, "PR_SET_MDWE did not refuse W+X memory"
+    port = free_port()
+    env = dict(os.environ, REDIS_URL=redis_server.url, KEY_PREFIX="mdwe", PORT=str(port), LOG_LEVEL="INFO")
+    logs = [open(tmp_path / "worker.log", "wb"), open(tmp_path / "web.log", "wb")]
+    procs = [subprocess.Popen([sys.executable, "-c", MDWE, os.path.join(REPO, "run_model_server.py")], env=env,
+                              cwd=REPO, stdout=logs[0], stderr=subprocess.STDOUT, start_new_session=True),
+             subprocess.Popen([sys.executable, "-c", MDWE, "-m", "gunicorn", "imgq.web.app:create_app()"], env=env,
+                              cwd=REPO, stdout=logs[1], stderr=subprocess.STDOUT, start_new_session=True)]
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            try:
+                if requests.get(url + "/readyz", timeout=5).status_code == 200:
+                    break
+            except requests.RequestException:
+                pass
+            assert all(p.poll() is None for p in procs) and time.monotonic() < deadline, \
+                (tmp_path / "worker.log").read_text()[-2000:] + (tmp_path / "web.log").read_text()[-2000:]
+            time.sleep(0.2)
+        with open(CASTLE, "rb") as f:
+            answer = requests.post(url + "/predict", files={"image": ("castle.jpg", f.read())}, timeout=60)
+        assert answer.status_code == 200 and answer.json()["predictions"][0]["label"] == "castle", answer.text
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+        for log in logs:
+            log.close()
 
 
 def manifests():
