@@ -181,6 +181,20 @@ def test_a_redis_that_evicts_is_refused_at_start_with_one_line_and_exit_2(tmp_pa
         server.stop()
 
 
+def test_a_policy_that_cannot_be_read_is_said_and_the_start_goes_on(tmp_path):
+    # A managed Redis may refuse CONFIG (here: renamed away): the check says so in a warning and lets it start.
+    server = RedisServer(tmp_path, "--maxmemory-policy", "allkeys-lru", "--rename-command", "CONFIG", "").start()
+    try:
+        env = dict(os.environ, REDIS_URL=server.url, LOG_LEVEL="INFO")
+        code, out, err = run_refused(["-c", "from imgq.jobs import connection; connection.check_at_start('web', 2)"],
+                                     env)
+    finally:
+        server.stop()
+    assert code == 0, err
+    [line] = (out + err).strip().splitlines()
+    assert "redis.policy_unchecked" in line and "CONFIG GET maxmemory-policy refused" in line
+
+
 @pytest.mark.timeout(180)
 def test_make_redis_publishes_its_url_for_the_other_shells(tmp_path):
     port, home = free_port(), tmp_path / "home"
