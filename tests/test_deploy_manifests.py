@@ -240,10 +240,17 @@ def test_keda_scales_the_workers_on_the_queue_list_down_to_zero():
     settings = one("ConfigMap", "imgq-settings")["data"]
     assert scaled["spec"]["scaleTargetRef"]["name"] == one("Deployment", "imgq-worker")["metadata"]["name"]
     assert scaled["spec"]["minReplicaCount"] == 0
-    [trigger] = scaled["spec"]["triggers"]
-    assert trigger["type"] == "redis"
-    assert trigger["metadata"]["listName"] == keys.queue(prefix=settings["KEY_PREFIX"]) == "imgq:queue"
-    assert int(trigger["metadata"]["listLength"]) >= int(settings["BATCH_SIZE"])  # full batches before a new pod
+    triggers = scaled["spec"]["triggers"]
+    # One trigger per lane, the interactive one first: every list a job can wait on.
+    assert [t["metadata"]["listName"] for t in triggers] == [keys.lane_queue(lane, settings["KEY_PREFIX"])
+                                                             for lane in keys.LANES]
+    assert triggers[0]["metadata"]["listName"] == keys.queue(prefix=settings["KEY_PREFIX"]) == "imgq:queue"
+    for trigger in triggers:
+        assert trigger["type"] == "redis" and trigger["metadata"]["activationListLength"] == "0"
+        assert int(trigger["metadata"]["listLength"]) >= int(settings["BATCH_SIZE"])  # full batches first
+        assert trigger["metadata"]["address"] == triggers[0]["metadata"]["address"]
+        assert trigger["authenticationRef"] == triggers[0]["authenticationRef"]
+    trigger = triggers[0]
     # The address KEDA dials (from its own namespace) is the Redis Service in the service's namespace.
     host, port = trigger["metadata"]["address"].split(":")
     redis_service = one("Service", "imgq-redis")
