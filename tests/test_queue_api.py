@@ -52,7 +52,6 @@ def metric(url, name, **labels):
 def test_100_async_jobs_survive_a_killed_web_process_and_a_killed_worker(service):
     castle = open(CASTLE, "rb").read()
     model = dict(MODEL="efficientnet_lite0")
-    victim_worker = service.start_worker(BATCH_SIZE=8, **model)
     url_a, web_a = service.start_web(**model)
     url_b, _ = service.start_web(**model)
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
@@ -65,8 +64,11 @@ def test_100_async_jobs_survive_a_killed_web_process_and_a_killed_worker(service
     for child in psutil.Process(web_a.popen.pid).children(recursive=True):
         child.kill()
     web_a.popen.kill()
+    # Only now a worker: it takes the queued jobs in batches of 8 and is killed while it holds one.
     client = service.redis_server.client()
-    wait_until(lambda: client.llen(keys.inflight("", service.prefix) + victim_worker_id(service)) > 0, timeout=120)
+    victim_worker = service.start_worker(wait=False, BATCH_SIZE=8, **model)
+    wait_until(lambda: client.llen(keys.inflight("", service.prefix) + victim_worker_id(service)) > 0,
+               timeout=180, step=0.005)
     victim_worker.signal(signal.SIGKILL)
     service.start_worker(BATCH_SIZE=8, **model)
     results = [collect(url_b, i) for i in ids]

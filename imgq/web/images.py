@@ -208,11 +208,14 @@ def _off_loop(image: Image.Image, height: int, width: int) -> np.ndarray:
     if hasattr(_pool, "spawn"):  # gevent
         import gevent
         result = _pool.spawn(_caught, image, height, width)
-        result.rawlink(lambda _: _slots.release())
         try:
             outcome = result.get(timeout=settings.DECODE_TIMEOUT)
         except gevent.Timeout:
+            # The thread goes on: a greenlet gives its slot back when it is done (not a callback in the hub,
+            # where an exception would leave the slot taken for good).
+            gevent.spawn(_release_when_done, result)
             raise _too_slow() from None
+        _slots.release()
     else:
         from concurrent.futures import TimeoutError as FutureTimeout
         future = _pool.submit(_caught, image, height, width)
@@ -224,6 +227,13 @@ def _off_loop(image: Image.Image, height: int, width: int) -> np.ndarray:
     if isinstance(outcome, BaseException):
         raise outcome
     return cast(np.ndarray, outcome)
+
+
+def _release_when_done(result: Any) -> None:
+    try:
+        result.wait()
+    finally:
+        _slots.release()
 
 
 def _caught(image: Image.Image, height: int, width: int) -> np.ndarray | Exception:
