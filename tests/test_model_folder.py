@@ -350,3 +350,12 @@ def test_names_and_the_model_setting(tmp_path, monkeypatch):
     monkeypatch.setenv("MODEL", "StandIn")  # a built-in name wins, in any spelling
     assert settings._str("MODEL", "auto", choices=("auto", "standin"), or_folder=True) == "standin"
     assert errors == []
+
+
+def test_top_k_sets_how_many_labels_an_answer_lists(service, folders, tmp_path, cache):
+    path = with_config(folders["tflite"], tmp_path / "colours_top2", {"top_k": 2})
+    service.start_worker(MODEL=path, MODEL_CACHE_DIR=cache)
+    url, _ = service.start_web(MODEL=path)
+    answer = requests.post(url + "/predict", files={"image": ("red.png", png([SOLIDS["red"]]))}, timeout=60)
+    assert [p["label"] for p in answer.json()["predictions"]][:1] == ["red"]
+    assert len(answer.json()["predictions"]) == 2

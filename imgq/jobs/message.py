@@ -131,6 +131,7 @@ def make_result(job_id: str | None, **fields: Any) -> str:
 def top_predictions(probabilities: np.ndarray, labels: Sequence[str], k: int = 5) -> list[dict[str, Any]]:
     """One row of class probabilities → the course's list of {"label", "probability"}, best first."""
     # argpartition finds the k best of 1000 without sorting all of them; then only those k are sorted.
+    k = min(k, len(probabilities))  # a model of fewer classes than k lists them all
     best = np.argpartition(probabilities, -k)[-k:]
     order = best[np.argsort(probabilities[best])[::-1]]
     return [{"label": labels[i], "probability": round(float(probabilities[i]), 6)} for i in order]

@@ -437,12 +437,6 @@ def _check_classes(folder: ModelFolder, output_shape: Sequence[Any]) -> None:
     if dims[1] != len(folder.labels):
         raise ModelUnavailable(f"{folder.labels_path}: {len(folder.labels)} labels, but {folder.model_path} gives "
                                f"{dims[1]} classes; write one label per class, in class-index order")
-    try:  # the worker lists each answer's best classes: a model it cannot list is refused now, not per job
-        from imgq.jobs import message
-        message.top_predictions(np.linspace(0, 1, len(folder.labels), dtype=np.float32), folder.labels)
-    except Exception as exc:
-        raise ModelUnavailable(f"{folder.labels_path}: {len(folder.labels)} classes are too few for the worker's "
-                               f"answers ({_first_line(exc)}); at least {TOP_K} are needed") from None
 
 
 def _load_tflite(folder: ModelFolder, size: tuple[int, int], threads: int) -> Any:

@@ -430,7 +430,8 @@ class Worker:
             results[job["id"]] = message.make_result(
                 job["id"], model=self.model.name, batch=len(good), queue_ms=queue_ms,
                 inference_ms=inference_ms,
-                predictions=message.top_predictions(probabilities[i], self.model.labels), **extra)
+                predictions=message.top_predictions(probabilities[i], self.model.labels,
+                                                    getattr(self.model, "top_k", 5)), **extra)
             log("job.done", level="DEBUG", worker=self.id, id=job["id"], **_trace(job), batch=len(good),
                 queue_ms=queue_ms, inference_ms=inference_ms)
         self._write(results, batch["raws"])
