@@ -143,8 +143,8 @@ class Command:
 def commands():
     started = []
     yield started
-    for command in started:
-        command.stop(timeout=30)
+    for command in started:  # SIGINT: gunicorn's quick shutdown (no graceful wait); the others stop on it too
+        command.stop(signal.SIGINT, timeout=30)
 
 
 def wait_for_answer(url, command, timeout=120):
