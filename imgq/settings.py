@@ -287,7 +287,7 @@ API_KEYS = _str("API_KEYS", "")
 API_KEYS_FILE = _str("API_KEYS_FILE", "")
 # 1 = serve beyond loopback without API keys (a trusted network, or a proxy in front that authenticates).
 API_KEYS_WAIVED = _bool("API_KEYS_WAIVED", False)
-# Most jobs one client (API key, else address) may have waiting or running at once; past it 429 (0 = no cap).
+# Most jobs one client (API key, else address) may have waiting on the queue at once; past it 429 (0 = no cap).
 CLIENT_MAX_QUEUED = _int("CLIENT_MAX_QUEUED", 500, low=0)
 # Host names the page and GET /activity answer to (comma-separated; `*` = any), against DNS rebinding. Empty:
 # the loopback names while HOST is loopback, else any.

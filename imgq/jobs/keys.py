@@ -14,7 +14,7 @@
     {prefix}:counters            hash    running counts for /metrics: requeued, dead_lettered (never expire)
     {prefix}:epoch               string  a random value set by the first push into an empty Redis: a waiting
                                          request that finds it changed knows Redis lost its data (results.py)
-    {prefix}:share:{client}      string  jobs one client (API key id, else address) has waiting or running
+    {prefix}:share:{client}      string  jobs one client (API key id, else address) has waiting on the queue
                                          (shares.py; expires if a web process dies holding some)
     {prefix}:job:{id}            hash    an asynchronous job's record: status, owner, lane, callback (records.py)
     {prefix}:cancel:{id}         string  exists while a cancelled job must not be run (records.py)
@@ -116,7 +116,7 @@ def cached(digest: str, prefix: str | None = None) -> str:
 
 
 def share(client: str, prefix: str | None = None) -> str:
-    """How many jobs one client (an API key's id, else an address) has waiting or running (shares.py)."""
+    """How many jobs one client (an API key's id, else an address) has waiting on the queue (shares.py)."""
     return _k("share", client, prefix=prefix)
 
 

@@ -12,7 +12,8 @@ Optional header fields, after the five above: "trace", the W3C trace id of the r
 the worker writes on its lines for the job; "outputs": "probabilities" asks the worker for the whole
 probability vector as well (result field "probabilities": base64 of 1000 float32 little-endian), for the
 protocol endpoints; "async": 1, a job with a record the worker keeps up to date (records.py); "callback": 1,
-a job whose result is POSTed to its client when it ends (callbacks.py).
+a job whose result is POSTed to its client when it ends (callbacks.py); "share": the key of its client's
+share of the queue, which the worker that takes the job gives a unit back to (shares.py).
 
 The value always starts with `{"id":"<id>"`, so a Lua script finds a job's id in its first bytes without
 parsing the header or touching the pixels (imgq/jobs/queue.py's job_field matches it in the first 512 bytes;
@@ -55,7 +56,8 @@ def new_id() -> str:
 
 
 def make_job(job_id: str, pixels: np.ndarray, timeout: float, now: float | None = None, outputs: str | None = None,
-             trace: str | None = None, asynchronous: bool = False, callback: bool = False) -> bytes:
+             trace: str | None = None, asynchronous: bool = False, callback: bool = False,
+             share: str | None = None) -> bytes:
     """pixels: uint8 array (h, w, 3) → the bytes pushed on the queue (JSON header, newline, raw pixels).
     outputs="probabilities": the result will carry the whole probability vector too. asynchronous: the job has a
     record (records.py) the worker keeps up to date; callback: its result is POSTed when it ends (callbacks.py)."""
@@ -71,6 +73,8 @@ def make_job(job_id: str, pixels: np.ndarray, timeout: float, now: float | None 
         header["async"] = 1
     if callback:
         header["callback"] = 1
+    if share:
+        header["share"] = share
     head = _encoder.encode(header)
     if pixels.dtype != np.uint8 or not pixels.flags.c_contiguous:
         pixels = np.ascontiguousarray(pixels, dtype=np.uint8)

@@ -17,18 +17,30 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 
-from imgq.jobs import keys
 from imgq import settings
+from imgq.errors import TooManyRequests
+from imgq.jobs import keys
+from imgq.jobs.shares import ClientShare
 
 if TYPE_CHECKING:
     from imgq.jobs.connection import RedisClient
 
-# Refuse the job when the queue is full, else append it: one atomic step, so MAX_QUEUE_LENGTH holds
-# under any number of web servers. Returns {queue length, epoch}: the epoch (KEYS[2]) is set here when missing
-# and lives while pushes come, so a waiting request that finds it changed or gone knows that Redis lost its
-# data (restarted without persistence, flushed) and looks for its job (_LOCATE).
+# Refuse the job when the queue is full ({-1}) or its client has its share queued already ({-2}; KEYS[3], the
+# share's counter, ARGV[5] its cap, 0 = none; shares.py), else count it and append it: one atomic step, so
+# MAX_QUEUE_LENGTH and CLIENT_MAX_QUEUED hold under any number of web servers. Returns {queue length, epoch}: the
+# epoch (KEYS[2]) is set here when missing and lives while pushes come, so a waiting request that finds it
+# changed or gone knows that Redis lost its data (restarted without persistence, flushed) and looks for its job
+# (_LOCATE).
 _PUSH = """
 if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[2]) then return {-1} end
+if tonumber(ARGV[5]) > 0 then
+  local mine = redis.call('INCR', KEYS[3])
+  redis.call('EXPIRE', KEYS[3], ARGV[6])
+  if mine > tonumber(ARGV[5]) then
+    redis.call('DECR', KEYS[3])
+    return {-2}
+  end
+end
 local n = redis.call('RPUSH', KEYS[1], ARGV[1])
 local epoch = redis.call('GET', KEYS[2])
 if not epoch then
@@ -165,6 +177,11 @@ return dead
 
 
 
+def over_share(cap: int) -> TooManyRequests:
+    return TooManyRequests(f"this client already has {cap} jobs waiting (CLIENT_MAX_QUEUED); try again when "
+                           "some are answered")
+
+
 class JobQueue:
     def __init__(self, client: RedisClient, prefix: str | None = None) -> None:
         self.redis = client
@@ -189,15 +206,20 @@ class JobQueue:
         return self.push_job(job_text, max_length, lane)[0]
 
     def push_job(self, job_text: bytes, max_length: int | None = None, lane: str = keys.LANES[0],
-                 pipe: Any = None) -> tuple[int | None, str | None]:
-        """Append a job to its lane (each lane holds at most MAX_QUEUE_LENGTH). Returns (the lane's length after
-        it, or None if it is full; Redis' epoch). With `pipe`, the call is queued there and returns (0, None)."""
+                 pipe: Any = None, share: ClientShare | None = None) -> tuple[int | None, str | None]:
+        """Append a job to its lane (each lane holds at most MAX_QUEUE_LENGTH), counted in its client's `share`.
+        Returns (the lane's length after it, or None if it is full; Redis' epoch); raises TooManyRequests when
+        the client has its share queued. With `pipe`, the call is queued there and returns (0, None)."""
         max_length = settings.MAX_QUEUE_LENGTH if max_length is None else max_length
-        args = [job_text, max_length, uuid.uuid4().hex, self.epoch_ttl()]
+        share_key, cap = (share.key, share.cap) if share is not None else (self.epoch_key, 0)
+        args = [job_text, max_length, uuid.uuid4().hex, self.epoch_ttl(), cap, ClientShare.ttl()]
+        script_keys = [keys.lane_queue(lane, self.prefix), self.epoch_key, share_key]
         if pipe is not None:
-            self._push(keys=[keys.lane_queue(lane, self.prefix), self.epoch_key], args=args, client=pipe)
+            self._push(keys=script_keys, args=args, client=pipe)
             return 0, None
-        out = self._push(keys=[keys.lane_queue(lane, self.prefix), self.epoch_key], args=args)
+        out = self._push(keys=script_keys, args=args)
+        if out[0] == -2:
+            raise over_share(cap)
         if out[0] < 0:
             return None, None
         return out[0], out[1].decode() if isinstance(out[1], bytes) else out[1]

@@ -1,12 +1,14 @@
-"""Each client's share of the queue: at most CLIENT_MAX_QUEUED jobs waiting or running per client.
+"""Each client's share of the queue: at most CLIENT_MAX_QUEUED of its jobs waiting at once.
 
-A client is an API key (by its id, imgq/web/auth.py) or, without keys, the request's address. A request takes
-one unit per job before it pushes it and gives it back when its wait ends (answered, failed, timed out or
-withdrawn), so one client flooding the queue gets 429 + Retry-After while the others still get in.
+A client is an API key (by its id, imgq/web/auth.py) or, without keys, the request's address. The count costs
+no round trip of its own: the push script (queue.py) counts the job in the same call that queues it, and
+refuses it past the cap (429 + Retry-After), so one client flooding the queue is turned away while the others
+still get in; the job carries its share's key, and the worker that takes it gives the unit back in the
+pipeline it runs for every batch anyway (worker/loop.py). A request that takes its job back off the queue
+(timed out, client gone) gives it back itself.
 
-The count lives in Redis (one counter key per client), so the cap holds across every web process. INCR and
-EXPIRE go in one round trip; a web process killed while holding units leaks them only until the key expires
-(twice REQUEST_TIMEOUT after that client's last job), never for good.
+The counts live in Redis, so the cap holds across every web process. Each key expires twice REQUEST_TIMEOUT
+after its client's last push, so a unit lost with a crashed process is not lost for good.
 """
 from __future__ import annotations
 
@@ -15,40 +17,30 @@ from typing import Any
 import redis
 
 from imgq import settings
-from imgq.errors import TooManyRequests
 from imgq.jobs import keys
 
-
 # Give one unit back; the key goes when its count does (no zero left behind per client ever seen).
-_GIVE_BACK = """
+GIVE_BACK = """
 if redis.call('DECR', KEYS[1]) <= 0 then redis.call('DEL', KEYS[1]) end
 """
 
 
 class ClientShare:
-    """One request's handle on its client's share. take() per job, give_back() per job taken."""
+    """One client's share: its counter's key and cap, for the push script and the give-backs."""
 
     def __init__(self, client: Any, prefix: str, client_id: str, cap: int | None = None) -> None:
         self.redis, self.key = client, keys.share(client_id, prefix)
         self.cap = settings.CLIENT_MAX_QUEUED if cap is None else cap
 
-    def take(self) -> None:
-        """Count one more job for this client; raises TooManyRequests (429) past the cap. No-op with cap 0."""
-        if self.cap <= 0:
-            return
-        with self.redis.pipeline(transaction=False) as pipe:
-            pipe.incr(self.key)
-            pipe.expire(self.key, int(2 * settings.REQUEST_TIMEOUT) + 1)
-            count, _ = pipe.execute()
-        if count > self.cap:
-            self.give_back()
-            raise TooManyRequests(f"this client already has {self.cap} jobs waiting (CLIENT_MAX_QUEUED); "
-                                  "try again when some are answered")
+    @staticmethod
+    def ttl() -> int:
+        return int(2 * settings.REQUEST_TIMEOUT) + 1
 
     def give_back(self) -> None:
+        """For a job taken back off the queue by its request (a worker gives back the jobs it takes)."""
         if self.cap <= 0:
             return
         try:
-            self.redis.eval(_GIVE_BACK, 1, self.key)
+            self.redis.eval(GIVE_BACK, 1, self.key)
         except redis.RedisError:  # the key expires by itself; the answer the client waits for matters more
             pass

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from imgq.jobs import message
+from imgq.jobs.queue import over_share
 from imgq.jobs.results import Watch
 from imgq import settings
 from imgq.errors import ClientGone, PoisonJob, QueueFull, TimedOut, WorkerFailed
@@ -45,7 +46,7 @@ class Pending:
                  deadline: float, share: ClientShare | None = None, lane: str = keys.LANES[0]) -> None:
         self.queue, self.waiter, self.lane = queue, waiter, lane
         self.id, self.job_text, self.event, self.deadline = job_id, job_text, event, deadline
-        self.share = share  # the client's share of the queue, given back once when this job is done with
+        self.share = share  # the client's share of the queue: given back here only if this request withdraws the job
         self.watch: Watch | None = None  # set once pushed: lets the wait tell a vanished job (JobLost, 503)
         # DEDUP=1: the hash of these pixels and model; the job may be shared with other requests, so its result
         # is read without deleting it and a client that hangs up does not cancel it.
@@ -64,6 +65,8 @@ class Pending:
             if raw is None:
                 # Take the job back if no worker has it; if one has, its result expires after RESULT_TTL.
                 withdrawn = self.digest is None and self.queue.withdraw(self.job_text, self.lane)
+                if withdrawn and self.share is not None:
+                    self.share.give_back()
                 log("request.timeout", level="WARNING", id=self.id, withdrawn=withdrawn)
                 raise TimedOut(f"no result within REQUEST_TIMEOUT ({settings.REQUEST_TIMEOUT:g}s): "
                                "are the model workers running?")
@@ -88,6 +91,8 @@ class Pending:
             metrics.REQUESTS_ABANDONED.labels("shared").inc()
             return
         withdrawn = self.queue.withdraw(self.job_text, self.lane)
+        if withdrawn and self.share is not None:
+            self.share.give_back()
         if not withdrawn:
             # Until the job's own deadline: a worker drops it then anyway.
             ttl = max(int(self.deadline - time.monotonic()) + 2, 2)
@@ -97,9 +102,6 @@ class Pending:
 
     def cancel(self) -> None:
         self.waiter.unregister(self.id, self.event)
-        share, self.share = self.share, None
-        if share is not None:
-            share.give_back()
 
 
 def submit(queue: JobQueue, waiter: ResultWaiter, pixels: np.ndarray, job_id: str | None = None,
@@ -110,15 +112,13 @@ def submit(queue: JobQueue, waiter: ResultWaiter, pixels: np.ndarray, job_id: st
     deadline: time.monotonic() by which the client stops waiting (default: now + REQUEST_TIMEOUT).
     outputs: "probabilities" to get the whole probability vector back too (message.make_job).
     trace: the request's trace id, carried in the job so the worker's lines for it can be found.
-    share: the client's share of the queue (shares.py): one unit taken here, given back when the wait ends;
-    TooManyRequests (429) when the client has its fill.
+    share: the client's share of the queue (shares.py), counted by the push: TooManyRequests (429) when the
+    client has its fill.
     """
     job_id = job_id or message.new_id()
     deadline = time.monotonic() + settings.REQUEST_TIMEOUT if deadline is None else deadline
     job_text = message.make_job(job_id, pixels, max(deadline - time.monotonic(), 0.0), outputs=outputs,
-                                trace=trace)
-    if share is not None:
-        share.take()
+                                trace=trace, share=share.key if share is not None and share.cap > 0 else None)
     if settings.DEDUP:
         shared = _deduplicated(queue, waiter, pixels, job_id, deadline, share, lane)
         if shared.answer is not None or shared.id != job_id:
@@ -131,7 +131,7 @@ def submit(queue: JobQueue, waiter: ResultWaiter, pixels: np.ndarray, job_id: st
     pending.digest = digest
     generation = waiter.generation  # before the push: a resubscription after it makes the wait look for the job
     try:
-        length, epoch = queue.push_job(job_text, lane=lane)
+        length, epoch = queue.push_job(job_text, lane=lane, share=share)
     except BaseException:
         pending.cancel()
         raise
@@ -145,17 +145,21 @@ def submit(queue: JobQueue, waiter: ResultWaiter, pixels: np.ndarray, job_id: st
 
 
 def submit_async(queue: JobQueue, records: Records, pixels: np.ndarray, owner: str, timeout: float,
-                 lane: str = keys.LANES[0], callback: str = "", trace: str | None = None) -> str:
+                 lane: str = keys.LANES[0], callback: str = "", trace: str | None = None,
+                 share: ClientShare | None = None) -> str:
     """Push one job for `pixels` with its record (status queued), in one round trip; nobody waits for it here.
     Returns its id: 128 random bits, so an id cannot be guessed. Raises QueueFull, or a Redis error."""
     job_id = secrets.token_hex(16)
-    job_text = message.make_job(job_id, pixels, timeout, trace=trace, asynchronous=True, callback=bool(callback))
+    job_text = message.make_job(job_id, pixels, timeout, trace=trace, asynchronous=True, callback=bool(callback),
+                                share=share.key if share is not None and share.cap > 0 else None)
     with queue.redis.pipeline(transaction=False) as pipe:
         records.create(pipe, job_id, owner, timeout + settings.RESULT_TTL, lane, callback)
-        queue.push_job(job_text, lane=lane, pipe=pipe)
+        queue.push_job(job_text, lane=lane, pipe=pipe, share=share)
         *_, pushed = pipe.execute()
     if pushed[0] < 0:
         queue.redis.delete(keys.job(job_id, queue.prefix))
+        if pushed[0] == -2 and share is not None:
+            raise over_share(share.cap)
         raise QueueFull(f"the queue is full ({settings.MAX_QUEUE_LENGTH} jobs); try again shortly")
     log("job.pushed", level="DEBUG", id=job_id, queue=pushed[0], lane=lane, asynchronous=True)
     return job_id

@@ -148,7 +148,7 @@ def blueprint(routes: Routes) -> Blueprint:
         all_pixels = [prepare_image(data, route.input_size) for data in form.images]  # a bad one refuses them all
         owner = g.get("client") or "unknown"
         ids = [classify.submit_async(route.queue, records[route.name], pixels, owner, timeout, lane, callback,
-                                     tracing.trace_id())
+                                     tracing.trace_id(), g.get("share"))
                for pixels in all_pixels]
         metrics.ASYNC_SUBMITTED.labels(lane).inc(len(ids))
         g.done_fields = {"jobs": ",".join(ids), "lane": lane}

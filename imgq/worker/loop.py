@@ -45,7 +45,7 @@ from imgq.jobs import connection
 from imgq import settings
 from imgq.jobs import workers
 from imgq.jobs.connection import connect
-from imgq.jobs import callbacks, keys
+from imgq.jobs import callbacks, keys, shares
 from imgq.jobs.callbacks import Deliverer
 from imgq.jobs.queue import JobQueue
 from imgq.jobs.records import Records
@@ -138,6 +138,7 @@ class Worker:
         self._write_outage = Outage(self.id, "writer")
         self.records = Records(self.queue.redis, self.queue.prefix)
         self.callbacks = Deliverer(self.queue.redis, self.queue.prefix, self.id)
+        self._give_back = self.queue.redis.register_script(shares.GIVE_BACK)
 
     # --- signals -----------------------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -315,6 +316,7 @@ class Worker:
         good: list[tuple[dict[str, Any], np.ndarray]]
         pixels: np.ndarray | None  # one job's, then the batch's (None: no good job)
         results, good, expired, bad = {}, [], 0, 0
+        shares: list[str] = []  # the share key of every job taken: a unit goes back for each (shares.py)
         for raw in raws:
             try:
                 job, pixels = message.parse_job(raw, self.model.input_size)
@@ -324,6 +326,8 @@ class Worker:
                 if exc.job_id:
                     results[exc.job_id] = message.make_result(exc.job_id, error=str(exc))
                 continue
+            if isinstance(job.get("share"), str):
+                shares.append(job["share"])
             if message.expired(job, taken):
                 log("job.expired", worker=self.id, id=job["id"], **_trace(job), reason="its client stopped waiting")
                 expired += 1
@@ -331,7 +335,7 @@ class Worker:
             good.append((job, pixels))
         pixels = np.stack([p for _, p in good]) if good else None
         return {"raws": raws, "results": results, "jobs": [job for job, _ in good], "pixels": pixels,
-                "taken": taken, "expired": expired, "bad": bad}
+                "taken": taken, "expired": expired, "bad": bad, "shares": shares}
 
     def _model_loop(self) -> None:
         while True:
@@ -366,7 +370,7 @@ class Worker:
         cancelled meanwhile (DELETE /jobs/<id>, or a client that hung up), so neither is ever run; mark the
         asynchronous ones running. One round trip for the whole batch."""
         jobs = batch["jobs"]
-        if not jobs:
+        if not jobs and not batch["shares"]:
             return
         now = time.time()
         keep = [not message.expired(job, now) for job in jobs]
@@ -377,6 +381,8 @@ class Worker:
                 for job, alive in zip(jobs, keep):
                     if job.get("async"):
                         self.records.advance(job["id"], "running" if alive else "expired", pipe=pipe)
+                for key in batch["shares"]:  # these jobs left the queue: their clients' units go back
+                    self._give_back(keys=[key], client=pipe)
                 answers = pipe.execute()
         except REDIS_ERRORS as exc:  # not knowing of a cancel costs one needless classification, nothing else
             log("worker.cancel_check_failed", level="WARNING", worker=self.id, error=str(exc)[:200])
