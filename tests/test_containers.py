@@ -284,6 +284,7 @@ class Compose:
             self.podman.run("rm", "--force", *left, check=False, timeout=120)
         self.podman.run("pod", "rm", "--force", f"pod_{self.project}", check=False)
         self.podman.run("volume", "rm", "--force", f"{self.project}_redis-data", check=False)
+        self.podman.run("network", "rm", "--force", f"{self.project}_default", check=False)
 
 
 @containers
