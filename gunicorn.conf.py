@@ -23,6 +23,7 @@ from imgq.observe import logutil
 from imgq import settings
 from imgq.jobs import connection
 
+settings.refuse_open_host()
 settings.check("gunicorn")  # a wrong setting: one line and exit 2, before the port is bound
 # A Redis that evicts keys when full: one line and exit 2 (ALLOW_EVICTION=1 to run anyway).
 connection.check_at_start("gunicorn", wait_s=3)

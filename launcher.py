@@ -468,6 +468,8 @@ def main(argv):
     from imgq import settings
     if args.command != "redis" and settings.WORKERS < 1:
         settings.refuse("WORKERS", settings.WORKERS, "1 or more: make run with no model worker could only answer 504")
+    if args.command == "run":
+        settings.refuse_open_host()  # make run serves HTTP; `make redis` and the event listener do not
     settings.check("launcher")  # one line per wrong setting, exit 2
     from imgq.observe import logutil
     from imgq.observe.logutil import log

@@ -29,6 +29,7 @@ def __getattr__(name):
 
 def main(argv=None):
     parse_args(argv)  # --help, and a wrong setting, end here: nothing has connected or started yet
+    settings.refuse_open_host()
     settings.check()
     from imgq.jobs import connection
     connection.check_at_start("web", wait_s=3)  # a Redis that evicts keys: one line, exit 2

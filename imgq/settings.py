@@ -356,12 +356,18 @@ if MODELS:
             refuse("MODELS", MODELS, "name=source[@workers],... with at least one model")
     except ValueError as _exc:
         refuse("MODELS", MODELS, f"name=source[@workers],... ({_exc})")
-# Beyond loopback, anyone who can reach the port could use the service: keys, or an explicit waiver.
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-if not (HOST in LOOPBACK_HOSTS or HOST.startswith("127.")) and not (API_KEYS.strip() or API_KEYS_FILE) \
-        and not API_KEYS_WAIVED and not _refused("HOST", "API_KEYS_WAIVED"):
-    refuse("HOST", HOST, "a loopback address, or API_KEYS / API_KEYS_FILE set (API_KEYS_WAIVED=1 to serve "
-           "without keys)")
+
+
+def refuse_open_host() -> None:
+    """For the processes that serve HTTP (web server, make run): beyond loopback, anyone who can reach the port
+    could use the service, so keys are needed, or an explicit waiver. A worker serves no port: not its check."""
+    if not (HOST in LOOPBACK_HOSTS or HOST.startswith("127.")) and not (API_KEYS.strip() or API_KEYS_FILE) \
+            and not API_KEYS_WAIVED and not _refused("HOST", "API_KEYS_WAIVED"):
+        refuse("HOST", HOST, "a loopback address, or API_KEYS / API_KEYS_FILE set (API_KEYS_WAIVED=1 to serve "
+               "without keys)")
+
+
 if API_KEYS_FILE and not os.path.isfile(API_KEYS_FILE):
     refuse("API_KEYS_FILE", API_KEYS_FILE, "a readable file of API keys, one per line")
 # A heartbeat that expires before the next one is sent makes every live worker look dead to its peers.

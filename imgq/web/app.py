@@ -39,6 +39,7 @@ def create_app() -> Flask:
     settings that were not accepted."""
     # gunicorn.conf.py has checked already; this guards other servers. Exit code 3 is gunicorn's "worker
     # failed to boot", on which the master stops rather than start the worker again and again.
+    settings.refuse_open_host()
     settings.check("web", code=3)
     app = Flask(__name__)
     # Werkzeug refuses a larger body before reading it, so nothing over the cap is ever decoded.
