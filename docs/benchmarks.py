@@ -10,6 +10,7 @@ script and only explains; where it needs a number it computes it from the same f
 import argparse
 import datetime
 import difflib
+import glob
 import json
 import os
 import re
@@ -414,6 +415,32 @@ def peers_section(name, p):
     lines += table(header, rows)
     lines += [f"Wrong answers: {num(p.get('wrong_answers_total'))}; failed requests: "
               f"{num(p.get('failed_requests_total'))}.", ""]
+    ratio_rows = []
+    for key, system in systems.items():
+        points = {pt["concurrency"]: pt for pt in system.get("points", []) if pt.get("vs_flask")}
+        if points:
+            ratio_rows.append([SYSTEMS.get(key, key)] + [
+                f"{num(points[c]['vs_flask']['requests_per_s'])}x, {num(points[c]['vs_flask']['p95'])}x, "
+                f"{num(points[c]['vs_flask']['cpu_ms_per_request_more'])} ms" if c in points else ""
+                for c in concurrency])
+    if ratio_rows:
+        lines += ["Beside the Flask app in the same run (req/s ratio, p95 ratio, CPU ms per request more; the "
+                  "`others` CPU of each point in the JSON says whether the machine was busy meanwhile):", ""]
+        lines += table(["system"] + [f"{c} client{'s' * (c > 1)}" for c in concurrency], ratio_rows)
+    per_cpu = []
+    for path in sorted(glob.glob(os.path.join(RESULTS, "peers-*.json"))):
+        if os.path.basename(path).startswith("peers-quick"):
+            continue
+        with open(path) as f:
+            run = json.load(f)
+        service = {pt["concurrency"]: pt for pt in run.get("systems", {}).get("service", {}).get("points", [])}
+        per_cpu.append([run.get("machine", {}).get("cpu_model", "?"), str(run.get("date", ""))[:16]] + [
+            f"{num(service[c]['vs_flask']['requests_per_s'])}x" if c in service and service[c].get("vs_flask")
+            else "" for c in concurrency])
+    if per_cpu:
+        lines += ["The latest full run on each CPU measured (`bench/results/peers-<cpu>.json`): this service's "
+                  "req/s over the Flask app's in that run.", ""]
+        lines += table(["CPU", "date"] + [f"{c} client{'s' * (c > 1)}" for c in concurrency], per_cpu)
     leaders = []
     for c in concurrency:
         best = max(((k, pt) for k, s in systems.items() for pt in s.get("points", []) if pt["concurrency"] == c),
