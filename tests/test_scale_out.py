@@ -15,7 +15,7 @@ import requests
 
 from imgq.testing import Stack
 from bench.topologies import ClusterSet, Hosts, SentinelSet
-from conftest import CASTLE, TEST_ENV, free_port, save_evidence, standin_label, wait_until, worker_id
+from conftest import CASTLE, TEST_ENV, free_port, grey_png, save_evidence, standin_label, wait_until, worker_id
 from conftest import post_grey as post
 
 
@@ -110,6 +110,13 @@ def test_redis_cluster_castle_and_a_killed_worker(tmp_path):
                 assert response.status_code == 200, response.text
                 assert response.json()["predictions"][0]["label"] == standin_label(level)
             assert re.search(r"worker\.recovered .*requeued=[1-9]", survivor.log_text())
+            # An asynchronous job too (its record and its push are two calls in a cluster).
+            submitted = requests.post(url + "/predict", files={"image": ("g.png", grey_png(33))},
+                                      headers={"Prefer": "respond-async"}, timeout=30)
+            assert submitted.status_code == 202, submitted.text
+            location = url + submitted.headers["Location"]
+            wait_until(lambda: requests.get(location, timeout=10).status_code == 200, timeout=60)
+            assert requests.get(location, timeout=10).json()["predictions"][0]["label"] == standin_label(33)
             logs = "".join(p.log_text() for p in stack.procs)
         assert "CROSSSLOT" not in logs
         assert not any("CROSSSLOT" in k.upper() for stats in cluster.error_stats().values() for k in stats), \

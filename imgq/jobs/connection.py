@@ -179,6 +179,11 @@ def _refusal(exc: BaseException) -> tuple[str, str] | None:
     return None
 
 
+def scripts_in_pipelines(client: RedisClient) -> bool:
+    """False for Redis Cluster, whose client refuses EVALSHA inside a pipeline: call scripts one by one there."""
+    return not isinstance(client, RedisCluster)
+
+
 def describe_problem(exc: BaseException) -> str:
     """A Redis error in words a client may see: never its text, which names the host, port or user."""
     if isinstance(exc, redis.TimeoutError):

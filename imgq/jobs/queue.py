@@ -224,6 +224,13 @@ class JobQueue:
             return None, None
         return out[0], out[1].decode() if isinstance(out[1], bytes) else out[1]
 
+    def push_raw(self, job_text: bytes, lane: str = keys.LANES[0], share: ClientShare | None = None) -> list[Any]:
+        """The push script's own answer ({-1} full, {-2} over the share, else {length, epoch})."""
+        share_key, cap = (share.key, share.cap) if share is not None else (self.epoch_key, 0)
+        return list(self._push(keys=[keys.lane_queue(lane, self.prefix), self.epoch_key, share_key],
+                               args=[job_text, settings.MAX_QUEUE_LENGTH, uuid.uuid4().hex, self.epoch_ttl(), cap,
+                                     ClientShare.ttl()]))
+
     @staticmethod
     def epoch_ttl() -> int:
         # Longer than any request waits (REQUEST_TIMEOUT after its push), so it never expires under a waiting one.

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from imgq.jobs import message
+from imgq.jobs import connection, message
 from imgq.jobs.queue import over_share
 from imgq.jobs.results import Watch
 from imgq import settings
@@ -154,8 +154,12 @@ def submit_async(queue: JobQueue, records: Records, pixels: np.ndarray, owner: s
                                 share=share.key if share is not None and share.cap > 0 else None)
     with queue.redis.pipeline(transaction=False) as pipe:
         records.create(pipe, job_id, owner, timeout + settings.RESULT_TTL, lane, callback)
-        queue.push_job(job_text, lane=lane, pipe=pipe, share=share)
-        *_, pushed = pipe.execute()
+        if connection.scripts_in_pipelines(queue.redis):
+            queue.push_job(job_text, lane=lane, pipe=pipe, share=share)
+            *_, pushed = pipe.execute()
+        else:  # Redis Cluster: the record first, then the push (a refused push deletes the record below)
+            pipe.execute()
+            pushed = queue.push_raw(job_text, lane=lane, share=share)
     if pushed[0] < 0:
         queue.redis.delete(keys.job(job_id, queue.prefix))
         if pushed[0] == -2 and share is not None:
