@@ -4,7 +4,7 @@ One fresh venv per session gets the wheel pip builds from this folder (`pip inst
 usual isolated build). Its other packages come from the project's .venv through a .pth file, so the test
 costs seconds, not a TensorFlow download; imgq itself and the entry modules come only from the new venv's
 site-packages. Every command runs from a folder outside the repository with no PYTHONPATH: nothing of the
-checkout is on sys.path. The pins of requirements.txt are checked against the ranges in pyproject.toml.
+checkout is on the import path. The pins of requirements.txt are checked against the ranges in pyproject.toml.
 """
 import os
 import re
@@ -51,7 +51,7 @@ def venv(tmp_path_factory):
     root = tmp_path_factory.mktemp("venv")
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
     installed = Venv(root)
-    # The project's already-installed packages, after the new venv's own site-packages on sys.path.
+    # The project's already-installed packages, after the new venv's own site-packages on the import path.
     with open(os.path.join(installed.site, "imgq-test-deps.pth"), "w") as f:
         f.write(sysconfig.get_path("purelib") + "\n")
     done = subprocess.run([sys.executable, "-m", "pip", "--python", installed.python, "install", "--no-deps",
