@@ -213,7 +213,9 @@ def test_each_redis_fault_under_load_is_survived_by_every_worker_thread(stack, f
     results = load.finish()
 
     assert all(ok for _, ok, _ in results), [r for r in results if not r[1]][:5]
-    assert {status for status, _, _ in results} <= {200, 503}, results
+    # A request that had already waited a while when Redis stalled for 6 of its REQUEST_TIMEOUT's 10 s may run out
+    # of time: it ends with a clear 504, never a hang or a 500. Every other fault answers 200 or a fast 503.
+    assert {status for status, _, _ in results} <= ({200, 503, 504} if fault is stall else {200, 503}), results
     # Every thread that met the fault got over it, in the same processes.
     for worker, offset in zip(stack.workers, offsets):
         wait_until(lambda: stack.worker_alive(worker), timeout=30, step=0.1)

@@ -139,6 +139,9 @@ class Worker:
         self.records = Records(self.queue.redis, self.queue.prefix)
         self.callbacks = Deliverer(self.queue.redis, self.queue.prefix, self.id)
         self._give_back = self.queue.redis.register_script(shares.GIVE_BACK)
+        # The model thread's one call per batch (cancels, records, share give-backs) answers within a second or
+        # is skipped: a stalled Redis must not hold the model, whose results the writer waits out anyway.
+        self._quick = client or connect(socket_timeout=1.0)
 
     # --- signals -----------------------------------------------------------------------------------
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -382,15 +385,15 @@ class Worker:
         for key in batch["shares"]:  # these jobs left the queue: their clients' units go back
             scripts.append(lambda c, k=key: self._give_back(keys=[k], client=c))
         try:
-            inline = connection.scripts_in_pipelines(self.queue.redis)
-            with self.queue.redis.pipeline(transaction=False) as pipe:
+            inline = connection.scripts_in_pipelines(self._quick)
+            with self._quick.pipeline(transaction=False) as pipe:
                 for job in jobs:
                     pipe.exists(keys.cancel(job["id"], self.queue.prefix))
                 for call in scripts if inline else ():
                     call(pipe)
                 answers = pipe.execute()
             for call in scripts if not inline else ():
-                call(self.queue.redis)
+                call(self._quick)
         except REDIS_ERRORS as exc:  # not knowing of a cancel costs one needless classification, nothing else
             log("worker.cancel_check_failed", level="WARNING", worker=self.id, error=str(exc)[:200])
             answers = [0] * len(jobs)
