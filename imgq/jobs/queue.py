@@ -210,26 +210,25 @@ class JobQueue:
         """Append a job to its lane (each lane holds at most MAX_QUEUE_LENGTH), counted in its client's `share`.
         Returns (the lane's length after it, or None if it is full; Redis' epoch); raises TooManyRequests when
         the client has its share queued. With `pipe`, the call is queued there and returns (0, None)."""
-        max_length = settings.MAX_QUEUE_LENGTH if max_length is None else max_length
-        share_key, cap = (share.key, share.cap) if share is not None else (self.epoch_key, 0)
-        args = [job_text, max_length, uuid.uuid4().hex, self.epoch_ttl(), cap, ClientShare.ttl()]
-        script_keys = [keys.lane_queue(lane, self.prefix), self.epoch_key, share_key]
         if pipe is not None:
-            self._push(keys=script_keys, args=args, client=pipe)
+            self.push_raw(job_text, lane, share, max_length, pipe)
             return 0, None
-        out = self._push(keys=script_keys, args=args)
+        out = self.push_raw(job_text, lane, share, max_length)
         if out[0] == -2:
-            raise over_share(cap)
+            raise over_share(share.cap if share is not None else 0)
         if out[0] < 0:
             return None, None
         return out[0], out[1].decode() if isinstance(out[1], bytes) else out[1]
 
-    def push_raw(self, job_text: bytes, lane: str = keys.LANES[0], share: ClientShare | None = None) -> list[Any]:
-        """The push script's own answer ({-1} full, {-2} over the share, else {length, epoch})."""
+    def push_raw(self, job_text: bytes, lane: str = keys.LANES[0], share: ClientShare | None = None,
+                 max_length: int | None = None, pipe: Any = None) -> Any:
+        """The push script's own answer ({-1} full, {-2} over the share, else {length, epoch}); with `pipe`, the
+        call queued there."""
+        max_length = settings.MAX_QUEUE_LENGTH if max_length is None else max_length
         share_key, cap = (share.key, share.cap) if share is not None else (self.epoch_key, 0)
-        return list(self._push(keys=[keys.lane_queue(lane, self.prefix), self.epoch_key, share_key],
-                               args=[job_text, settings.MAX_QUEUE_LENGTH, uuid.uuid4().hex, self.epoch_ttl(), cap,
-                                     ClientShare.ttl()]))
+        return self._push(keys=[keys.lane_queue(lane, self.prefix), self.epoch_key, share_key],
+                          args=[job_text, max_length, uuid.uuid4().hex, self.epoch_ttl(), cap, ClientShare.ttl()],
+                          client=pipe)
 
     @staticmethod
     def epoch_ttl() -> int:

@@ -64,9 +64,7 @@ class Pending:
                 raise ClientGone("the client closed the connection")
             if raw is None:
                 # Take the job back if no worker has it; if one has, its result expires after RESULT_TTL.
-                withdrawn = self.digest is None and self.queue.withdraw(self.job_text, self.lane)
-                if withdrawn and self.share is not None:
-                    self.share.give_back()
+                withdrawn = self.withdraw()
                 log("request.timeout", level="WARNING", id=self.id, withdrawn=withdrawn)
                 raise TimedOut(f"no result within REQUEST_TIMEOUT ({settings.REQUEST_TIMEOUT:g}s): "
                                "are the model workers running?")
@@ -90,15 +88,23 @@ class Pending:
         if self.digest is not None:  # others may wait for this very job: it runs
             metrics.REQUESTS_ABANDONED.labels("shared").inc()
             return
-        withdrawn = self.queue.withdraw(self.job_text, self.lane)
-        if withdrawn and self.share is not None:
-            self.share.give_back()
+        withdrawn = self.withdraw()
         if not withdrawn:
             # Until the job's own deadline: a worker drops it then anyway.
             ttl = max(int(self.deadline - time.monotonic()) + 2, 2)
             self.queue.redis.set(keys.cancel(self.id, self.queue.prefix), "1", ex=ttl)
         metrics.REQUESTS_ABANDONED.labels("withdrawn" if withdrawn else "marked").inc()
         log("request.abandoned", id=self.id, withdrawn=withdrawn)
+
+    def withdraw(self) -> bool:
+        """Take the job back off its lane if no worker has it yet, giving its client's share unit back (a worker
+        gives back the jobs it takes). A job shared with other requests (DEDUP) stays. True if removed."""
+        if self.digest is not None:
+            return False
+        withdrawn = self.queue.withdraw(self.job_text, self.lane)
+        if withdrawn and self.share is not None:
+            self.share.give_back()
+        return withdrawn
 
     def cancel(self) -> None:
         self.waiter.unregister(self.id, self.event)

@@ -92,7 +92,7 @@ def classify_all(queue: JobQueue, waiter: ResultWaiter, pixel_list: Sequence[np.
         for p in pending:  # already answered ones are gone from the queue: withdraw finds nothing
             p.cancel()
             try:
-                queue.withdraw(p.job_text, lane)
+                p.withdraw()
             except redis.RedisError:
                 pass
         raise
