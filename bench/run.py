@@ -133,6 +133,18 @@ class RedisMeter:
         return out
 
 
+def cpu_model():
+    """The CPU's model name as the kernel reports it (defaults tuned on one CPU may lose on another)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 class CpuMeter:
     """CPU seconds of this process (the client) and of each service process over a window."""
 
@@ -474,7 +486,8 @@ def main(argv=None):
     started = time.monotonic()
     load_before = os.getloadavg()
     r = {"when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+         "machine": {"cpus": os.cpu_count(), "cpu_model": cpu_model(), "platform": platform.platform(),
+                     "python": platform.python_version(),
                      "loadavg_before": [round(x, 2) for x in load_before]},
          "quick": args.quick, "image": os.path.basename(image_path), "image_bytes": len(image_bytes),
          "batch_size": args.batch_size, "goals": GOALS}

@@ -180,8 +180,13 @@ TF_INTER_OP_THREADS = _int("TF_INTER_OP_THREADS", 0, low=0)
 # --- Requests and results ------------------------------------------------------------------------
 REQUEST_TIMEOUT = _float("REQUEST_TIMEOUT", 30, gt=0)
 RESULT_TTL = _int("RESULT_TTL", 60, low=1)
-# The backup: how often a waiting request looks for its result even without a notification.
+# The backup: how often a waiting request looks for its result even without a notification, while the result
+# listener is not known to hear (reconnecting, CONFIG refused, NOTIFICATIONS=0).
 POLL_INTERVAL = _float("POLL_INTERVAL", 1.0, gt=0)
+# The same while the listener is subscribed and hears: Redis drops no pub/sub message without cutting the
+# connection (which wakes every waiting request), so this only guards against events turned off behind our back.
+# At 1 s a request that waited 10 s made 10 reads for one notification; at 5 s it makes 2 (bench-notify's sweep).
+BACKUP_POLL_S = _float("BACKUP_POLL_S", 5.0, gt=0)
 # Off = polling only (the course's way); on = keyspace notifications wake the waiting request.
 NOTIFICATIONS = _bool("NOTIFICATIONS", True)
 MAX_UPLOAD_BYTES = _int("MAX_UPLOAD_BYTES", 10 * 1024 * 1024, low=1)
@@ -376,3 +381,5 @@ if HEARTBEAT_TTL <= HEARTBEAT_INTERVAL and not _refused("HEARTBEAT_TTL", "HEARTB
 # A result that expires before the waiting request's next poll is lost whenever a notification is.
 if RESULT_TTL <= POLL_INTERVAL and not _refused("RESULT_TTL", "POLL_INTERVAL"):
     refuse("RESULT_TTL", RESULT_TTL, f"more than POLL_INTERVAL ({POLL_INTERVAL:g} s)")
+elif RESULT_TTL <= BACKUP_POLL_S and not _refused("RESULT_TTL", "BACKUP_POLL_S"):
+    refuse("RESULT_TTL", RESULT_TTL, f"more than BACKUP_POLL_S ({BACKUP_POLL_S:g} s)")

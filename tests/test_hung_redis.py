@@ -76,7 +76,8 @@ def test_slow_redis_does_not_turn_waiting_requests_into_503(service):
     and all get their answers. Their result reads time out (REDIS_WAIT_TIMEOUT=1 here) and are retried."""
     server = service.use_own_redis()
     worker = service.start_worker(STANDIN_LATENCY_MS=6000, BATCH_SIZE=4)  # answers after the stall
-    url, web = service.start_web(REDIS_WAIT_TIMEOUT=1, POLL_INTERVAL=0.2)
+    # Reads every 0.2 s even while the listener hears, so that some meet the stall.
+    url, web = service.start_web(REDIS_WAIT_TIMEOUT=1, POLL_INTERVAL=0.2, BACKUP_POLL_S=0.2)
     client = server.client()
     inflight = f"{service.prefix}:inflight:"
     with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:

@@ -19,3 +19,29 @@ def test_results_set_while_no_listener_is_subscribed_are_still_answered(service)
     done = {line.split("id=")[1].split()[0] for line in worker.log_text().splitlines() if "job.done" in line}
     assert {r["id"] for r in rows} <= done
     assert max(r["answered_s"] for r in rows) < 1.5 + 5 * POLL_INTERVAL
+
+
+def test_while_the_listener_hears_a_waiting_request_reads_its_result_once_not_every_poll_interval(service):
+    """Notifications must save the round trips polling costs: a request that waits 3 s for its result, with the
+    listener subscribed, reads it once (woken by the event), not every POLL_INTERVAL (0.5 s here: 6 reads)."""
+    import concurrent.futures
+
+    import redis as redis_py
+
+    from conftest import post_grey, standin_label, wait_until
+
+    service.start_worker(STANDIN_LATENCY_MS=3000, BATCH_SIZE=32)
+    url, web = service.start_web(NOTIFICATIONS=1, POLL_INTERVAL=0.5, BACKUP_POLL_S=30, REQUEST_TIMEOUT=60)
+    wait_until(lambda: "listener.subscribed" in web.log_text(), timeout=30)
+    admin: redis_py.Redis = service.redis()
+
+    def reads():
+        return admin.info("commandstats").get("cmdstat_getdel", {}).get("calls", 0)
+
+    before, n = reads(), 6
+    with concurrent.futures.ThreadPoolExecutor(max_workers=n) as pool:
+        answers = list(pool.map(lambda level: (level, post_grey(url, level)), range(40, 40 + n)))
+    assert [(a.status_code, a.json()["predictions"][0]["label"]) for _, a in answers] == \
+        [(200, standin_label(level)) for level, _ in answers]
+    # One read each, and room for a stray wake-up; every 0.5 s would be about 6 each.
+    assert reads() - before <= 2 * n

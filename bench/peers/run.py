@@ -42,6 +42,7 @@ import requests
 
 from imgq import settings
 from bench import load
+from bench.run import cpu_model
 from bench.peers.common import READY
 from imgq.testing import Proc, Stack, free_port
 
@@ -387,18 +388,6 @@ def describe(name, args):
     return dict(model, what="Ray Serve @serve.batch", replicas=2, num_cpus_per_replica=1,
                 max_batch_size=args.batch_size, batch_wait_timeout_s=args.batch_timeout_ms / 1000,
                 max_ongoing_requests=4 * args.batch_size, TF_INTRA_OP_THREADS=threads)
-
-
-def cpu_model():
-    """The CPU's model name as the kernel reports it (defaults tuned on one CPU may lose on another)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def against_flask(report):

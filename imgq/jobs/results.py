@@ -5,9 +5,11 @@ notifications of every result key (`__keyspace@<db>__:<prefix>:result:*`). A req
 before it pushes the job, then sleeps on an Event; the listener sets that Event when the worker's SET of
 `result:<id>` is announced, and the request reads-and-deletes the result with GETDEL.
 
-Pub/sub drops events while the subscriber is disconnected, and a managed Redis may refuse CONFIG, so
-every request also looks for its result every POLL_INTERVAL seconds on its own (the backup), and the
-listener wakes every waiting request once each time it (re)subscribes.
+Pub/sub drops events while the subscriber is disconnected, and a managed Redis may refuse CONFIG, so every
+request also looks for its result on its own (the backup): every POLL_INTERVAL seconds while the listener is not
+known to hear (disconnected, or CONFIG refused and no event heard yet), every BACKUP_POLL_S while it is. The
+listener wakes every waiting request when it loses its connection (they poll faster from then on) and again
+each time it (re)subscribes (anything set meanwhile is read at once).
 
 A job can vanish: Redis restarted without persistence (or from an older snapshot), or its data was flushed.
 Its request would otherwise wait for REQUEST_TIMEOUT and get 504. So each poll reads the queue's epoch
@@ -84,8 +86,10 @@ class ResultWaiter:
         self.prefix = prefix or settings.KEY_PREFIX
         self.notifications = settings.NOTIFICATIONS if notifications is None else notifications
         self.poll_interval = settings.POLL_INTERVAL if poll_interval is None else poll_interval
+        self.backup_poll = max(settings.BACKUP_POLL_S, self.poll_interval)
         self.listening = False  # True while subscribed: requests are woken by notifications
         self.config_ok: bool | None = None   # False when CONFIG was refused: events come only if an admin enabled them
+        self.heard = False  # an event has come since the last subscription (events are on, whatever CONFIG said)
         # job id → the Events of the requests waiting for it (several only with DEDUP=1: they share one job)
         self._waiting: dict[str, set[threading.Event]] = {}
         self._lock = threading.Lock()
@@ -114,7 +118,7 @@ class ResultWaiter:
 
     def wait(self, job_id: str, event: threading.Event, deadline: float, watch: Watch | None = None,
              gone: threading.Event | None = None, keep: bool = False) -> bytes | None:
-        """Sleep until notified (or POLL_INTERVAL passes), then GETDEL; repeat until `deadline`
+        """Sleep until notified (or the backup poll is due), then GETDEL; repeat until `deadline`
         (time.monotonic()). Returns the result bytes, or None on timeout. A read that timed out (Redis
         slow, or hung) is tried again at the next wake-up: the job is queued and the worker may still
         answer, so a slow Redis costs this request time, not a 503. Other Redis errors are tried again for
@@ -131,7 +135,10 @@ class ResultWaiter:
             remaining = deadline - now
             if remaining <= 0 or (gone is not None and gone.is_set()):
                 return None
-            timeout = min(self.poll_interval if failing_since is None else OUTAGE_POLL_S, remaining)
+            if failing_since is not None:
+                timeout = min(OUTAGE_POLL_S, remaining)
+            else:
+                timeout = min(self.backup_poll if self.hears() else self.poll_interval, remaining)
             if lost_at is not None:
                 timeout = min(timeout, max(lost_at + LOST_GRACE_S - now, 0.0))
             event.wait(timeout)
@@ -181,6 +188,10 @@ class ResultWaiter:
                     "flushed without it)", next="503, send it again")
                 raise JobLost("the job was lost when Redis restarted; send it again")
 
+    def hears(self) -> bool:
+        """Subscribed, with events known to be on: waiting requests may poll at the slow BACKUP_POLL_S."""
+        return self.listening and (self.config_ok is True or self.heard)
+
     # --- the listener thread -----------------------------------------------------------------------
     def start(self) -> None:
         """Start the listener thread (enabling notifications in Redis) once per process: call it in the
@@ -211,7 +222,7 @@ class ResultWaiter:
                 channel = f"__keyspace@{db}__:{keys.result_pattern(self.prefix)}"
                 prefix = f"__keyspace@{db}__:"
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
-                self.config_ok = enable_notifications(client)
+                self.config_ok, self.heard = enable_notifications(client), False
                 pubsub.psubscribe(channel)
                 pubsub.get_message(timeout=1.0)  # wait for the subscription to be confirmed
                 if subscribed_before:
@@ -222,6 +233,7 @@ class ResultWaiter:
                 for message in pubsub.listen():
                     if message.get("type") != "pmessage" or message.get("data") != b"set":
                         continue
+                    self.heard = True
                     job_id = keys.job_id_from_result(message["channel"].decode()[len(prefix):], self.prefix)
                     with self._lock:
                         # job_id None (not a result key) finds nothing, as any unknown id does
@@ -232,10 +244,12 @@ class ResultWaiter:
                 if self.listening:
                     log("listener.disconnected", level="WARNING", error=str(exc), fallback="polling")
                 self.listening = False
+                self._wake_all()  # each waiting request reads once, then polls every POLL_INTERVAL
                 time.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
             except Exception as exc:  # never let the listener die: polling alone would hide it
                 self.listening = False
+                self._wake_all()
                 log("listener.error", level="ERROR", error=repr(exc))
                 time.sleep(1.0)
             finally:

@@ -46,12 +46,12 @@ def blueprint(routes: Routes) -> Blueprint:
     def healthz() -> Any:
         checked = states()
         route, state = checked[0]
-        waiting = all(r.waiter.listening for r, _ in checked)
+        hearing = all(r.waiter.hears() for r, _ in checked)
         status: dict[str, Any] = {
             "ok": all(s.ready for _, s in checked), "redis": state.redis_condition or "ok",
             "model": ", ".join(sorted({m for _, s in checked for m in s.models})) or None,
             "model_setting": settings.MODELS or settings.MODEL,
-            "notifications": "on" if waiting else f"off (polling every {route.waiter.poll_interval:g}s)"}
+            "notifications": "on" if hearing else f"off (polling every {route.waiter.poll_interval:g}s)"}
         if not state.redis_ok:
             log("healthz.redis_down", level="WARNING", error=str(state.redis_error))
             status["redis"] = f"down: {state.problem.removeprefix('Redis is ') if state.problem else ''}"
