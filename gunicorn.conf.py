@@ -23,6 +23,8 @@ from imgq.observe import logutil
 from imgq import settings
 from imgq.jobs import connection
 
+# The lines of the web server say run_web_server.py (the course's script, which this serves), not gunicorn.
+logutil.name_script("run_web_server.py")
 settings.refuse_open_host()
 settings.check("gunicorn")  # a wrong setting: one line and exit 2, before the port is bound
 # A Redis that evicts keys when full: one line and exit 2 (ALLOW_EVICTION=1 to run anyway).

@@ -1,13 +1,14 @@
-"""One log format for every process: the web server, the model workers, the launcher and the clients.
+"""One log format for every service process: the web server, the model workers and the launcher. The clients
+(simple_request.py, stress_test.py) print their results for a person instead.
 
     log("job.pushed", id=job_id, queue=12)
 
 writes one line per event to stderr:
 
-    2026-11-23T19:04:05.123Z myhost gunicorn 4242 INFO job.pushed id=5f0c... queue=12
+    2026-11-23T19:04:05.123Z myhost run_web_server.py 4242 INFO job.pushed id=5f0c... queue=12
 
-UTC time with milliseconds, server name (SERVER_NAME or the host name), main script (`gunicorn` for the
-web server under gunicorn, `run_web_server.py` under Flask's own server), pid, level, action, then
+UTC time with milliseconds, server name (SERVER_NAME or the host name), script (the program started; the web
+server's processes say `run_web_server.py` under gunicorn too), pid, level, action, then
 key=value fields. The web server and the worker both log the request id as `id=`, so
 `grep id=<id>` over all logs shows one request's whole path. LOG_FORMAT=json writes the same as JSON lines.
 """
@@ -39,6 +40,12 @@ _threshold = LEVELS.get(settings.LOG_LEVEL, 20)
 context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar("log_context", default=None)
 # Where lines go (None: sys.stderr); the launcher writes its own to stdout, beside its children's.
 stream: TextIO | None = None
+
+
+def name_script(name: str) -> None:
+    """Name the script this process' lines carry, when the program started is not it (gunicorn runs the web server)."""
+    global _script
+    _script = name
 
 
 def _timestamp(now: float) -> str:
