@@ -33,6 +33,7 @@ import redis
 import requests
 
 from bench import load
+from imgq.jobs import keys
 from bench.run import CpuMeter, RedisMeter, cpu_model, ms_stats, tiny_png
 from imgq.testing import Stack
 
@@ -54,6 +55,8 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=3, help="repeats of the CDF per mode (default 3)")
     p.add_argument("--concurrency", type=int, default=16, help="clients at once (default 16)")
     p.add_argument("--out", default=os.path.join(HERE, "results", "notifications.json"))
+    p.add_argument("--only", choices=list(SECTIONS), action="append",
+                   help="run this section only (repeatable); the others are kept from the --out file")
     args = p.parse_args(argv)
     if args.quick:
         args.requests, args.repeats = 20, 1
@@ -161,9 +164,10 @@ def section_fanout(args):
     return {"rows": rows}
 
 
-def lost_notification_run(stack, url, n=8, worker_latency_s=1.5, kill_every_s=0.005):
-    """Requests wait; while the worker holds their batch, the listener's connection is killed again and again
-    (so it is not subscribed when the results are SET); returns each request's timeline.
+def lost_notification_run(stack, url, worker, n=8, kill_every_s=0.005):
+    """Requests wait; from the moment all their jobs are in Redis until the worker has SET every result (its
+    job.done lines: the worker must log at DEBUG), the listener's connection is killed again and again, so no
+    listener is subscribed when the results are SET and their events are lost. Returns each request's timeline.
 
     Times are seconds from the first request. Each request is answered either when the listener resubscribes
     (it wakes every waiting request once) or by its own poll every POLL_INTERVAL: never at its timeout.
@@ -173,8 +177,11 @@ def lost_notification_run(stack, url, n=8, worker_latency_s=1.5, kill_every_s=0.
     events = {"kills": [], "t0_wall": wall0}
     stop = threading.Event()
 
+    def queued():
+        return client.llen(keys.queue(stack.prefix)) + sum(
+            client.llen(k) for k in client.scan_iter(keys.inflight("*", stack.prefix)))
+
     def killer():
-        # Start once the batch is in the worker's hands, stop after its results were written.
         while not stop.is_set():
             killed = client.execute_command("CLIENT", "KILL", "TYPE", "pubsub")
             if killed:
@@ -188,12 +195,18 @@ def lost_notification_run(stack, url, n=8, worker_latency_s=1.5, kill_every_s=0.
                 "status": r.status_code, "id": r.json().get("id"),
                 "queue_ms": (r.json().get("timings") or {}).get("queue_ms")}
 
+    written_before = worker.log_text().count("job.done")
     with concurrent.futures.ThreadPoolExecutor(max_workers=n) as pool:
         futures = [pool.submit(one, level) for level in range(10, 10 + n)]
-        time.sleep(worker_latency_s * 0.3)  # the batch is taken, the stand-in sleeps
+        deadline = time.monotonic() + 30
+        while queued() < n and time.monotonic() < deadline:  # every job pushed, none answered yet
+            time.sleep(0.005)
         kill_thread = threading.Thread(target=killer, daemon=True)
         kill_thread.start()
-        time.sleep(worker_latency_s)  # the results are SET during this window
+        deadline = time.monotonic() + 60
+        while worker.log_text().count("job.done") - written_before < n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05)  # the last SET's event is published while nobody listens
         stop.set()
         kill_thread.join()
         rows = [f.result() for f in futures]
@@ -213,24 +226,36 @@ def _grey(level):
 
 def section_lost(args):
     with Stack(MODEL="standin", STANDIN_LATENCY_MS=1500, BATCH_SIZE=32, LOG_LEVEL="INFO") as stack:
-        worker = stack.start_worker()
+        worker = stack.start_worker(LOG_LEVEL="DEBUG")  # its job.done lines say when each result was SET
         url, web = web_for(stack, "notifications")
-        rows, events = lost_notification_run(stack, url)
+        rows, events = lost_notification_run(stack, url, worker)
+        deadline = time.monotonic() + 15
+        while subscribed(stack) < 1 and time.monotonic() < deadline:  # when the listener came back
+            time.sleep(0.05)
         web_log, worker_log = web.log_text(), worker.log_text()
-    # When each result was SET: the worker's job.done line (UTC wall clock), in seconds from the first request.
+    def seconds(line):  # a log line's UTC time, in seconds from the first request
+        when = datetime.datetime.strptime(line.split()[0], "%Y-%m-%dT%H:%M:%S.%fZ")
+        return round(when.replace(tzinfo=datetime.timezone.utc).timestamp() - events["t0_wall"], 3)
+
+    # When each result was SET: the worker logs job.done just before.
     done_at = {}
     for line in worker_log.splitlines():
-        m = re.search(r"id=(\w+) batch=", line)
+        m = re.search(r" id=(\w+)", line)
         if m and "job.done" in line:
-            when = datetime.datetime.strptime(line.split()[0], "%Y-%m-%dT%H:%M:%S.%fZ")
-            when = when.replace(tzinfo=datetime.timezone.utc).timestamp()
-            done_at[m.group(1)] = round(when - events["t0_wall"], 3)
+            done_at[m.group(1)] = seconds(line)
     for row in rows:
         row["result_set_s"] = done_at.get(row["id"])
-    subscriptions = [line.split()[0] for line in web_log.splitlines() if "listener.subscribed" in line]
+    # The listener is down from the first kill until it subscribes again after the last one (it backs off between
+    # attempts, so that is later than the last kill).
+    subscriptions = [seconds(line) for line in web_log.splitlines() if "listener.subscribed" in line]
+    last_kill = events["kill_window_s"][1]
+    back = min((t for t in subscriptions if t >= last_kill), default=None)
     return {"requests": rows, "kills": len(events["kills"]), "kill_window_s": events["kill_window_s"],
-            "listener_subscriptions_in_log": len(subscriptions),
+            "unsubscribed_s": [events["kill_window_s"][0], back], "listener_subscriptions_in_log": len(subscriptions),
             "poll_interval_s": MODES["notifications"]["POLL_INTERVAL"], "worker_latency_s": 1.5}
+
+
+SECTIONS = {"cdf": section_cdf, "sweep": section_sweep, "fanout": section_fanout, "lost": section_lost}
 
 
 def main(argv=None):
@@ -240,14 +265,22 @@ def main(argv=None):
            "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "cpu_model": cpu_model(),
                        "loadavg_before": [round(x, 2) for x in os.getloadavg()]},
            "quick": args.quick}
-    for name, fn in (("cdf", section_cdf), ("sweep", section_sweep), ("fanout", section_fanout),
-                     ("lost", section_lost)):
+    if args.only:
+        with open(args.out) as f:
+            kept = json.load(f)
+        # The file's date and machine stay those of its full run; a section run again carries its own.
+        out = dict(kept, sections_rerun=dict(kept.get("sections_rerun", {}),
+                                             **{name: out["when"] for name in args.only}))
+    for name, fn in SECTIONS.items():
+        if args.only and name not in args.only:
+            continue
         t = time.monotonic()
         print(f"[notify] {name} ...", file=sys.stderr, flush=True)
         out[name] = fn(args)
         print(f"[notify] {name}: {time.monotonic() - t:.0f} s", file=sys.stderr, flush=True)
-    out["machine"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
-    out["total_seconds"] = round(time.monotonic() - started, 1)
+    if not args.only:
+        out["machine"]["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+        out["total_seconds"] = round(time.monotonic() - started, 1)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out + ".tmp", "w") as f:
         json.dump(out, f, indent=1)
@@ -261,7 +294,7 @@ def main(argv=None):
     lost = out["lost"]["requests"]
     print(f"lost notification: {sum(r['status'] == 200 for r in lost)}/{len(lost)} answered, latest at "
           f"{max(r['answered_s'] for r in lost)} s")
-    print(f"{args.out} ({out['total_seconds']} s)")
+    print(f"{args.out} ({time.monotonic() - started:.0f} s)")
     return 0
 
 

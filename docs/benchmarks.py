@@ -461,9 +461,10 @@ def peers_section(name, p):
 
 def notifications_section(name, n):
     lines = [f"## {FILES[name][1]}", "",
-             "How a waiting request learns that its result is there: a keyspace notification (the default) or "
-             "polling (`NOTIFICATIONS=0`, every `POLL_INTERVAL`). Measured with the stand-in model, whose latency "
-             "is fixed, so the differences are the delivery's.", ""]
+             "How a waiting request learns that its result is there: a keyspace notification (the default, with "
+             "its own backup read every `BACKUP_POLL_S`; \"notifications, 1 s backup\" reads every second as the "
+             "code before did) or polling (`NOTIFICATIONS=0`, every `POLL_INTERVAL`). Measured with the stand-in "
+             "model, whose latency is fixed, so the differences are the delivery's.", ""]
     lines += measured_line(name, n)
     cdf = n.get("cdf") or {}
     if cdf.get("modes"):
@@ -490,8 +491,8 @@ def notifications_section(name, n):
         lines += table(["model latency s", "mode", "wait p50 ms", "commands per request", "commands/s"],
                        [[num(r["standin_latency_s"]), r["mode"], num(r["wait_ms_p50"]),
                          num(r["commands_per_request"]), num(r["commands_per_s"])] for r in sweep["rows"]])
-        lines += ["Polling adds commands for every interval a request waits; notifications cost the same "
-                  "whatever the wait.", ""]
+        lines += ["Polling adds commands for every interval a request waits; notifications add one read per "
+                  "`BACKUP_POLL_S` waited.", ""]
     fanout = (n.get("fanout") or {}).get("rows")
     if fanout:
         lines += ["Fan-out: every web process's listener receives every result's event.", ""]
@@ -507,8 +508,8 @@ def notifications_section(name, n):
         lines += [f"A lost notification: the listener's connection was killed {lost['kills']} times while results "
                   f"were written (stand-in latency {num(lost['worker_latency_s'])} s). All "
                   f"{len(answered)} requests were answered (status {', '.join(map(str, statuses))}), the last after "
-                  f"{num(max(answered))} s: the `POLL_INTERVAL` check ({num(lost['poll_interval_s'])} s) finds "
-                  "what a dropped event missed.", ""]
+                  f"{num(max(answered))} s: the wake-up when the listener subscribes again, or the `POLL_INTERVAL` "
+                  f"check ({num(lost['poll_interval_s'])} s) while it is down, finds what a dropped event missed.", ""]
     return lines
 
 

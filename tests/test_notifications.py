@@ -9,7 +9,7 @@ POLL_INTERVAL = 1.0
 def test_results_set_while_no_listener_is_subscribed_are_still_answered(service):
     worker = service.start_worker(STANDIN_LATENCY_MS=1500, BATCH_SIZE=32)
     url, web = service.start_web(NOTIFICATIONS=1, POLL_INTERVAL=POLL_INTERVAL, REQUEST_TIMEOUT=30)
-    rows, events = lost_notification_run(service, url)
+    rows, events = lost_notification_run(service, url, worker)
 
     assert events["kills"], "the listener's connection was never killed"
     assert [r["status"] for r in rows] == [200] * len(rows)
