@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help run redis test test-containers bench bench-notify bench-peers soak docs clean
+.PHONY: help run redis test test-containers bench bench-notify bench-peers soak docs docs-check clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /\1\t/' | expand -t 14
@@ -55,10 +55,14 @@ soak: $(VENV)/.installed  ## 20-minute soak run: outcomes, keys and memory over 
 	$(PY) -m bench.soak
 
 # The write-up: docs/writeup.pdf from docs/writeup.md, the real source files, a live run of the service, the
-# tests and bench/results/latest.json when present (a few minutes). Needs Pango (docs/build.py installs it).
+# tests and bench/results/notifications.json (a few minutes), from a commit: it refuses uncommitted changes.
+# Needs Pango (docs/build.py installs it). docs-check: is the committed PDF that of the code now?
 $(VENV)/.docs-installed: $(VENV)/.installed docs/requirements.txt
 	$(PY) -m pip install --quiet -r docs/requirements.txt
 	touch $@
 
-docs: $(VENV)/.docs-installed  ## rebuild docs/writeup.pdf (a few minutes)
+docs: $(VENV)/.docs-installed  ## rebuild docs/writeup.pdf (a few minutes; commit first)
 	$(PY) -m docs.build
+
+docs-check: $(VENV)/.docs-installed  ## is docs/writeup.pdf built from the code as it is now?
+	$(PY) -m docs.build --check

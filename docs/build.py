@@ -1,8 +1,13 @@
 """`make docs`: build docs/writeup.pdf from docs/writeup.md, the real source files and real runs.
 
     python -m docs.build                 # everything (a few minutes): live run, tests, race demo, PDF
-    python -m docs.build --fast          # no live service, no tests, no race demo: reuse docs/build/*.json
-    python -m docs.build --bench FILE    # another benchmark result file (default bench/results/latest.json)
+    python -m docs.build --draft --fast  # while writing: uncommitted changes allowed, reuse docs/build/*.json
+    python -m docs.build --check         # is the committed PDF current? (its listings, its commit against HEAD)
+
+The PDF is built from a commit: `make docs` refuses a tree with uncommitted changes (--draft allows them and
+says so on the title page), prints the commit on the title page, and writes docs/writeup.listings.json: every
+listing's file, name and line range with a hash of its lines. --check (and tests/test_docs.py) compares that
+file with the source, so a listing whose function moved or changed fails instead of showing stale lines.
 
 Steps:
   1. diagrams      docs/diagrams.py → docs/build/figures/*.svg (matplotlib, from the descriptions there)
@@ -13,7 +18,7 @@ Steps:
   3. race demo     docs/race_demo.py: the course's LRANGE/LTRIM loop and our queue, two web servers and two
                    workers each (section 4) → docs/build/race.json
   4. tests         the service tests that show each fix, run with pytest → docs/build/tests.json
-  5. results       bench/results/latest.json (make bench), read if present, else "not measured yet"
+  5. results       bench/results/notifications.json (make bench-notify), read if present, else "not measured yet"
   6. Markdown      docs/writeup.md with its directives resolved → HTML → PDF (WeasyPrint, docs/style.css)
 
 Directives in writeup.md (each on its own line):
@@ -21,7 +26,9 @@ Directives in writeup.md (each on its own line):
   {{code: FILE::NAME | from "A" to "B"}}   only the lines from the first containing A to the next containing B
   {{doc: FILE}}                            the module docstring of FILE
   {{figure: NAME | CAPTION}}               a diagram from docs/diagrams.py
-  {{gen: NAME}}                            a table or text made from a result file (functions gen_NAME below)
+  {{gen: NAME}}                            a table or text made from a result file (tables.py: gen_NAME)
+  {{plot: NAME | CAPTION}}                 a measured figure (plots.py)
+  Table: CAPTION                           the caption of the Markdown table below it (numbered "Table N.")
   <<<course: CAPTION  ...  >>>             the course's code, quoted (not ours: labelled as the course's)
 Numbers are never typed into writeup.md: they come from the result files through {{gen: ...}}, and a
 result that is missing prints a "not measured yet" box instead.
@@ -37,14 +44,14 @@ import subprocess
 import sys
 import time
 
-from docs.render import resolve, to_html
+from docs.render import listing_lines, listings, resolve, to_html
 from docs.tables import EVIDENCE_TESTS, Results
 
 DOCS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(DOCS)
 BUILD = os.path.join(DOCS, "build")
 CASTLE = os.path.normpath(os.path.join(REPO, "..", "shared", "castle_image.jpg"))
-BENCH = os.path.join(REPO, "bench", "results", "latest.json")
+LISTINGS = os.path.join(DOCS, "writeup.listings.json")
 
 
 def say(message):
@@ -101,14 +108,18 @@ def now_utc():
 def git_commit():
     """The commit whose source the PDF shows: the last one that changed anything but the PDF itself (the PDF
     is committed after it is built, so HEAD is then a commit that changed only the PDF)."""
-    try:
-        out = subprocess.run(["git", "log", "-1", "--format=%h %cd", "--date=format:%Y-%m-%d %H:%M",
-                              "--", ".", ":(exclude)docs/writeup.pdf"], cwd=REPO, capture_output=True, text=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                ":(exclude)docs/writeup.pdf"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-        return out.stdout.strip() + (" + uncommitted changes" if dirty else "")
-    except OSError:
-        return "unknown"
+    out = subprocess.run(["git", "log", "-1", "--format=%h", "--", ".", *OUTPUTS_EXCLUDED], cwd=REPO,
+                         capture_output=True, text=True)
+    return out.stdout.strip() or "unknown"
+
+
+OUTPUTS_EXCLUDED = [":(exclude)docs/writeup.pdf", ":(exclude)docs/writeup.listings.json"]
+
+
+def uncommitted():
+    """Tracked files with uncommitted changes, the build's own outputs aside."""
+    return subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *OUTPUTS_EXCLUDED],
+                          cwd=REPO, capture_output=True, text=True).stdout.strip()
 
 
 # --- step 2: a live run of the real service --------------------------------------------------------
@@ -149,7 +160,8 @@ def live_run(stress=True):
     runs = [("efficientnet_lite0", "litert"), ("efficientnet_lite0", "tensorflow")] + \
         ([("resnet50", "auto")] if path else [])
     for model, runtime in runs:
-        with Stack(MODEL=model, MODEL_RUNTIME=runtime, LOG_LEVEL="INFO") as stack:
+        # DEBUG: the worker's per-job lines, for question 7's trace (at INFO a worker logs batches, not jobs).
+        with Stack(MODEL=model, MODEL_RUNTIME=runtime, LOG_LEVEL="DEBUG") as stack:
             say(f"live run: starting redis, gunicorn and a {model} worker ({runtime})")
             worker = stack.start_worker(timeout=300)
             url, web = stack.start_web()
@@ -179,7 +191,8 @@ def live_run(stress=True):
                 out["castle"].append(entry)
             if model == "efficientnet_lite0" and runtime == "litert" and stress:
                 out["stress"] = [stress_run(name, extra, url, out["castle_found"]) for name, extra in STRESS_RUNS]
-                out["stress_setup"] = {"model": model, "runtime": entry["runtime"], "web_processes": 1, "workers": 1}
+                out["stress_setup"] = {"model": model, "runtime": entry["runtime"], "web_processes": 1, "workers": 1,
+                                       "log_level": "DEBUG"}
     out["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     return out
 
@@ -204,10 +217,7 @@ def run_tests():
 
 
 RESULT_FILES = {  # inline [[name: path]] sources and generated tables: the benchmark runs' own files
-    "bench": "bench/results/latest.json",
     "notify": "bench/results/notifications.json",
-    "peers": "bench/results/peers.json",
-    "soak": "bench/results/soak.json",
 }
 
 
@@ -222,11 +232,13 @@ def course_stress(castle_found):
             image = os.path.join(stack.workdir, "grey.png")
             from PIL import Image
             Image.new("RGB", (64, 64), (128, 128, 128)).save(image)
-        done = subprocess.run([sys.executable, os.path.join(DOCS, "course_stress_demo.py"), url + "/predict",
+        done = subprocess.run([sys.executable, "-m", "docs.course_stress_demo", url + "/predict",
                                "--image", image], capture_output=True, text=True, timeout=300, cwd=REPO)
         if done.returncode != 0:
             raise RuntimeError(f"course_stress_demo.py failed:\n{done.stderr[-2000:]}")
         out = json.loads(done.stdout)
+        from docs.course_stress_demo import drained
+        drained(url + "/predict")
         report = os.path.join(BUILD, "course_stress_ours.json")
         ours = subprocess.run([sys.executable, "stress_test.py", "-n", "40", "--spacing", "0.05", "--url",
                                url + "/predict", "--image", image, "--json", report, "--no-progress"],
@@ -243,9 +255,18 @@ def main(argv=None):
     p.add_argument("--no-stress", action="store_true", help="skip the stress test runs in the live run")
     p.add_argument("--keep-going", action="store_true",
                    help="exit 0 even when a step failed (the PDF shows the failure in place of its figures)")
-    p.add_argument("--bench", default=BENCH, help="benchmark result file (default: bench/results/latest.json)")
+    p.add_argument("--draft", action="store_true", help="build from uncommitted changes (the title page says so)")
+    p.add_argument("--check", action="store_true", help="only check that the committed PDF is current")
     p.add_argument("--out", default=os.path.join(DOCS, "writeup.pdf"))
     args = p.parse_args(argv)
+    if args.check:
+        problems = check_current()
+        for problem in problems:
+            print(f"docs: {problem}", file=sys.stderr)
+        return 1 if problems else 0
+    dirty = uncommitted()
+    if dirty and not args.draft:
+        sys.exit("docs: uncommitted changes; the PDF is built from a commit (commit first, or --draft):\n" + dirty)
     started = time.time()
     weasyprint = weasyprint_module()
     os.makedirs(BUILD, exist_ok=True)
@@ -277,7 +298,7 @@ def main(argv=None):
     live = step("live", lambda: live_run(not args.no_stress), args.fast)
 
     def race():
-        done = subprocess.run([sys.executable, os.path.join(DOCS, "race_demo.py")], capture_output=True, text=True,
+        done = subprocess.run([sys.executable, "-m", "docs.race_demo"], capture_output=True, text=True,
                               timeout=300, cwd=REPO)
         if done.returncode != 0:
             raise RuntimeError(f"race_demo.py failed:\n{done.stderr[-2000:]}")
@@ -289,7 +310,7 @@ def main(argv=None):
         failed.append("tests")
 
     sources = {}
-    for name, relpath in dict(RESULT_FILES, bench=os.path.relpath(os.path.abspath(args.bench), REPO)).items():
+    for name, relpath in RESULT_FILES.items():
         path = os.path.join(REPO, relpath)
         if os.path.exists(path):
             with open(path) as f:
@@ -302,6 +323,9 @@ def main(argv=None):
             evidence = json.load(f)
     say("plots")
     figures.update(draw_plots(sources, race_result, evidence))
+    for run in (live or {}).get("stress") or []:  # question 6 shows what our stress test drew
+        if os.path.exists(run.get("plot", "")):
+            figures["stress_" + run["name"].replace(" ", "_")] = run["plot"]
     if os.path.exists(CASTLE):  # question 3 shows the image: a small copy made here, never committed
         from PIL import Image
         thumb = os.path.join(BUILD, "figures", "castle_thumb.jpg")
@@ -309,23 +333,68 @@ def main(argv=None):
             image.thumbnail((320, 320))
             image.convert("RGB").save(thumb, quality=85)
         figures["castle_thumb"] = thumb
-    meta = {"when": now_utc(), "commit": git_commit(), "machine": machine(), "failed_steps": failed}
+    commit = git_commit() + (" + uncommitted changes (a draft)" if dirty else "")
+    meta = {"when": now_utc(), "commit": commit, "machine": machine(), "failed_steps": failed}
     results = Results(live, race_result, tests, sources, meta, stress_demo=stress_demo, figures=figures)
 
     with open(os.path.join(DOCS, "writeup.md"), encoding="utf-8") as f:
         source = f.read()
+    listings.clear()
     markdown_text, blocks = resolve(source, results, figures)
     page = to_html(markdown_text, blocks, "Keras + Redis + Flask image classification queue")
+    tables, captions = page.count("<table"), page.count('<p class="tcap">')
+    if tables != captions:
+        sys.exit(f"docs: {tables} tables but {captions} captions: every table needs one (a 'Table: ...' line)")
     html_path = os.path.join(BUILD, "writeup.html")
     with open(html_path, "w", encoding="utf-8") as f:
         f.write(page)
     say("PDF (WeasyPrint)")
     weasyprint.HTML(string=page, base_url=BUILD).write_pdf(args.out)
+    with open(LISTINGS, "w") as f:
+        json.dump({"commit": git_commit(), "draft": bool(dirty), "listings": listings}, f, indent=1)
     say(f"{os.path.relpath(args.out, REPO)} written in {time.time() - started:.0f} s")
     if failed:
         say(f"FAILED steps: {', '.join(failed)} (the PDF shows each failure in place of its figures)")
         return 0 if args.keep_going else 1
     return 0
+
+
+def check_current():
+    """Why the committed PDF is not current, if it is not: a listing whose lines changed, or .py files that changed
+    since the commit it was built from."""
+    problems = listing_problems()
+    if problems and problems[0].endswith("run make docs") and "missing" in problems[0]:
+        return problems
+    with open(LISTINGS) as f:
+        built = json.load(f)
+    changed = subprocess.run(["git", "diff", "--name-only", built["commit"], "HEAD", "--", "*.py"], cwd=REPO,
+                             capture_output=True, text=True)
+    if changed.returncode != 0:
+        problems.append(f"commit {built['commit']} is not in this repository's history")
+    elif changed.stdout.strip():
+        problems.append(f".py files changed since {built['commit']}, the commit the PDF shows: "
+                        f"{', '.join(changed.stdout.split())}")
+    return problems
+
+
+def listing_problems():
+    """The committed PDF's listings that no longer match the source (docs/writeup.listings.json), and a PDF built
+    as a draft."""
+    if not os.path.exists(LISTINGS):
+        return ["docs/writeup.listings.json is missing: run make docs"]
+    with open(LISTINGS) as f:
+        built = json.load(f)
+    problems = ["the PDF was built from uncommitted changes (--draft)"] if built.get("draft") else []
+    for item in built["listings"]:
+        try:
+            first, digest = listing_lines(item["file"], item["name"], item.get("from"), item.get("to"))
+        except SystemExit as exc:
+            problems.append(f"{item['file']}::{item['name']}: {exc}")
+            continue
+        if (first, digest) != (item["first"], item["sha1"]):
+            problems.append(f"{item['file']}::{item['name']}: the listing (lines {item['first']}-) no longer matches "
+                            f"the source (now from line {first}): run make docs")
+    return problems
 
 
 def computed_facts(sources):
@@ -339,10 +408,13 @@ def computed_facts(sources):
     mantissa, exponent = f"{n * n / 2 ** 123:.0e}".split("e")
     facts["uuid_p"] = f"{mantissa} × 10{str(int(exponent)).translate(str.maketrans('-0123456789', '⁻⁰¹²³⁴⁵⁶⁷⁸⁹'))}"
     rows = ((sources.get("notify") or {}).get("sweep") or {}).get("rows") or []
-    at5 = {r["mode"]: r["commands_per_request"] for r in rows if r["standin_latency_s"] == 5.0}
-    if at5:
-        facts["commands_at_5s"] = {"notifications": at5.get("notifications"), "polling_025": at5.get("polling 0.25 s"),
-                                   "polling_1": at5.get("polling 1 s")}
+    longest = max((r["standin_latency_s"] for r in rows), default=None)
+    at = {r["mode"]: r for r in rows if r["standin_latency_s"] == longest}
+    if "notifications" in at and at["notifications"]["wait_ms_p50"]:
+        facts["long_wait_s"] = round(at["notifications"]["wait_ms_p50"] / 1000, 1)
+        facts["long_wait"] = {key: round(at[mode]["commands_per_request"], 1) for key, mode in (
+            ("notifications", "notifications"), ("notifications_1s_backup", "notifications, 1 s backup"),
+            ("polling_025", "polling 0.25 s"), ("polling_1", "polling 1 s")) if mode in at}
     modes = (((sources.get("notify") or {}).get("cdf") or {}).get("modes")) or {}
     if modes:
         median = lambda mode: float(np.median([r["latency_ms"]["p50"] for r in modes[mode]["repeats"]]))  # noqa: E731

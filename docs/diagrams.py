@@ -85,13 +85,14 @@ def architecture(path):
     ax.text(web_x + web_w / 2, 2.83, "run_web_server.py", ha="center", fontsize=6, color=TEXT)
     for i, y in enumerate((1.7, 0.55)):
         box(ax, web_x + 0.08, y, web_w - 0.16, 1.0,
-            f"process {i + 1}\n\nrequest threads\n(one per request)\n+ result listener", "plain", size=6.3)
+            f"process {i + 1}\n\none greenlet\nper request\n+ result listener", "plain", size=6.3)
     # redis
     rx, rw = 3.35, 1.6
     box(ax, rx, 0.1, rw, 3.25, "", "redis")
     ax.text(rx + rw / 2, 3.15, "Redis", ha="center", fontsize=8.5, weight="bold", color=TEXT)
     ax.text(rx + rw / 2, 2.98, "keys under KEY_PREFIX (imgq:)", ha="center", fontsize=6, color=TEXT)
-    rows = {"queue": ("queue\nlist of job JSON", 2.4), "inflight": ("inflight:{worker}\nlist, one per worker", 1.8),
+    rows = {"queue": ("queue\nlist: JSON header + pixels", 2.4),
+            "inflight": ("inflight:{worker}\nlist, one per worker", 1.8),
             "result": ("result:{id}\nstring, SET EX 60", 1.2), "heartbeat": ("heartbeat:{worker}\nstring, EX 15", 0.66),
             "workers": ("workers\nset of worker ids", 0.18)}
     for text, y in rows.values():
@@ -159,7 +160,7 @@ def handoff(path):
         ("client", "web request", "POST /predict", "client"),
         ("web request", "web request", "prepare_image: uint8 224×224×3\nmake_job: JSON header + raw pixels", "note"),
         ("web request", "listener", "register(id): an Event", "web"),
-        ("web request", "Redis", "EVALSHA _PUSH (LLEN, RPUSH queue)", "web"),
+        ("web request", "Redis", "EVALSHA _PUSH (LLEN check, RPUSH queue)", "web"),
         ("worker", "Redis", "BLMOVE queue → inflight:{w}", "worker"),
         ("worker", "Redis", "MULTI: LMOVE × (≤ BATCH_SIZE−1 more), LLEN", "worker"),
         ("worker", "worker", "model.predict(batch)\ntop-5 for each job", "note"),
@@ -168,8 +169,8 @@ def handoff(path):
         ("listener", "web request", "event.set()", "web"),
         ("web request", "Redis", "GETDEL result:{id}", "web"),
         ("web request", "client", "200 JSON: predictions", "client"),
-        ("--", "Backup: no event within POLL_INTERVAL (1 s) → the request does its GETDEL anyway. "
-               "At REQUEST_TIMEOUT: LREM the job, answer 504."),
+        ("--", "Backup: the request also reads on its own, every BACKUP_POLL_S (5 s) while the listener hears, "
+               "every POLL_INTERVAL (1 s) while it does not. At REQUEST_TIMEOUT: LREM the job, answer 504."),
     ]
     sequence(path, lanes, msgs, row=0.3)
 
@@ -194,7 +195,7 @@ def race(path):
             ("B", "BLMOVE + LMOVEs: j33…j40 → inflight:B", "good"),
             ("A", "predict; _COMPLETE: SET j1…j32 EX 60,\nLTRIM inflight:A", "plain"),
             ("B", "SIGKILL mid-batch: j33…j40 stay\nin inflight:B", "bad"),
-            ("A", "beat(): heartbeat:B expired → LMOVE\ninflight:B back to the queue head", "good"),
+            ("A", "beat(): heartbeat:B expired → RPOP inflight:B,\nLPUSH each job back at the queue head", "good"),
             ("A", "runs j33…j40 once; every request\nanswered exactly once", "good"),
             ("!", "a request with no answer by REQUEST_TIMEOUT\ngets 504; its job is withdrawn (LREM)", "good"),
         ]),
@@ -259,11 +260,12 @@ def lifecycle(path):
 
 
 def notify_vs_poll(path):
-    """Timeline of one waiting request: the course's 0.25 s polls vs one keyspace event plus 1 s backup polls."""
+    """Timeline of one waiting request: the course's 0.25 s polls vs one keyspace event (the backup read comes only
+    every 5 s while the listener hears)."""
     fig, ax = canvas(WIDTH, 1.75)
     t0, scale = 1.05, 2.5  # inches per second
     done = 1.13  # an example: the result is written 1.13 s after the request started
-    for y, label in ((1.2, "course:\nGET every 0.25 s"), (0.5, "ours: event, and\nGETDEL every 1 s")):
+    for y, label in ((1.2, "course:\nGET every 0.25 s"), (0.5, "ours: the event;\nbackup GETDEL every 5 s")):
         ax.text(0.05, y, label, fontsize=6.8, va="center", color=TEXT)
         ax.plot([t0, t0 + scale * 2.2], [y, y], color="#999999", lw=0.8)
     for s in (0, 0.5, 1, 1.5, 2):
@@ -279,10 +281,10 @@ def notify_vs_poll(path):
                 mfc="white" if not hit else C["good"][1])
     ax.text(t0 + scale * 1.32, 1.2, "answered at the next poll, up to 0.25 s late;\n4 GETs a second while waiting",
             fontsize=6.5, va="center", color=TEXT, bbox=WHITE)
-    ax.plot(t0 + scale * 1.0, 0.5, marker="o", ms=4.5, color=C["web"][1], mfc="white")
     ax.plot(xr + 0.02, 0.5, marker="o", ms=4.5, color=C["good"][1])
-    ax.text(t0 + scale * 1.22, 0.5, "event: GETDEL at once; the backup GETDEL runs\nonly every POLL_INTERVAL "
-            "while no event came", fontsize=6.5, va="center", color=TEXT, bbox=WHITE)
+    ax.text(t0 + scale * 1.22, 0.5, "event: one GETDEL at once; nothing read before it (the backup\nreads every "
+            "BACKUP_POLL_S = 5 s, every 1 s while the listener is down)", fontsize=6.5, va="center", color=TEXT,
+            bbox=WHITE)
     ax.text(t0 - 0.02, 0.78, "open circle: a read that found nothing", fontsize=6, color="#666666")
     save(fig, path)
 

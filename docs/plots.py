@@ -19,7 +19,8 @@ import matplotlib.pyplot as plt
 
 from docs.diagrams import C, TEXT, WIDTH, save  # (one palette and size for every figure)
 
-MODE_COLOURS = {"notifications": C["web"][1], "polling 0.25 s": C["redis"][1], "polling 1 s": C["note"][1]}
+MODE_COLOURS = {"notifications": C["web"][1], "notifications, 1 s backup": C["worker"][1],
+                "polling 0.25 s": C["redis"][1], "polling 1 s": C["note"][1]}
 
 
 def _axes(height, cols=1):
@@ -88,10 +89,10 @@ def lost_timeline(notify, path):
         return None
     rows = sorted(lost["requests"], key=lambda r: r["level"])
     fig, ax = _axes(0.45 + 0.22 * len(rows))
-    if lost.get("kill_window_s"):
-        a, b = lost["kill_window_s"]
+    a, b = lost.get("unsubscribed_s") or lost.get("kill_window_s") or (None, None)
+    if a is not None and b is not None:
         ax.axvspan(a, b, color=C["bad"][0], zorder=0)
-        ax.text((a + b) / 2, len(rows) - 0.35, f"pub/sub connections killed ({lost['kills']} times)",
+        ax.text((a + b) / 2, len(rows) - 0.35, f"no listener subscribed (its connection killed {lost['kills']} times)",
                 ha="center", fontsize=6.5, color=C["bad"][1])
     for i, r in enumerate(rows):
         ax.plot([r["sent_s"], r["answered_s"]], [i, i], color=C["web"][1], lw=1.4)
@@ -162,11 +163,13 @@ def kill_timeline(evidence, path):
                 ax.annotate(f"recovers A's {n.group(1) if n else '?'} in-flight jobs", (t, row + 1),
                             (t, row + 1.38), fontsize=6.5, ha="center", color=colour,
                             arrowprops=dict(arrowstyle="-|>", color=colour, lw=0.8))
-    answered = sorted(_when(line) - t0 for line in evidence["web"].splitlines()
-                      if "request.done" in line and _when(line))
+    # The test's own requests: /predict answered 200 after it started (not a readiness probe or a warm-up).
+    answered = sorted(t for t in (_when(line) - t0 for line in evidence["web"].splitlines()
+                                  if "request.done" in line and "path=/predict" in line and "status=200" in line
+                                  and _when(line)) if t >= 0)
     ax.plot(answered, [2.9 * (i + 1) / max(len(answered), 1) for i in range(len(answered))], color=C["web"][1],
             lw=1.2)
-    ax.text(answered[-1] if answered else 0, 2.95, f"  requests answered ({len(answered)})", fontsize=6.5,
+    ax.text(answered[-1] if answered else 0, 2.95, f"  /predict answered 200 ({len(answered)})", fontsize=6.5,
             color=C["web"][1], va="bottom", ha="right")
     k = evidence["killed_at"] - t0
     ax.axvline(k, color=C["bad"][1], lw=1, ls="--")

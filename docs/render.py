@@ -65,6 +65,18 @@ def extract(relpath, dotted, start_text=None, end_text=None):
     return first, lines[first - 1:last]
 
 
+# Every listing of the last resolve(): docs/build.py writes them to docs/writeup.listings.json, and --check
+# compares that file with the source.
+listings: list = []
+
+
+def listing_lines(relpath, dotted, start_text=None, end_text=None):
+    """(first line number, sha1 of the lines) of a listing as the source has it now."""
+    import hashlib
+    first, lines = extract(relpath, dotted, start_text, end_text)
+    return first, hashlib.sha1("\n".join(lines).encode()).hexdigest()
+
+
 def dedent(lines):
     widths = [len(line) - len(line.lstrip()) for line in lines if line.strip()]
     cut = min(widths) if widths else 0
@@ -104,6 +116,9 @@ def highlight_lua_constant(lines, first):
 
 def code_block(relpath, dotted, start_text=None, end_text=None):
     first, lines = extract(relpath, dotted, start_text, end_text)
+    _, digest = listing_lines(relpath, dotted, start_text, end_text)
+    listings.append({"file": relpath, "name": dotted, "from": start_text, "to": end_text, "first": first,
+                     "last": first + len(lines) - 1, "sha1": digest})
     lines = dedent(lines)
     last = first + len(lines) - 1
     if sum('"""' in line for line in lines) >= 2 and any("redis.call" in line for line in lines) \
@@ -162,6 +177,10 @@ def resolve(text, results, figures):
                 j += 1
             stash(course_block(caption, "\n".join(lines[i + 1:j])))
             i = j + 1
+            continue
+        if line.startswith("Table: "):  # the caption of the Markdown table that follows
+            stash(f'<p class="tcap">{html.escape(line[len("Table: "):])}</p>')
+            i += 1
             continue
         m = DIRECTIVE.match(line)
         if m:
