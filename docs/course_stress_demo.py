@@ -61,7 +61,7 @@ def run_course_client(url, image, n, spacing, final_sleep):
     ok = sum(" OK" in line for line in done.stdout.splitlines())
     failed = sum("FAILED" in line for line in done.stdout.splitlines())
     # Python reports a thread killed by an exception once ("Exception in thread ..."), with one "Traceback" per
-    # chained exception (requests' ConnectionError carries three): the reports are what counts the threads.
+    # chained exception (requests' ConnectionError carries several): the reports are what counts the threads.
     return {"sent": n, "reported_ok": ok, "reported_failed": failed, "never_reported": n - ok - failed,
             "threads_died": done.stderr.count("Exception in thread"), "tracebacks": done.stderr.count("Traceback"),
             "exit_code": done.returncode, "seconds": round(time.monotonic() - started, 1),

@@ -172,7 +172,7 @@ def handoff(path):
         ("--", "Backup: the request also reads on its own, every BACKUP_POLL_S (5 s) while the listener hears, "
                "every POLL_INTERVAL (1 s) while it does not. At REQUEST_TIMEOUT: LREM the job, answer 504."),
     ]
-    sequence(path, lanes, msgs, row=0.3)
+    sequence(path, lanes, msgs, row=0.245)
 
 
 def race(path):
