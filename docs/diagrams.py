@@ -169,10 +169,10 @@ def handoff(path):
         ("listener", "web request", "event.set()", "web"),
         ("web request", "Redis", "GETDEL result:{id}", "web"),
         ("web request", "client", "200 JSON: predictions", "client"),
-        ("--", "Backup: the request also reads on its own, every BACKUP_POLL_S (5 s) while the listener hears, "
-               "every POLL_INTERVAL (1 s) while it does not. At REQUEST_TIMEOUT: LREM the job, answer 504."),
+        ("--", "Backup: the request also reads on its own, every BACKUP_POLL_S (5 s) while the listener hears,"),
+        ("--", "every POLL_INTERVAL (1 s) while it does not. At REQUEST_TIMEOUT: LREM the job, answer 504."),
     ]
-    sequence(path, lanes, msgs, row=0.245)
+    sequence(path, lanes, msgs, row=0.27)
 
 
 def race(path):
