@@ -334,7 +334,8 @@ def main(argv=None):
             image.convert("RGB").save(thumb, quality=85)
         figures["castle_thumb"] = thumb
     commit = git_commit() + (" + uncommitted changes (a draft)" if dirty else "")
-    meta = {"when": now_utc(), "commit": commit, "machine": machine(), "failed_steps": failed}
+    meta = {"when": now_utc(), "commit": commit, "machine": machine(), "failed_steps": failed,
+            "how": "python -m docs.build --fast" if args.fast else "make docs", "reused": args.fast}
     results = Results(live, race_result, tests, sources, meta, stress_demo=stress_demo, figures=figures)
 
     with open(os.path.join(DOCS, "writeup.md"), encoding="utf-8") as f:

@@ -427,5 +427,7 @@ class Results:
     def gen_build_info(self):
         m = self.meta
         return (f'<p class="buildinfo"><strong>Built from commit <code>{esc(m["commit"])}</code></strong> on '
-                f'{esc(m["when"])}, by <code>make docs</code>, on {esc(machine_text(m["machine"]))}, Python '
-                f'{esc(m["machine"]["python"])}.</p>')
+                f'{esc(m["when"])}, by <code>{esc(m.get("how", "make docs"))}</code>'
+                + (" (the live run, demos and tests of the last full build, each dated where it is shown)"
+                   if m.get("reused") else "") +
+                f', on {esc(machine_text(m["machine"]))}, Python {esc(m["machine"]["python"])}.</p>')
