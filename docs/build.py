@@ -406,7 +406,7 @@ def computed_facts(sources):
     facts = {"job_bytes": len(message.make_job(message.new_id(), np.zeros((224, 224, 3), dtype=np.uint8), 30.0))}
     n = 10 ** 9  # a billion requests
     facts["uuid_n"] = "a billion (10⁹)"
-    mantissa, exponent = f"{n * n / 2 ** 123:.0e}".split("e")
+    mantissa, exponent = f"{n * n / 2 ** 123:.1e}".split("e")
     facts["uuid_p"] = f"{mantissa} × 10{str(int(exponent)).translate(str.maketrans('-0123456789', '⁻⁰¹²³⁴⁵⁶⁷⁸⁹'))}"
     rows = ((sources.get("notify") or {}).get("sweep") or {}).get("rows") or []
     longest = max((r["standin_latency_s"] for r in rows), default=None)

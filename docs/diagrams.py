@@ -282,9 +282,8 @@ def notify_vs_poll(path):
     ax.text(t0 + scale * 1.32, 1.2, "answered at the next poll, up to 0.25 s late;\n4 GETs a second while waiting",
             fontsize=6.5, va="center", color=TEXT, bbox=WHITE)
     ax.plot(xr + 0.02, 0.5, marker="o", ms=4.5, color=C["good"][1])
-    ax.text(t0 + scale * 1.22, 0.5, "event: one GETDEL at once; nothing read before it (the backup\nreads every "
-            "BACKUP_POLL_S = 5 s, every 1 s while the listener is down)", fontsize=6.5, va="center", color=TEXT,
-            bbox=WHITE)
+    ax.text(t0 + scale * 1.22, 0.5, "event: one GETDEL at once, none before;\nbackup reads every 5 s "
+            "(1 s while the listener is down)", fontsize=6.5, va="center", color=TEXT, bbox=WHITE)
     ax.text(t0 - 0.02, 0.78, "open circle: a read that found nothing", fontsize=6, color="#666666")
     save(fig, path)
 

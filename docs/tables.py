@@ -61,11 +61,11 @@ def provenance(when, mach, source, command, quick=False):
 
 
 def table(header, rows, caption, cls=""):
-    """A numbered table: its caption (CSS numbers it "Table N.") then the table."""
-    head = "".join(f"<th>{h}</th>" for h in header)
+    """A numbered table: its caption (CSS numbers it "Table N.") then the table (no header row when header is None)."""
+    head = "".join(f"<th>{h}</th>" for h in header or [])
     body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
     return (f'<p class="tcap">{caption}</p>'
-            f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>')
+            f'<table class="{cls}">{f"<thead><tr>{head}</tr></thead>" if head else ""}<tbody>{body}</tbody></table>')
 
 
 def fmt(value, digits=1):
@@ -147,9 +147,11 @@ class Results:
                  "<code>MAX_QUEUE_LENGTH</code>"],
                 ["result", "key <code>&lt;uuid&gt;</code>, no expiry, read with <code>GET</code> + <code>DEL</code>",
                  "<code>imgq:result:&lt;id&gt;</code>, <code>SET … EX 60</code>, read with <code>GETDEL</code>"]]
-        return (table(["", "course", "ours"], rows, "The image on the queue, the course's and ours. Byte counts "
-                      "computed when this PDF was built, by encoding a 224×224 image with <code>make_job</code> and "
-                      "with the course's float32 + base64 encoding.", "kv"))
+        return (table(["", "course", "ours"], rows, "The image on the queue, the course's and ours.", "kv") +
+                f'<p class="provenance">Byte counts computed by <code>make docs</code> ({esc(self.meta["when"])}): a '
+                f'224×224 image encoded with <code>imgq.jobs.message.make_job</code> and with the course\'s float32 + '
+                f'base64 encoding (<code>docs/tables.py</code>, <code>gen_job_sizes</code>); they do not depend on '
+                f'the machine.</p>')
 
     # question 3
     def _castle_runs(self):
@@ -171,12 +173,12 @@ class Results:
             thumb = (f'<figure class="diagram thumb"><img src="{self.figures["castle_thumb"]}" alt="castle_image.jpg"/>'
                      f'<figcaption>castle_image.jpg (a thumbnail made at build time from ../shared/; the file is '
                      f'not in the repository).</figcaption></figure>')
-        out = thumb + table(["who", "model", "runtime", "top-1", "probability"], rows,
-                            "castle_image.jpg: the course's answer and ours, by model and runtime.")
+        out = table(["who", "model", "runtime", "top-1", "probability"], rows,
+                    "castle_image.jpg: the course's answer and ours, by model and runtime.")
         if self.live:
             out += provenance(self.live["when"], self.live["machine"], "docs/build/live.json",
                               "make docs (its live run: python simple_request.py castle_image.jpg)")
-        return out
+        return out + thumb
 
     def gen_castle(self):
         if self.failed("live", "The live run"):
@@ -211,6 +213,8 @@ class Results:
                          f"for each; {len(shared)} of {len(tops[0])} labels agree, and their probabilities "
                          + (f"differ by at most {gap:.4f}." if gap else "are identical to the four decimals printed."),
                          "narrow"))
+        out.append(provenance(live["when"], live["machine"], "docs/build/live.json",
+                              "make docs (its live run: python simple_request.py castle_image.jpg, once per runtime)"))
         return "\n".join(out)
 
     def gen_preprocessing(self):
@@ -350,7 +354,7 @@ class Results:
                 ["last answer", f'{max(r["answered_s"] for r in rows):.2f} s after the first request'],
                 ["stand-in latency, poll interval while the listener is down",
                  f'{lost["worker_latency_s"]} s, {lost["poll_interval_s"]} s']]
-        return (table(["", ""], body, "A lost notification: results set while no listener is subscribed.", "kv") +
+        return (table(None, body, "A lost notification: results set while no listener is subscribed.", "kv") +
                 self._notify_provenance("lost"))
 
     # question 6
