@@ -45,3 +45,17 @@ def test_while_the_listener_hears_a_waiting_request_reads_its_result_once_not_ev
         [(200, standin_label(level)) for level, _ in answers]
     # One read each, and room for a stray wake-up; every 0.5 s would be about 6 each.
     assert reads() - before <= 2 * n
+
+
+def test_the_backup_read_comes_before_a_missed_result_expires(monkeypatch):
+    """RESULT_TTL shorter than BACKUP_POLL_S: the backup read comes every RESULT_TTL / 2 instead (never below
+    POLL_INTERVAL), so a result whose event was missed is read before it expires."""
+    from imgq import settings
+    from imgq.jobs.results import ResultWaiter
+
+    monkeypatch.setattr(settings, "BACKUP_POLL_S", 5.0)
+    monkeypatch.setattr(settings, "POLL_INTERVAL", 0.5)
+    monkeypatch.setattr(settings, "RESULT_TTL", 2)
+    assert ResultWaiter(None).backup_poll == 1.0
+    monkeypatch.setattr(settings, "RESULT_TTL", 60)
+    assert ResultWaiter(None).backup_poll == 5.0

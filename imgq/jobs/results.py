@@ -7,7 +7,8 @@ before it pushes the job, then sleeps on an Event; the listener sets that Event 
 
 Pub/sub drops events while the subscriber is disconnected, and a managed Redis may refuse CONFIG, so every
 request also looks for its result on its own (the backup): every POLL_INTERVAL seconds while the listener is not
-known to hear (disconnected, or CONFIG refused and no event heard yet), every BACKUP_POLL_S while it is. The
+known to hear (disconnected, or CONFIG refused and no event heard yet), every BACKUP_POLL_S while it is (at most
+half of RESULT_TTL, so a result whose event was switched off is read before it expires). The
 listener wakes every waiting request when it loses its connection (they poll faster from then on) and again
 each time it (re)subscribes (anything set meanwhile is read at once).
 
@@ -86,7 +87,8 @@ class ResultWaiter:
         self.prefix = prefix or settings.KEY_PREFIX
         self.notifications = settings.NOTIFICATIONS if notifications is None else notifications
         self.poll_interval = settings.POLL_INTERVAL if poll_interval is None else poll_interval
-        self.backup_poll = max(settings.BACKUP_POLL_S, self.poll_interval)
+        # Never more than half of RESULT_TTL: a result whose event was missed must still be there when read.
+        self.backup_poll = max(min(settings.BACKUP_POLL_S, settings.RESULT_TTL / 2), self.poll_interval)
         self.listening = False  # True while subscribed: requests are woken by notifications
         self.config_ok: bool | None = None   # False when CONFIG was refused: events come only if an admin enabled them
         self.heard = False  # an event has come since the last subscription (events are on, whatever CONFIG said)
