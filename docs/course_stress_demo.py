@@ -4,7 +4,7 @@ The course's client starts one daemon thread per request, never joins them, and 
 after the last start. Whether that final sleep loses requests depends only on whether it is shorter than the time
 the service needs to answer them all. At the course's scale (500 requests, 300 s) that takes a slow service; here
 both sides are shrunk: 40 requests to a service whose stand-in model takes 1.5 s per batch of 8 (about 7.5 s of
-work), once with a final sleep of 2 s (shorter than the work) and once with 10 s (longer). Whatever has not
+work), once with a final sleep of 2 s (shorter than the work) and once with 15 s (twice as long). Whatever has not
 finished when the sleep ends is killed with the process, silently; the script exits 0 either way. A third run
 sends 5 requests to a port nobody listens on: each thread dies with an exception, counted nowhere.
 
@@ -69,13 +69,14 @@ def run_course_client(url, image, n, spacing, final_sleep):
 
 
 def drained(url, timeout=60):
-    """Wait until the service's queue is empty and its worker idle (its batch in hand is answered)."""
+    """Wait until the service's queue is empty and its worker idle: the worker may hold two batches (one in the
+    model, the next taken ahead), 1.5 s each."""
     import requests
     health = url.rsplit("/predict", 1)[0] + "/healthz"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and requests.get(health, timeout=5).json().get("queue_length"):
         time.sleep(0.2)
-    time.sleep(2.0)
+    time.sleep(4.0)
 
 
 def main(argv=None):
@@ -86,8 +87,8 @@ def main(argv=None):
     runs = [dict(run_course_client(args.url, args.image, 40, 0.05, 2.0),
                  name="course's loop: 40 requests, final sleep 2 s (shorter than the work)")]
     drained(args.url)  # what the first run left behind is not the second run's work
-    runs += [dict(run_course_client(args.url, args.image, 40, 0.05, 10.0),
-                 name="course's loop: 40 requests, final sleep 10 s (longer than the work)"),
+    runs += [dict(run_course_client(args.url, args.image, 40, 0.05, 15.0),
+                 name="course's loop: 40 requests, final sleep 15 s (twice the work)"),
             dict(run_course_client("http://127.0.0.1:9/predict", args.image, 5, 0.05, 1.0),
                  name="course's loop: 5 requests, nothing listening, final sleep 1 s")]
     print(json.dumps({"runs": runs, "settings": {"spacing_s": 0.05, "standin_s_per_batch": 1.5, "batch_size": 8}}))
