@@ -13,6 +13,7 @@ sends 5 requests to a port nobody listens on: each thread dies with an exception
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -58,8 +59,10 @@ def run_course_client(url, image, n, spacing, final_sleep):
     done = subprocess.run([sys.executable, f.name, url, image, str(n), str(spacing), str(final_sleep)],
                           capture_output=True, text=True, timeout=120)
     os.unlink(f.name)
-    ok = sum(" OK" in line for line in done.stdout.splitlines())
-    failed = sum("FAILED" in line for line in done.stdout.splitlines())
+    # By thread number, not by line: two threads' prints can share a line (print writes the text and the newline
+    # separately).
+    said = dict(re.findall(r"thread (\d+) (OK|FAILED)", done.stdout))
+    ok, failed = list(said.values()).count("OK"), list(said.values()).count("FAILED")
     # Python reports a thread killed by an exception once ("Exception in thread ..."), with one "Traceback" per
     # chained exception (requests' ConnectionError carries several): the reports are what counts the threads.
     return {"sent": n, "reported_ok": ok, "reported_failed": failed, "never_reported": n - ok - failed,
