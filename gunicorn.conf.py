@@ -15,6 +15,7 @@ import shutil
 import socket
 import tempfile
 import threading
+import warnings
 
 import gunicorn.util
 from gunicorn.glogging import Logger
@@ -25,6 +26,10 @@ from imgq.jobs import connection
 
 # The lines of the web server say run_web_server.py (the course's script, which this serves), not gunicorn.
 logutil.name_script("run_web_server.py")
+# The master imports redis, and with it ssl, for its start-up check; each gevent worker patches ssl after the fork,
+# before it opens any connection, so the case gevent warns about (an ssl object made before the patch and used
+# after it) cannot arise. Without this, `make run` shows that warning once per web process.
+warnings.filterwarnings("ignore", message="Monkey-patching ssl after ssl has already been imported")
 settings.refuse_open_host()
 settings.check("gunicorn")  # a wrong setting: one line and exit 2, before the port is bound
 # A Redis that evicts keys when full: one line and exit 2 (ALLOW_EVICTION=1 to run anyway).

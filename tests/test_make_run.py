@@ -222,6 +222,8 @@ def test_make_run_survives_kills_logs_json_and_stops_cleanly(tmp_path):
     # The web server's lines name the course's script it serves, under gunicorn too.
     assert {"run_web_server.py", "run_model_server.py", "launcher.py"} <= {r["script"] for r in records}
     assert "gunicorn" not in {r["script"] for r in records}
+    # Nothing a new user would take for a fault: gevent's warning about ssl imported before its patch is not shown.
+    assert not [r for r in records if "MonkeyPatchWarning" in str(r.get("line", ""))]
     # One INFO line per request, the access log's request.done; the other steps of a request log at DEBUG.
     assert len([r for r in records if r["action"] == "request.done" and r.get("path") == "/predict"]) >= 40
     assert not [r for r in records if r["action"] in ("request.received", "job.pushed", "job.done")]
