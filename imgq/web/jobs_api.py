@@ -19,8 +19,7 @@ from flask import Blueprint, g, jsonify
 
 from imgq.errors import ServiceError
 from imgq.jobs import keys
-from imgq.jobs.records import Records
-from imgq.web.routes import Routes
+from imgq.web.routes import Route, Routes
 
 JOB_ID = re.compile(r"[0-9a-f]{32}")
 
@@ -31,10 +30,9 @@ class JobNotFound(ServiceError):
 
 def blueprint(routes: Routes) -> Blueprint:
     bp = Blueprint("jobs", __name__)
-    records = {route.name: Records(route.queue.redis, route.queue.prefix) for route in routes}
 
-    def visible(job_id: str) -> tuple[dict[str, str], bytes | None, str]:
-        """The job's record, its result and its model's name; JobNotFound if no served model knows it."""
+    def visible(job_id: str) -> tuple[dict[str, str], bytes | None, Route]:
+        """The job's record, its result and its model's route; JobNotFound if no served model knows it."""
         if not JOB_ID.fullmatch(job_id):
             raise JobNotFound("unknown job id (or its result expired after RESULT_TTL)")
         for route in routes:  # a job lives under its model's prefix: one round trip per model served
@@ -48,7 +46,7 @@ def blueprint(routes: Routes) -> Blueprint:
                 owner = record.get("owner", "")
                 if owner.startswith("key:") and owner != g.get("client"):
                     break
-                return record, result, route.name
+                return record, result, route
         raise JobNotFound("unknown job id (or its result expired after RESULT_TTL)")
 
     def body(job_id: str, status: str, record: dict[str, str], **fields: Any) -> dict[str, Any]:
@@ -86,8 +84,8 @@ def blueprint(routes: Routes) -> Blueprint:
 
     @bp.delete("/jobs/<job_id>")
     def job_cancel(job_id: str) -> Any:
-        record, result, model = visible(job_id)
-        before = records[model].cancel(job_id) if record else None
+        record, result, route = visible(job_id)
+        before = route.records.cancel(job_id) if record else None
         if before in ("queued", "cancelled"):
             return jsonify(success=True, **body(job_id, "cancelled", record))
         if before == "running":

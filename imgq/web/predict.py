@@ -22,7 +22,6 @@ from flask import Blueprint, Response, g, jsonify, request
 from imgq import settings
 from imgq.errors import BadRequest
 from imgq.jobs import callbacks, keys
-from imgq.jobs.records import Records
 from imgq.observe import metrics, tracing
 from imgq.web import classify, images, page, upload
 from imgq.web.images import prepare_image
@@ -81,7 +80,6 @@ def hang_up_watch(wake: threading.Event) -> Iterator[threading.Event | None]:
 
 def blueprint(routes: Routes) -> Blueprint:
     bp = Blueprint("predict", __name__)
-    records = {route.name: Records(route.queue.redis, route.queue.prefix) for route in routes}
 
     @bp.after_request
     def count(response: Response) -> Response:
@@ -147,7 +145,7 @@ def blueprint(routes: Routes) -> Blueprint:
         callback = callbacks.check_url(form.fields["callback_url"]) if "callback_url" in form.fields else ""
         all_pixels = [prepare_image(data, route.input_size) for data in form.images]  # a bad one refuses them all
         owner = g.get("client") or "unknown"
-        ids = [classify.submit_async(route.queue, records[route.name], pixels, owner, timeout, lane, callback,
+        ids = [classify.submit_async(route.queue, route.records, pixels, owner, timeout, lane, callback,
                                      tracing.trace_id(), g.get("share"))
                for pixels in all_pixels]
         metrics.ASYNC_SUBMITTED.labels(lane).inc(len(ids))

@@ -13,6 +13,7 @@ from imgq import models, settings
 from imgq.errors import ModelUnavailable, ServiceError
 from imgq.jobs.connection import RedisClient
 from imgq.jobs.queue import JobQueue
+from imgq.jobs.records import Records
 from imgq.jobs.results import ResultWaiter
 from imgq.models.served import ServedModel, deployment
 
@@ -27,6 +28,7 @@ class Route:
     queue: JobQueue
     waiter: ResultWaiter
     input_size: tuple[int, int]
+    records: Records  # its asynchronous jobs' records (GET and DELETE /jobs/<id>, Prefer: respond-async)
     _labels: list[str] | None = None
 
     @property
@@ -55,7 +57,7 @@ class Routes:
                 settings.check("web", code=3)
                 raise
             self.routes.append(Route(served, JobQueue(client, served.prefix),
-                                     ResultWaiter(wait_client, served.prefix), size))
+                                     ResultWaiter(wait_client, served.prefix), size, Records(client, served.prefix)))
         self.default = self.routes[0]
 
     def __iter__(self) -> Iterator[Route]:
