@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 
 from imgq import settings
-from imgq.errors import TooManyRequests
+from imgq.errors import QueueFull, TooManyRequests
 from imgq.jobs import keys
 from imgq.jobs.shares import ClientShare
 
@@ -182,6 +182,10 @@ def over_share(cap: int) -> TooManyRequests:
                            "some are answered")
 
 
+def queue_full() -> QueueFull:
+    return QueueFull(f"the queue is full ({settings.MAX_QUEUE_LENGTH} jobs); try again shortly")
+
+
 class JobQueue:
     def __init__(self, client: RedisClient, prefix: str | None = None) -> None:
         self.redis = client
@@ -213,7 +217,12 @@ class JobQueue:
         if pipe is not None:
             self.push_raw(job_text, lane, share, max_length, pipe)
             return 0, None
-        out = self.push_raw(job_text, lane, share, max_length)
+        return self.pushed(self.push_raw(job_text, lane, share, max_length), share)
+
+    @staticmethod
+    def pushed(out: Any, share: ClientShare | None = None) -> tuple[int | None, str | None]:
+        """The push script's answer read: (the lane's length, Redis' epoch), or (None, None) when the lane is full;
+        TooManyRequests when the client has its share queued."""
         if out[0] == -2:
             raise over_share(share.cap if share is not None else 0)
         if out[0] < 0:

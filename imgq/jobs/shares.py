@@ -25,6 +25,11 @@ if redis.call('DECR', KEYS[1]) <= 0 then redis.call('DEL', KEYS[1]) end
 """
 
 
+def carried(share: ClientShare | None) -> str | None:
+    """The share key a job carries, so that the worker that takes it gives the unit back (none without a cap)."""
+    return share.key if share is not None and share.cap > 0 else None
+
+
 class ClientShare:
     """One client's share: its counter's key and cap, for the push script and the give-backs."""
 

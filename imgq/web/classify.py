@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from imgq.jobs import connection, message
-from imgq.jobs.queue import over_share
+from imgq.jobs import connection, message, shares
+from imgq.jobs.queue import queue_full
 from imgq.jobs.results import Watch
 from imgq import settings
-from imgq.errors import ClientGone, PoisonJob, QueueFull, TimedOut, WorkerFailed
+from imgq.errors import ClientGone, PoisonJob, TimedOut, WorkerFailed
 from imgq.jobs import keys
 from imgq.observe import metrics
 from imgq.observe.logutil import log
@@ -123,8 +123,6 @@ def submit(queue: JobQueue, waiter: ResultWaiter, pixels: np.ndarray, job_id: st
     """
     job_id = job_id or message.new_id()
     deadline = time.monotonic() + settings.REQUEST_TIMEOUT if deadline is None else deadline
-    job_text = message.make_job(job_id, pixels, max(deadline - time.monotonic(), 0.0), outputs=outputs,
-                                trace=trace, share=share.key if share is not None and share.cap > 0 else None)
     if settings.DEDUP:
         shared = _deduplicated(queue, waiter, pixels, job_id, deadline, share, lane)
         if shared.answer is not None or shared.id != job_id:
@@ -132,6 +130,8 @@ def submit(queue: JobQueue, waiter: ResultWaiter, pixels: np.ndarray, job_id: st
         digest: str | None = shared.digest
     else:
         digest = None
+    job_text = message.make_job(job_id, pixels, max(deadline - time.monotonic(), 0.0), outputs=outputs,
+                                trace=trace, share=shares.carried(share))
     event = waiter.register(job_id)  # listen before pushing: the answer may come back at once
     pending = Pending(queue, waiter, job_id, job_text, event, deadline, share, lane)
     pending.digest = digest
@@ -145,7 +145,7 @@ def submit(queue: JobQueue, waiter: ResultWaiter, pixels: np.ndarray, job_id: st
     if length is None:
         pending.cancel()
         log("request.refused", level="WARNING", id=job_id, reason="queue full")
-        raise QueueFull(f"the queue is full ({settings.MAX_QUEUE_LENGTH} jobs); try again shortly")
+        raise queue_full()
     log("job.pushed", level="DEBUG", id=job_id, queue=length)
     return pending
 
@@ -157,7 +157,7 @@ def submit_async(queue: JobQueue, records: Records, pixels: np.ndarray, owner: s
     Returns its id: 128 random bits, so an id cannot be guessed. Raises QueueFull, or a Redis error."""
     job_id = secrets.token_hex(16)
     job_text = message.make_job(job_id, pixels, timeout, trace=trace, asynchronous=True, callback=bool(callback),
-                                share=share.key if share is not None and share.cap > 0 else None)
+                                share=shares.carried(share))
     with queue.redis.pipeline(transaction=False) as pipe:
         records.create(pipe, job_id, owner, timeout + settings.RESULT_TTL, lane, callback)
         if connection.scripts_in_pipelines(queue.redis):
@@ -166,12 +166,12 @@ def submit_async(queue: JobQueue, records: Records, pixels: np.ndarray, owner: s
         else:  # Redis Cluster: the record first, then the push (a refused push deletes the record below)
             pipe.execute()
             pushed = queue.push_raw(job_text, lane=lane, share=share)
-    if pushed[0] < 0:
+    if pushed[0] < 0:  # refused: its record goes too
         queue.redis.delete(keys.job(job_id, queue.prefix))
-        if pushed[0] == -2 and share is not None:
-            raise over_share(share.cap)
-        raise QueueFull(f"the queue is full ({settings.MAX_QUEUE_LENGTH} jobs); try again shortly")
-    log("job.pushed", level="DEBUG", id=job_id, queue=pushed[0], lane=lane, asynchronous=True)
+    length, _ = queue.pushed(pushed, share)  # TooManyRequests over the client's share
+    if length is None:
+        raise queue_full()
+    log("job.pushed", level="DEBUG", id=job_id, queue=length, lane=lane, asynchronous=True)
     return job_id
 
 
