@@ -377,23 +377,18 @@ class Worker:
             return
         now = time.time()
         keep = [not message.expired(job, now) for job in jobs]
-        scripts: list[Any] = []  # script calls, in the pipeline where the client allows it
-        for job, alive in zip(jobs, keep):
-            if job.get("async"):
-                scripts.append(lambda c, i=job["id"], s="running" if alive else "expired":
-                               self.records.advance(i, s, pipe=c))
-        for key in batch["shares"]:  # these jobs left the queue: their clients' units go back
-            scripts.append(lambda c, k=key: self._give_back(keys=[k], client=c))
         try:
-            inline = connection.scripts_in_pipelines(self._quick)
             with self._quick.pipeline(transaction=False) as pipe:
                 for job in jobs:
                     pipe.exists(keys.cancel(job["id"], self.queue.prefix))
-                for call in scripts if inline else ():
-                    call(pipe)
+                # the scripts in the same round trip, where the client allows scripts in a pipeline
+                scripts = pipe if connection.scripts_in_pipelines(self._quick) else self._quick
+                for job, alive in zip(jobs, keep):
+                    if job.get("async"):
+                        self.records.advance(job["id"], "running" if alive else "expired", pipe=scripts)
+                for key in batch["shares"]:  # these jobs left the queue: their clients' units go back
+                    self._give_back(keys=[key], client=scripts)
                 answers = pipe.execute()
-            for call in scripts if not inline else ():
-                call(self._quick)
         except REDIS_ERRORS as exc:  # not knowing of a cancel costs one needless classification, nothing else
             log("worker.cancel_check_failed", level="WARNING", worker=self.id, error=str(exc)[:200])
             answers = [0] * len(jobs)
