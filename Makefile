@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help run redis test test-containers bench bench-notify bench-peers soak docs docs-check clean
+.PHONY: help run redis test test-containers bench bench-notify bench-peers bench-tax soak docs docs-check clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /\1\t/' | expand -t 14
@@ -49,6 +49,11 @@ bench-notify: $(VENV)/.installed  ## notifications against polling, bench/result
 # The service next to Flask-in-the-request, LitServe and Ray Serve (bench/peers/, their own venv).
 bench-peers: $(VENV)/.installed  ## the service against Flask, LitServe and Ray Serve, bench/results/peers.json
 	$(PY) -m bench.peers.run
+
+# Where each CPU millisecond of a request goes (per process, per thread), and the defaults against each change
+# undone, in turns: bench/results/tax.json, shown on docs/benchmarks.md (about 12 minutes).
+bench-tax: $(VENV)/.installed  ## the queue's CPU per request by thread, and what each default buys, bench/results/tax.json
+	$(PY) -m bench.tax
 
 # Twenty minutes of mixed good, bad and abandoned uploads with a worker killed every few minutes.
 soak: $(VENV)/.installed  ## 20-minute soak run: outcomes, keys and memory over time, bench/results/soak.json

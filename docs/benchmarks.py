@@ -25,6 +25,7 @@ PAGE = os.path.join(DOCS, "benchmarks.md")
 FILES = {
     "latest.json": ("`make bench`", "The service on one machine (`make bench`)"),
     "peers.json": ("`make bench-peers`", "Against the servers you would pick instead (`make bench-peers`)"),
+    "tax.json": ("`make bench-tax`", "Where a request's CPU goes (`make bench-tax`)"),
     "notifications.json": ("`make bench-notify`", "Notifications against polling (`make bench-notify`)"),
     "soak.json": ("`make soak`", "Twenty minutes of mixed load (`make soak`)"),
 }
@@ -554,7 +555,45 @@ def soak_section(name, s):
     return lines
 
 
-SECTIONS = {"latest.json": service_section, "peers.json": peers_section,
+def tax_section(name, t):
+    lines = [f"## {FILES[name][1]}", ""]
+    lines += measured_line(name, t)
+    model, decode = t.get("model_alone_cpu_ms_per_image_1_thread"), t.get("decode_cpu_ms_per_upload")
+    lines += [f"The service at its defaults (one worker, `{t.get('model')}`, castle uploads), as `make bench-peers` "
+              f"starts it; {num(t.get('warmup_s'))} s warm-up, then {num(t.get('duration_s'))} s per point. Every "
+              "thread's CPU seconds over the requests answered, by the name it gives the system. Two costs any "
+              f"server of this model pays: the model alone, {num(model)} ms of CPU per image on one thread, and "
+              f"decoding + resizing castle, {num(decode)} ms; the last row is everything else.", ""]
+    runs = (t.get("runs") or {}).get("defaults") or []
+    if runs:
+        points = runs[0]
+        labels = sorted({label for pt in points for label in pt["thread_cpu_ms_per_request"]})
+        header = ["CPU ms per request"] + [f"{pt['concurrency']} client{'s' * (pt['concurrency'] > 1)}"
+                                           for pt in points]
+        rows = [[label] + [num(pt["thread_cpu_ms_per_request"].get(label, 0)) for pt in points] for label in labels]
+        rows.append(["**the whole service**"] + [f"**{num(pt['service_cpu_ms_per_request'])}**" for pt in points])
+        if model is not None and decode is not None:
+            rows.append(["beyond the model alone and the decode"] + [
+                num(round(pt["service_cpu_ms_per_request"] - model - decode, 2)) for pt in points])
+        rows.append(["req/s (mean batch)"] + [f"{num(pt['requests_per_s'])} ({num(pt['mean_batch'])})"
+                                              for pt in points])
+        lines += table(header, rows)
+    medians = t.get("medians") or {}
+    if medians:
+        concurrency = [m["concurrency"] for m in next(iter(medians.values()))]
+        lines += [f"What each change buys: the defaults against it undone, each configuration started afresh in "
+                  f"turns ({num(t.get('rounds'))} rounds); medians of req/s, p95 ms and CPU ms per request.", ""]
+        rows = []
+        for key, what in (t.get("configs") or {}).items():
+            by_c = {m["concurrency"]: m for m in medians.get(key, [])}
+            rows.append([what] + [f"{num(by_c[c]['requests_per_s'])}, {num(by_c[c]['p95_ms'])}, "
+                                  f"{num(by_c[c]['service_cpu_ms_per_request'])}" if c in by_c else ""
+                                  for c in concurrency])
+        lines += table(["configuration"] + [f"{c} client{'s' * (c > 1)}" for c in concurrency], rows)
+    return lines
+
+
+SECTIONS = {"latest.json": service_section, "peers.json": peers_section, "tax.json": tax_section,
             "notifications.json": notifications_section, "soak.json": soak_section}
 
 

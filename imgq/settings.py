@@ -170,6 +170,10 @@ BATCH_WAIT_MS = _float("BATCH_WAIT_MS", 0, low=0)
 MODEL_RUNTIME = _str("MODEL_RUNTIME", "auto", choices=("auto", "litert", "tensorflow"))
 # Threads one worker's model uses (LiteRT's interpreter; TensorFlow's intra-op pool). 0 = every core.
 MODEL_THREADS = _int("MODEL_THREADS", 0, low=0)
+# LiteRT, a model run one image per invoke (Lite0, a model folder's one-image .tflite), MODEL_THREADS > 1: 1 =
+# a batch of several images runs image by image on MODEL_THREADS one-thread interpreters at once, a batch of one
+# on the MODEL_THREADS-thread interpreter (litert_runtime.LiteRTModel says why); 0 = everything on the latter.
+MODEL_LANES = _bool("MODEL_LANES", True)
 # 1 = MODEL=resnet50 (or auto) may download Keras' ResNet50 weights when no local file exists (else never).
 RESNET50_DOWNLOAD = _bool("RESNET50_DOWNLOAD", False)
 # TF_INTRA_OP_THREADS: the older name of MODEL_THREADS, used (by both runtimes) when MODEL_THREADS is 0.
@@ -207,9 +211,11 @@ DECODE_CONCURRENCY = _int("DECODE_CONCURRENCY", 2, low=1)
 # before it is answered 413; the decode finishes in its slot meanwhile. The pixel limits bound it anyway (a
 # 40 Mpx PNG decodes in well under a second): this catches what they cannot foresee.
 DECODE_TIMEOUT = _float("DECODE_TIMEOUT", 10, gt=0)
-# Images of at most this many pixels are decoded where the request runs, not in the decode pool: a decode of
-# 1 Mpx takes a few ms, less than the hand-off to a thread costs a busy process (0 = every image in the pool).
-DECODE_INLINE_PIXELS = _int("DECODE_INLINE_PIXELS", 1_000_000, low=0)
+# Images of at most this many pixels are decoded where the request runs (under gevent: on its event loop, which
+# then serves nothing else meanwhile), larger ones in the decode pool. 0 = every image in the pool: the loop
+# goes on delivering results and answers while Pillow decodes (it releases the GIL), which measured faster at
+# every concurrency with castle's 0.4 Mpx than decoding it on the loop (docs/benchmarks.md, `make bench-tax`).
+DECODE_INLINE_PIXELS = _int("DECODE_INLINE_PIXELS", 0, low=0)
 # Seconds an upload waits for a decode slot before the request is answered 503 + Retry-After.
 DECODE_WAIT = _float("DECODE_WAIT", 2.0, low=0)
 MAX_QUEUE_LENGTH = _int("MAX_QUEUE_LENGTH", 1000, low=1)

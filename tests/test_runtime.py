@@ -5,6 +5,7 @@ each runtime, the conversion cache of litert.py, and one real worker + web serve
 conversions are made once into a session-wide MODEL_CACHE_DIR (Lite0 takes seconds, ResNet50 ~10 s).
 """
 import os
+import threading
 import shutil
 import subprocess
 import sys
@@ -84,6 +85,37 @@ def test_lite0_litert_matches_tensorflow(cache_dir):
     assert_same_answers(tf_model, lite, batch)
     top = lite.predict(batch[:1])[0]
     assert lite.labels[int(np.argmax(top))] == "castle" and top.max() > 0.9
+
+
+def test_lite0_on_two_threads_shares_a_batch_among_lanes_and_keeps_each_image_its_answer(cache_dir):
+    """MODEL_THREADS=2: one image runs on the two-thread interpreter, a batch image by image on two one-thread
+    lanes at once (litert_runtime.LiteRTModel); every image keeps its own row, as one interpreter gives it."""
+    one = load("efficientnet_lite0", "litert", cache_dir)
+    two = load("efficientnet_lite0", "litert", cache_dir, threads=2)
+    assert (one.threads, len(one._lanes), two.threads, len(two._lanes)) == (1, 0, 2, 2)
+    ran = {}  # lane → images it ran, and the threads it ran them on
+
+    def counted(lane, invoke):
+        def run(pixels):
+            ran.setdefault(lane, []).append(threading.current_thread().name)
+            return invoke(pixels)
+        return run
+
+    for i, lane in enumerate(two._lanes):
+        lane.invoke = counted(i, lane.invoke)
+    batch = images()
+    reference = one.predict(batch)
+    for size in (1, 2, 3, len(batch)):
+        ran.clear()
+        np.testing.assert_allclose(two.predict(batch[:size]), reference[:size], atol=1e-4)
+        assert sum(len(v) for v in ran.values()) == (0 if size == 1 else size)
+    assert sorted(ran) == [0, 1] and set(ran[0]) != set(ran[1])  # the whole batch: both lanes, each its own thread
+
+    def broken(pixels):
+        raise RuntimeError("lane failed")
+    two._lanes[1].invoke = broken
+    with pytest.raises(RuntimeError, match="lane failed"):
+        two.predict(batch)
 
 
 def test_resnet50_litert_matches_tensorflow_and_is_one_xnnpack_graph(cache_dir, resnet50_file):

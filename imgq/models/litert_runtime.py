@@ -21,20 +21,26 @@ batch in one), resizing the interpreter's input when the size changes: ~0.1 ms (
 larger size allocates). models.LITERT_CHUNK picks per model: with XNNPACK, Lite0 is fastest per image at
 batch 1 (2 threads: 4.0 ms/image at batch 1, 4.3-4.8 at 8 and 32; 1 thread 7.9 against 8.3-9.6), ResNet50
 batched (2 threads: ~40 ms at batch 1, ~33 at batch 8 and 32): measured 2026-12-01 on the shared 2-core VM.
+A one-image-per-invoke model with more than one thread also runs its batches on one-thread "lanes"
+(LiteRTModel, MODEL_LANES).
 """
 from __future__ import annotations
 
 import hashlib
+import itertools
 import importlib.metadata
 import os
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, cast
 
 import numpy as np
 
+from imgq import settings
 from imgq.observe.logutil import log
+from imgq.observe.threads import name_thread
 
 # Bump when the conversion below changes in a way that changes the file (names the cache files).
 RECIPE = 3
@@ -94,8 +100,42 @@ def convert(keras_model: Any, input_size: tuple[int, int], preprocess: Callable[
     return converter.convert()
 
 
+class _Runner:
+    """One interpreter, sized for `batch` images per invoke, and the lock that gives it to one caller at a time."""
+
+    def __init__(self, interpreter: Any, batch: int, input_index: int, output_index: int,
+                 input_size: tuple[int, int]) -> None:
+        self.interpreter, self.batch, self.input_size = interpreter, batch, input_size
+        self._input, self._output = input_index, output_index
+        # One interpreter holds one set of tensors: two threads invoking it at once corrupt each other's
+        # input ("There is at least 1 reference to internal data"). The worker calls it from one thread;
+        # a caller with several (the Flask peer in bench/peers/) waits its turn here.
+        self._lock = threading.Lock()
+
+    def invoke(self, pixels: np.ndarray) -> np.ndarray:
+        with self._lock:
+            if len(pixels) != self.batch:
+                self.interpreter.resize_tensor_input(self._input, [len(pixels), *self.input_size, 3])
+                self.interpreter.allocate_tensors()
+                self.batch = len(pixels)
+            self.interpreter.set_tensor(self._input, pixels)
+            self.interpreter.invoke()
+            return self.interpreter.get_tensor(self._output).copy()  # the interpreter reuses its buffer
+
+
 class LiteRTModel:
-    """A .tflite classifier behind the worker's interface: uint8 batch in, float32 probabilities out."""
+    """A .tflite classifier behind the worker's interface: uint8 batch in, float32 probabilities out.
+
+    A model run one image per invoke (chunk 1) with `threads` > 1 gets, beside its interpreter of `threads`
+    threads, `threads` one-thread interpreters ("lanes"): a batch of one image goes to the first (both cores on
+    one image: the lowest latency when the machine is idle), a larger batch is shared image by image among the
+    lanes, which run at once (LiteRT's invoke releases the GIL). Why: one interpreter's threads meet at a barrier
+    after every operator, so while the web server decodes an upload on one core, the model's thread on the other
+    waits for its partner at each of Lite0's ~60 operators; independent one-thread lanes never wait for each
+    other. Alone, both ways cost the same CPU per image; beside a busy web server the lanes answered more
+    requests at 4, 16 and 64 clients (`make bench-tax`, docs/benchmarks.md). Memory: one interpreter more per
+    thread (Lite0 on 2 threads: a worker of 92 MB without lanes, 144 MB with them).
+    """
 
     runtime = "litert"
 
@@ -103,37 +143,42 @@ class LiteRTModel:
                  chunk: int | None = None, prepare: Callable[[np.ndarray], np.ndarray] | None = None) -> None:
         """prepare: float32 pixels 0..255 → the model's input, for a .tflite whose own graph does not scale
         (a model folder's config.json, folder.py); None: the pixels as they are."""
-        from ai_edge_litert.interpreter import Interpreter
         self.name = name
         self.input_size = cast("tuple[int, int]", tuple(input_size))
         self.labels = labels
         self.threads = threads  # models.model_threads(): MODEL_THREADS with 0 already made every core
         self.chunk = chunk
         self._prepare = prepare
+        self._runner = self._open(content, threads)
+        self._interpreter = self._runner.interpreter
+        self._lanes: list[_Runner] = []
+        self._pool: ThreadPoolExecutor | None = None
+        if self.chunk == 1 and threads > 1 and settings.MODEL_LANES:
+            self._lanes = [self._open(content, 1) for _ in range(threads)]
+            self._pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="lane", initializer=name_thread,
+                                            initargs=("lane",))
+
+    def _open(self, content: bytes, threads: int) -> _Runner:
+        from ai_edge_litert.interpreter import Interpreter
         # model_content (not model_path): the bytes were already read and checked by the caller.
-        self._interpreter = Interpreter(model_content=content, num_threads=self.threads)
+        interpreter = Interpreter(model_content=content, num_threads=threads)
         # A free batch (-1), or a model folder's .tflite made for one image at a time (1: one per invoke);
         # a free height and width are set to input_size before anything is allocated (a placeholder size of
         # 1x1 may not even fit the model's convolutions).
-        inp = self._interpreter.get_input_details()[0]
+        inp = interpreter.get_input_details()[0]
         signature, wanted = tuple(int(d) for d in inp["shape_signature"]), (*self.input_size, 3)
         fits = len(signature) == 4 and signature[0] in (-1, 1) \
             and all(d in (-1, w) for d, w in zip(signature[1:], wanted))
         if fits and tuple(inp["shape"][1:]) != wanted:
-            self._interpreter.resize_tensor_input(inp["index"], [1, *wanted])
-        self._interpreter.allocate_tensors()
-        inp, out = self._interpreter.get_input_details()[0], self._interpreter.get_output_details()[0]
-        if not fits or tuple(out["shape"])[1:] != (len(labels),):
+            interpreter.resize_tensor_input(inp["index"], [1, *wanted])
+        interpreter.allocate_tensors()
+        inp, out = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+        if not fits or tuple(out["shape"])[1:] != (len(self.labels),):
             raise ValueError(f"the .tflite takes {tuple(inp['shape_signature'])} → {tuple(out['shape'])}, "
-                             f"not (-1, {self.input_size[0]}, {self.input_size[1]}, 3) → (n, {len(labels)})")
+                             f"not (-1, {self.input_size[0]}, {self.input_size[1]}, 3) → (n, {len(self.labels)})")
         if signature[0] == 1:
             self.chunk = 1
-        self._input, self._output = inp["index"], out["index"]
-        self._batch = int(inp["shape"][0])
-        # One interpreter holds one set of tensors: two threads invoking it at once corrupt each other's
-        # input ("There is at least 1 reference to internal data"). The worker calls it from one thread;
-        # a caller with several (the Flask peer in bench/peers/) waits its turn here.
-        self._lock = threading.Lock()
+        return _Runner(interpreter, int(inp["shape"][0]), inp["index"], out["index"], self.input_size)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         batch = np.asarray(batch, dtype=np.uint8)
@@ -143,27 +188,33 @@ class LiteRTModel:
         pixels = batch.astype(np.float32)
         if self._prepare is not None:
             pixels = self._prepare(pixels)
+        if self._pool is not None and len(pixels) > 1:
+            return self._in_lanes(pixels)
         step = self.chunk or len(batch)
         if step >= len(batch):
-            return self._invoke(pixels)
-        return np.concatenate([self._invoke(pixels[i:i + step]) for i in range(0, len(batch), step)])
+            return self._runner.invoke(pixels)
+        return np.concatenate([self._runner.invoke(pixels[i:i + step]) for i in range(0, len(batch), step)])
 
-    def _invoke(self, pixels: np.ndarray) -> np.ndarray:
-        with self._lock:
-            return self._invoke_locked(pixels)
+    def _in_lanes(self, pixels: np.ndarray) -> np.ndarray:
+        """One image per invoke, each lane taking the next image not yet taken: a lane slowed by another
+        process on its core leaves more of the batch to the others."""
+        out = np.empty((len(pixels), len(self.labels)), dtype=np.float32)
+        taken = itertools.count()  # next() on it is atomic under the GIL
 
-    def _invoke_locked(self, pixels: np.ndarray) -> np.ndarray:
-        if len(pixels) != self._batch:
-            self._interpreter.resize_tensor_input(self._input, [len(pixels), *self.input_size, 3])
-            self._interpreter.allocate_tensors()
-            self._batch = len(pixels)
-        self._interpreter.set_tensor(self._input, pixels)
-        self._interpreter.invoke()
-        return self._interpreter.get_tensor(self._output).copy()  # the interpreter reuses its buffer
+        def lane(runner: _Runner) -> None:
+            while (i := next(taken)) < len(pixels):
+                out[i] = runner.invoke(pixels[i:i + 1])[0]
+
+        assert self._pool is not None
+        helpers = [self._pool.submit(lane, runner) for runner in self._lanes[1:len(pixels)]]
+        lane(self._lanes[0])
+        for helper in helpers:
+            helper.result()  # a lane's exception is the batch's
+        return out
 
     def warm_up(self, batch_size: int) -> None:
         """Run once at batch_size then at 1, so the invoke sizes of real batches are allocated before the first job."""
-        for n in sorted({1, max(1, batch_size)}, reverse=True):
+        for n in sorted({1, 2, max(1, batch_size)}, reverse=True):
             self.predict(np.zeros((n, *self.input_size, 3), dtype=np.uint8))
 
 

@@ -27,6 +27,7 @@ from PIL import Image, PngImagePlugin, UnidentifiedImageError
 from imgq import settings
 from imgq.errors import BadImage, DecodeBusy
 from imgq.observe.logutil import log
+from imgq.observe.threads import name_thread
 from imgq.web import containers
 
 # Pillow's format names, in docs/api.md's order ("Accepted formats"). JPEG includes MPO, the multi-picture
@@ -240,6 +241,7 @@ def _caught(image: Image.Image, height: int, width: int) -> np.ndarray | Excepti
     """_decode's array, or the exception it raised as a value: gevent's pool would print the traceback of an
     exception that leaves the thread, and a client's bad file is no crash. (It logs nothing: a log line takes a
     lock of the serving greenlets'.)"""
+    name_thread("decode")  # gevent's pool has no initializer; a name costs one system call
     try:
         return _decode(image, width, height)
     except Exception as exc:
@@ -270,8 +272,8 @@ def prepare_image(data: bytes, size: tuple[int, int]) -> np.ndarray:
             log("decode.busy", level="WARNING", format=fmt, pixels=image.width * image.height)
             raise _busy()
         if image.width * image.height <= settings.DECODE_INLINE_PIXELS:
-            # A small image decodes in a few ms, less than handing it to a thread and back costs in a busy
-            # process (measured: castle's 0.4 Mpx): it is decoded where the request runs.
+            # Only when asked for (the default sends every image to the pool): decoded where the request
+            # runs, which under gevent holds the event loop, and every result it would deliver, meanwhile.
             try:
                 array = _decode(image, width, height)
             finally:

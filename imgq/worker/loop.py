@@ -50,6 +50,7 @@ from imgq.jobs.callbacks import Deliverer
 from imgq.jobs.queue import JobQueue
 from imgq.jobs.records import Records
 from imgq.observe.logutil import log
+from imgq.observe.threads import name_thread
 
 if TYPE_CHECKING:
     from types import FrameType
@@ -93,6 +94,7 @@ class Outage:
 def _guarded(worker_id: str, target: Any) -> Any:
     """A thread's body that ends the process if it ever raises: a worker never lives on with a dead thread."""
     def run() -> None:
+        name_thread(threading.current_thread().name)  # `top -H` and make bench-tax tell the threads apart
         try:
             target()
         except BaseException as exc:
