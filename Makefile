@@ -51,7 +51,7 @@ bench-peers: $(VENV)/.installed  ## the service against Flask, LitServe and Ray 
 	$(PY) -m bench.peers.run
 
 # Where each CPU millisecond of a request goes (per process, per thread), and the defaults against each change
-# undone, in turns: bench/results/tax.json, shown on docs/benchmarks.md (about 12 minutes).
+# undone, in turns: bench/results/tax.json, shown on docs/benchmarks.md (about 15 minutes).
 bench-tax: $(VENV)/.installed  ## the queue's CPU per request by thread, and what each default buys, bench/results/tax.json
 	$(PY) -m bench.tax
 

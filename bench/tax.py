@@ -1,6 +1,6 @@
 """The queue's tax: where each CPU millisecond of a request goes, and what each change of the defaults bought.
 
-    python -m bench.tax                      # `make bench-tax`: about 12 minutes, bench/results/tax.json
+    python -m bench.tax                      # `make bench-tax`: about 15 minutes, bench/results/tax.json
     python -m bench.tax --quick              # a minute: 1 and 16 clients, short points, one round
 
 Where it sits: outside the service, like bench/peers/run.py, whose service it starts the same way
@@ -14,10 +14,11 @@ castle_image.jpg uploads from bench/load.py's closed-loop clients).
    name "python"). Beside them, the two costs every server of this model pays whatever it is built
    around: the model alone on one thread per image, and decoding + resizing one upload, both measured here
    first. What is left is what the queue, HTTP and Python cost.
-2. Changes: the defaults against each change undone (MODEL_LANES=0, DECODE_INLINE_PIXELS=1000000, both),
-   and the alternative kept out (WORKERS=2 with MODEL_THREADS=1), in turns (round 1: A B C D E, round 2:
-   A B C D E ...) with a fresh stack for each configuration, so a busy spell of the machine hits all alike.
-   Each point: req/s, p50/p95, CPU ms per request of the whole service.
+2. Changes: the defaults against lanes undone (MODEL_LANES=0, the defaults before them), against a change
+   tried and not kept (DECODE_INLINE_PIXELS=0: every upload decoded off the event loop), and against the
+   alternative (WORKERS=2 with MODEL_THREADS=1), in turns (round 1: A B C D, round 2: A B C D ...) with a
+   fresh web server and worker for each configuration, so a busy spell of the machine hits all alike.
+   Each point: req/s, p50/p95, CPU ms per request of the whole service, failed requests by kind.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ import platform
 import statistics
 import sys
 import time
+from collections import Counter
 from typing import Any
 
 import psutil
@@ -45,11 +47,10 @@ MODEL = "efficientnet_lite0"
 # name → (what it is, worker env, web env, workers)
 CONFIGS: dict[str, tuple[str, dict[str, Any], dict[str, Any], int]] = {
     "defaults": ("the defaults", {}, {}, 1),
-    "no lanes": ("MODEL_LANES=0: every batch on the two-thread interpreter", {"MODEL_LANES": 0}, {}, 1),
-    "decode on the loop": ("DECODE_INLINE_PIXELS=1000000: castle decoded on the event loop", {},
-                           {"DECODE_INLINE_PIXELS": 1_000_000}, 1),
-    "before": ("both undone: the defaults before this change", {"MODEL_LANES": 0},
-               {"DECODE_INLINE_PIXELS": 1_000_000}, 1),
+    "no lanes": ("MODEL_LANES=0: every batch on the two-thread interpreter (the defaults before lanes)",
+                 {"MODEL_LANES": 0}, {}, 1),
+    "decode off the loop": ("DECODE_INLINE_PIXELS=0: castle decoded in the decode pool (tried, not kept)", {},
+                            {"DECODE_INLINE_PIXELS": 0}, 1),
     "2 workers x 1 thread": ("WORKERS=2 MODEL_THREADS=1 (the alternative)", {"MODEL_THREADS": 1}, {}, 2),
 }
 
@@ -135,6 +136,7 @@ def measure(url: str, upload: tuple[bytes, str], concurrency: int, duration: flo
         "p50_ms": round(latencies[len(latencies) // 2], 1) if latencies else None,
         "p95_ms": round(latencies[int(len(latencies) * 0.95)], 1) if latencies else None,
         "failed": len(result["records"]) - len(ok), "wrong": wrong,
+        "failed_by_kind": dict(Counter(r["status"] for r in result["records"] if r["status"] != "ok")),
         "mean_batch": round(sum(batches) / len(batches), 2) if batches else None,
         "cpu_ms_per_request": {k: round(v * 1000 / n, 2) for k, v in by_process.items()},
         "service_cpu_ms_per_request": round(sum(by_process.values()) * 1000 / n, 2),
@@ -158,14 +160,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="1 and 16 clients, 4 s points, one round")
     parser.add_argument("--concurrency", default=None, help="client counts (default 1,4,16,64)")
     parser.add_argument("--duration", type=float, default=None, help="seconds per point (default 10)")
-    parser.add_argument("--rounds", type=int, default=None, help="turns of the changes (default 2)")
+    parser.add_argument("--rounds", type=int, default=None, help="turns of the changes (default 3)")
     parser.add_argument("--configs", default=",".join(CONFIGS), help="the changes to measure, comma-separated")
     parser.add_argument("--out", default=None, help="default bench/results/tax.json (tax-quick.json with --quick)")
     args = parser.parse_args(argv)
     concurrency = [int(c) for c in (args.concurrency or ("1,16" if args.quick else "1,4,16,64")).split(",")]
     duration = args.duration or (4.0 if args.quick else 10.0)
     warmup = 1.0 if args.quick else 2.0
-    rounds = args.rounds or (1 if args.quick else 2)
+    rounds = args.rounds or (1 if args.quick else 3)
     configs = [c for c in args.configs.split(",") if c]
     out_path = args.out or os.path.join(RESULTS, "tax-quick.json" if args.quick else "tax.json")
     with open(CASTLE, "rb") as f:

@@ -581,15 +581,17 @@ def tax_section(name, t):
     medians = t.get("medians") or {}
     if medians:
         concurrency = [m["concurrency"] for m in next(iter(medians.values()))]
-        lines += [f"What each change buys: the defaults against it undone, each configuration started afresh in "
-                  f"turns ({num(t.get('rounds'))} rounds); medians of req/s, p95 ms and CPU ms per request.", ""]
+        lines += [f"The defaults against lanes undone, a change tried and not kept, and the alternative, each "
+                  f"started afresh in turns ({num(t.get('rounds'))} rounds; the same machine's noise hits them "
+                  "alike): medians of req/s, p95 ms and CPU ms per request; failed requests over every round.", ""]
         rows = []
         for key, what in (t.get("configs") or {}).items():
             by_c = {m["concurrency"]: m for m in medians.get(key, [])}
+            failed = sum(pt["failed"] for rnd in (t.get("runs") or {}).get(key, []) for pt in rnd)
             rows.append([what] + [f"{num(by_c[c]['requests_per_s'])}, {num(by_c[c]['p95_ms'])}, "
                                   f"{num(by_c[c]['service_cpu_ms_per_request'])}" if c in by_c else ""
-                                  for c in concurrency])
-        lines += table(["configuration"] + [f"{c} client{'s' * (c > 1)}" for c in concurrency], rows)
+                                  for c in concurrency] + [num(failed)])
+        lines += table(["configuration"] + [f"{c} client{'s' * (c > 1)}" for c in concurrency] + ["failed"], rows)
     return lines
 
 

@@ -211,11 +211,10 @@ DECODE_CONCURRENCY = _int("DECODE_CONCURRENCY", 2, low=1)
 # before it is answered 413; the decode finishes in its slot meanwhile. The pixel limits bound it anyway (a
 # 40 Mpx PNG decodes in well under a second): this catches what they cannot foresee.
 DECODE_TIMEOUT = _float("DECODE_TIMEOUT", 10, gt=0)
-# Images of at most this many pixels are decoded where the request runs (under gevent: on its event loop, which
-# then serves nothing else meanwhile), larger ones in the decode pool. 0 = every image in the pool: the loop
-# goes on delivering results and answers while Pillow decodes (it releases the GIL), which measured faster at
-# every concurrency with castle's 0.4 Mpx than decoding it on the loop (docs/benchmarks.md, `make bench-tax`).
-DECODE_INLINE_PIXELS = _int("DECODE_INLINE_PIXELS", 0, low=0)
+# Images of at most this many pixels are decoded where the request runs, not in the decode pool: a decode of
+# 1 Mpx takes a few ms, and handing castle's 0.4 Mpx to the pool instead paid nothing measurable (`make
+# bench-tax`) while, at 64 clients, it made uploads queue for the pool's slots (0 = every image in the pool).
+DECODE_INLINE_PIXELS = _int("DECODE_INLINE_PIXELS", 1_000_000, low=0)
 # Seconds an upload waits for a decode slot before the request is answered 503 + Retry-After.
 DECODE_WAIT = _float("DECODE_WAIT", 2.0, low=0)
 MAX_QUEUE_LENGTH = _int("MAX_QUEUE_LENGTH", 1000, low=1)

@@ -272,8 +272,8 @@ def prepare_image(data: bytes, size: tuple[int, int]) -> np.ndarray:
             log("decode.busy", level="WARNING", format=fmt, pixels=image.width * image.height)
             raise _busy()
         if image.width * image.height <= settings.DECODE_INLINE_PIXELS:
-            # Only when asked for (the default sends every image to the pool): decoded where the request
-            # runs, which under gevent holds the event loop, and every result it would deliver, meanwhile.
+            # A small image decodes in a few ms, less than handing it to a thread and back costs in a busy
+            # process (measured: castle's 0.4 Mpx): it is decoded where the request runs.
             try:
                 array = _decode(image, width, height)
             finally:
