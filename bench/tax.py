@@ -82,7 +82,7 @@ def thread_seconds(pids: list[int]) -> dict[tuple[int, int, str], float]:
 
 def role(kind: str, name: str) -> str:
     if kind == "web":
-        return {"main": "event loop", "decode": "decode pool"}.get(name, "other")
+        return {"main": "event loop (decoding up to DECODE_INLINE_PIXELS)", "decode": "decode pool"}.get(name, "other")
     if kind == "worker":
         return {"main": "taking (main)", "python": "model (LiteRT's own threads)"}.get(name, name)
     return kind

@@ -561,7 +561,8 @@ def tax_section(name, t):
     model, decode = t.get("model_alone_cpu_ms_per_image_1_thread"), t.get("decode_cpu_ms_per_upload")
     lines += [f"The service at its defaults (one worker, `{t.get('model')}`, castle uploads), as `make bench-peers` "
               f"starts it; {num(t.get('warmup_s'))} s warm-up, then {num(t.get('duration_s'))} s per point. Every "
-              "thread's CPU seconds over the requests answered, by the name it gives the system. Two costs any "
+              "thread's CPU seconds over the requests answered, by the name it gives the system (the first round of "
+              "the defaults below). Two costs any "
               f"server of this model pays: the model alone, {num(model)} ms of CPU per image on one thread, and "
               f"decoding + resizing castle, {num(decode)} ms; the last row is everything else.", ""]
     runs = (t.get("runs") or {}).get("defaults") or []

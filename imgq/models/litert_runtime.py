@@ -27,8 +27,8 @@ A one-image-per-invoke model with more than one thread also runs its batches on 
 from __future__ import annotations
 
 import hashlib
-import itertools
 import importlib.metadata
+import itertools
 import os
 import threading
 import time
@@ -132,9 +132,10 @@ class LiteRTModel:
     lanes, which run at once (LiteRT's invoke releases the GIL). Why: one interpreter's threads meet at a barrier
     after every operator, so while the web server decodes an upload on one core, the model's thread on the other
     waits for its partner at each of Lite0's ~60 operators; independent one-thread lanes never wait for each
-    other. Alone, both ways cost the same CPU per image; beside a busy web server the lanes answered more
-    requests at 4, 16 and 64 clients (`make bench-tax`, docs/benchmarks.md). Memory: one interpreter more per
-    thread (Lite0 on 2 threads: a worker of 92 MB without lanes, 144 MB with them).
+    other. Alone, both ways cost the same CPU per image. In turns against MODEL_LANES=0 beside the web server
+    (`make bench-tax`, docs/benchmarks.md) the lanes answered a few percent more requests at 4 clients, where
+    batches hold one or two images, and about as many at 16 and 64. Memory: one interpreter more per thread
+    (Lite0 on 2 threads: a worker of 92 MB without lanes, 144 MB with them).
     """
 
     runtime = "litert"
@@ -213,7 +214,8 @@ class LiteRTModel:
         return out
 
     def warm_up(self, batch_size: int) -> None:
-        """Run once at batch_size then at 1, so the invoke sizes of real batches are allocated before the first job."""
+        """Run at batch_size, 2 and 1, so every interpreter (lanes included) has allocated the invoke sizes of real
+        batches before the first job."""
         for n in sorted({1, 2, max(1, batch_size)}, reverse=True):
             self.predict(np.zeros((n, *self.input_size, 3), dtype=np.uint8))
 
