@@ -171,8 +171,9 @@ MODEL_RUNTIME = _str("MODEL_RUNTIME", "auto", choices=("auto", "litert", "tensor
 # Threads one worker's model uses (LiteRT's interpreter; TensorFlow's intra-op pool). 0 = every core.
 MODEL_THREADS = _int("MODEL_THREADS", 0, low=0)
 # LiteRT, a model run one image per invoke (Lite0, a model folder's one-image .tflite), MODEL_THREADS > 1: 1 =
-# a batch of several images runs image by image on MODEL_THREADS one-thread interpreters at once, a batch of one
-# on the MODEL_THREADS-thread interpreter (litert_runtime.LiteRTModel says why); 0 = everything on the latter.
+# a batch of several images runs image by image on min(MODEL_THREADS, BATCH_SIZE) one-thread interpreters at
+# once, a batch of one on the MODEL_THREADS-thread interpreter (litert_runtime.LiteRTModel says why); 0 =
+# everything on the latter.
 MODEL_LANES = _bool("MODEL_LANES", True)
 # 1 = MODEL=resnet50 (or auto) may download Keras' ResNet50 weights when no local file exists (else never).
 RESNET50_DOWNLOAD = _bool("RESNET50_DOWNLOAD", False)

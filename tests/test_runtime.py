@@ -93,11 +93,16 @@ def test_lite0_on_two_threads_shares_a_batch_among_lanes_and_keeps_each_image_it
     one = load("efficientnet_lite0", "litert", cache_dir)
     two = load("efficientnet_lite0", "litert", cache_dir, threads=2)
     assert (one.threads, len(one._lanes), two.threads, len(two._lanes)) == (1, 0, 2, 2)
-    ran = {}  # lane → images it ran, and the threads it ran them on
+    ran = {}  # lane → the threads it ran its images on
+    second = threading.Event()  # lane 1 has taken an image: lane 0 waits for it, so both lanes always run
 
     def counted(lane, invoke):
         def run(pixels):
             ran.setdefault(lane, []).append(threading.current_thread().name)
+            if lane == 1:
+                second.set()
+            else:
+                assert second.wait(60)
             return invoke(pixels)
         return run
 
@@ -107,12 +112,15 @@ def test_lite0_on_two_threads_shares_a_batch_among_lanes_and_keeps_each_image_it
     reference = one.predict(batch)
     for size in (1, 2, 3, len(batch)):
         ran.clear()
+        second.clear()
         np.testing.assert_allclose(two.predict(batch[:size]), reference[:size], atol=1e-4)
         assert sum(len(v) for v in ran.values()) == (0 if size == 1 else size)
-    assert sorted(ran) == [0, 1] and set(ran[0]) != set(ran[1])  # the whole batch: both lanes, each its own thread
+        assert size == 1 or (sorted(ran) == [0, 1] and set(ran[0]).isdisjoint(ran[1]))  # each lane its own thread
 
     def broken(pixels):
+        second.set()
         raise RuntimeError("lane failed")
+    second.clear()
     two._lanes[1].invoke = broken
     with pytest.raises(RuntimeError, match="lane failed"):
         two.predict(batch)

@@ -33,7 +33,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any, cast
 
 import numpy as np
@@ -127,15 +127,16 @@ class LiteRTModel:
     """A .tflite classifier behind the worker's interface: uint8 batch in, float32 probabilities out.
 
     A model run one image per invoke (chunk 1) with `threads` > 1 gets, beside its interpreter of `threads`
-    threads, `threads` one-thread interpreters ("lanes"): a batch of one image goes to the first (both cores on
-    one image: the lowest latency when the machine is idle), a larger batch is shared image by image among the
-    lanes, which run at once (LiteRT's invoke releases the GIL). Why: one interpreter's threads meet at a barrier
+    threads, min(`threads`, BATCH_SIZE) one-thread interpreters ("lanes", not the queue's priority lanes): a batch
+    of one image goes to the `threads`-thread interpreter (every core on one image: the lowest latency when the
+    machine is idle), a larger batch is shared image by image among the lanes, which run at once (LiteRT's
+    invoke releases the GIL). Why: one interpreter's threads meet at a barrier
     after every operator, so while the web server decodes an upload on one core, the model's thread on the other
     waits for its partner at each of Lite0's ~60 operators; independent one-thread lanes never wait for each
     other. Alone, both ways cost the same CPU per image. In turns against MODEL_LANES=0 beside the web server
-    (`make bench-tax`, docs/benchmarks.md) the lanes answered a few percent more requests at 4 clients, where
-    batches hold one or two images, and about as many at 16 and 64. Memory: one interpreter more per thread
-    (Lite0 on 2 threads: a worker of 92 MB without lanes, 144 MB with them).
+    (`make bench-tax`, docs/benchmarks.md), the lanes were ahead at 4 clients in each of three runs, by 1-6%,
+    within this shared machine's noise, and at 16 and 64 clients from even (the committed run) to 16% ahead.
+    Memory: about 26 MB per lane for Lite0 (a worker on 2 threads: 92 MB without lanes, 144 MB with them).
     """
 
     runtime = "litert"
@@ -154,9 +155,10 @@ class LiteRTModel:
         self._interpreter = self._runner.interpreter
         self._lanes: list[_Runner] = []
         self._pool: ThreadPoolExecutor | None = None
-        if self.chunk == 1 and threads > 1 and settings.MODEL_LANES:
-            self._lanes = [self._open(content, 1) for _ in range(threads)]
-            self._pool = ThreadPoolExecutor(threads - 1, thread_name_prefix="lane", initializer=name_thread,
+        lanes = min(threads, settings.BATCH_SIZE)  # a batch never fills more: each lane costs an interpreter
+        if self.chunk == 1 and lanes > 1 and settings.MODEL_LANES:
+            self._lanes = [self._open(content, 1) for _ in range(lanes)]
+            self._pool = ThreadPoolExecutor(lanes - 1, thread_name_prefix="lane", initializer=name_thread,
                                             initargs=("lane",))
 
     def _open(self, content: bytes, threads: int) -> _Runner:
@@ -208,7 +210,10 @@ class LiteRTModel:
 
         assert self._pool is not None
         helpers = [self._pool.submit(lane, runner) for runner in self._lanes[1:len(pixels)]]
-        lane(self._lanes[0])
+        try:
+            lane(self._lanes[0])
+        finally:
+            wait(helpers)  # even when this lane failed: no lane may still be running this batch after it
         for helper in helpers:
             helper.result()  # a lane's exception is the batch's
         return out
