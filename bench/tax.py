@@ -34,7 +34,7 @@ from typing import Any
 
 import psutil
 
-from bench import load
+from bench import load, overhead
 from bench.run import cpu_model
 from imgq.testing import Stack
 
@@ -90,17 +90,9 @@ def role(kind: str, name: str) -> str:
 
 def model_cpu_ms_per_image(repeats: int = 40) -> float:
     """The model alone on one thread, one image per invoke: what the Flask app pays per request for it."""
-    import numpy as np
     from imgq import settings
-    from imgq.models import load_model
     settings.MODEL_THREADS = 1
-    model = load_model(MODEL)
-    image = np.random.default_rng(0).integers(0, 256, (1, *model.input_size, 3), dtype=np.uint8)
-    model.predict(image)
-    started = time.process_time()
-    for _ in range(repeats):
-        model.predict(image)
-    return (time.process_time() - started) * 1000 / repeats
+    return overhead.model_cpu_ms_per_image(MODEL, 1, repeats)
 
 
 def decode_cpu_ms(data: bytes, repeats: int = 100) -> float:

@@ -5,10 +5,10 @@ each runtime, the conversion cache of litert.py, and one real worker + web serve
 conversions are made once into a session-wide MODEL_CACHE_DIR (Lite0 takes seconds, ResNet50 ~10 s).
 """
 import os
-import threading
 import shutil
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -131,7 +131,7 @@ def test_resnet50_litert_matches_tensorflow_and_is_one_xnnpack_graph(cache_dir, 
     lite = load("resnet50", "litert", cache_dir, resnet50_file)
     assert_same_answers(tf_model, lite, images())
     # The frozen conversion: weights inside the file, the whole graph in XNNPACK's hands (see litert_runtime).
-    ops = [op["op_name"] for op in lite._interpreter._get_ops_details()]
+    ops = [op["op_name"] for op in lite._runner.interpreter._get_ops_details()]
     assert "VAR_HANDLE" not in ops and "READ_VARIABLE" not in ops and "TRANSPOSE" not in ops
     assert ops.count("DELEGATE") == 1 and len(ops) < 100, len(ops)
 

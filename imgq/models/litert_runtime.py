@@ -152,7 +152,6 @@ class LiteRTModel:
         self.chunk = chunk
         self._prepare = prepare
         self._runner = self._open(content, threads)
-        self._interpreter = self._runner.interpreter
         self._lanes: list[_Runner] = []
         self._pool: ThreadPoolExecutor | None = None
         lanes = min(threads, settings.BATCH_SIZE)  # a batch never fills more: each lane costs an interpreter
