@@ -348,7 +348,7 @@ def low_load_report(result, model):
                  "prepare_ms": p50(t("prepare_ms")),     # decode + resize the upload
                  "queue_ms": p50(t("queue_ms")),         # pushed → taken by the worker
                  "inference_ms": p50(t("inference_ms")),  # the model call (whole batch)
-                 "delivery_ms": p50(delivery),           # job (de)serialisation, result write, wake-up, GETDEL
+                 "delivery_ms": p50(delivery),           # job (de)serialisation, result write, wake-up, GETEX
                  "client_total_ms": p50(client_ms)}
     return dict(summary, breakdown_p50=breakdown, model_batch_1_ms=model["batch_1_ms"],
                 overhead_ms=round(summary["latency_ms"]["p50"] - model["batch_1_ms"], 2))

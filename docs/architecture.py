@@ -33,7 +33,7 @@ BOXES = {
     "images": ("web", "imgq/web/images.py: decode, resize\nto 224x224x3 uint8 pixels", 2.88),
     "message": ("web", "imgq/jobs/message.py:\nJSON header + the pixels", 2.4),
     "submit": ("web", "imgq/jobs/submit.py: push, then wait", 2.0),
-    "results": ("web", "imgq/jobs/results.py: one listener\nper process; GETDEL on the event,\n"
+    "results": ("web", "imgq/jobs/results.py: one listener\nper process; GETEX on the event,\n"
                        "or every POLL_INTERVAL", 1.15),
     "queue": ("redis", "imgq:queue\nlist of jobs", 2.75),
     "inflight": ("redis", "imgq:inflight:<worker>\njobs a worker holds", 1.95),
@@ -55,7 +55,7 @@ ARROWS = [
     ("queue", "inflight", "moved, not\ncopied", "worker", (0.45, -0.18), True),
     ("write", "result", "4 results", "worker", (0.0, 0.05), False),
     ("result", "results", "5 keyspace event", "redis", (0.0, 0.1), False),
-    ("results", "result", "6 GETDEL", "web", (0.0, -0.3), False),
+    ("results", "result", "6 GETEX", "web", (0.0, -0.3), False),
     ("results", 1.0, "7 JSON, top 5", "client", (0.0, 0.05), False),
     ("beat", "heartbeat", "beat", "worker", (0.0, 0.05), False),
 ]

@@ -49,7 +49,7 @@ STAGES = {  # one request at a time: where its time goes (keys of low_load.break
     "prepare_ms": "prepare (decode + resize, in the web server)",
     "queue_ms": "waiting on the queue",
     "inference_ms": "inference (the batch's model call)",
-    "delivery_ms": "delivery (result → notification → GETDEL → response)",
+    "delivery_ms": "delivery (result → notification → GETEX → response)",
     "client_total_ms": "total, as the client saw it",
 }
 

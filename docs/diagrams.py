@@ -117,7 +117,7 @@ def architecture(path):
     arrow(ax, (kl, 1.85), (kr, 1.42), "3 results", "worker", size=6, offset=(0.02, -0.24))
     arrow(ax, (wr, 1.5), (wl, 2.1), "4 keyspace event", "redis", size=6, offset=(0.12, 0.1))
     arrow(ax, (wr, 1.3), (wl, 1.1), "4 (every process)", "redis", size=5.5, dashed=True, offset=(0, -0.28))
-    arrow(ax, (wl, 1.85), (wr, 1.62), "5 GETDEL", "web", size=6, offset=(0, -0.26))
+    arrow(ax, (wl, 1.85), (wr, 1.62), "5 GETEX", "web", size=6, offset=(0, -0.26))
     arrow(ax, (kl, 0.8), (kr, 0.87), "beat()", "worker", size=6, offset=(0, 0.03))
     save(fig, path)
 
@@ -167,7 +167,7 @@ def handoff(path):
         ("worker", "Redis", "EVALSHA _COMPLETE: SET result:{id} EX 60,\nLTRIM the batch off inflight", "worker"),
         ("Redis", "listener", "keyspace event: result:{id} 'set'", "redis"),
         ("listener", "web request", "event.set()", "web"),
-        ("web request", "Redis", "GETDEL result:{id}", "web"),
+        ("web request", "Redis", "GETEX result:{id}", "web"),
         ("web request", "client", "200 JSON: predictions", "client"),
         ("--", "Backup: the request also reads on its own, every BACKUP_POLL_S (5 s) while the listener hears,"),
         ("--", "every POLL_INTERVAL (1 s) while it does not. At REQUEST_TIMEOUT: LREM the job, answer 504."),
@@ -246,7 +246,7 @@ def lifecycle(path):
     arrow(ax, mid("upload", "r"), mid("queue", "l"), "_PUSH", "web", size=6.3, offset=(0, 0.04))
     arrow(ax, mid("queue", "r"), mid("inflight", "l"), "take_batch", "worker", size=6.3, offset=(0, 0.04))
     arrow(ax, mid("inflight", "r"), mid("result", "l"), "complete", "worker", size=6.3, offset=(0, 0.04))
-    arrow(ax, mid("result", "r"), mid("answer", "l"), "GETDEL", "web", size=6.3, offset=(0, 0.04))
+    arrow(ax, mid("result", "r"), mid("answer", "l"), "GETEX", "web", size=6.3, offset=(0, 0.04))
     arrow(ax, mid("upload", "b"), mid("full", "t"), "", "bad")
     arrow(ax, mid("queue", "b"), mid("withdrawn", "t"), "", "bad")
     arrow(ax, mid("inflight", "b"), mid("expired", "t"), "", "note")
@@ -265,7 +265,7 @@ def notify_vs_poll(path):
     fig, ax = canvas(WIDTH, 1.75)
     t0, scale = 1.05, 2.5  # inches per second
     done = 1.13  # an example: the result is written 1.13 s after the request started
-    for y, label in ((1.2, "course:\nGET every 0.25 s"), (0.5, "ours: the event;\nbackup GETDEL every 5 s")):
+    for y, label in ((1.2, "course:\nGET every 0.25 s"), (0.5, "ours: the event;\nbackup GETEX every 5 s")):
         ax.text(0.05, y, label, fontsize=6.8, va="center", color=TEXT)
         ax.plot([t0, t0 + scale * 2.2], [y, y], color="#999999", lw=0.8)
     for s in (0, 0.5, 1, 1.5, 2):
@@ -282,7 +282,7 @@ def notify_vs_poll(path):
     ax.text(t0 + scale * 1.32, 1.2, "answered at the next poll, up to 0.25 s late;\n4 GETs a second while waiting",
             fontsize=6.5, va="center", color=TEXT, bbox=WHITE)
     ax.plot(xr + 0.02, 0.5, marker="o", ms=4.5, color=C["good"][1])
-    ax.text(t0 + scale * 1.22, 0.5, "event: one GETDEL at once, none before;\nbackup reads every 5 s "
+    ax.text(t0 + scale * 1.22, 0.5, "event: one GETEX at once, none before;\nbackup reads every 5 s "
             "(1 s while the listener is down)", fontsize=6.5, va="center", color=TEXT, bbox=WHITE)
     ax.text(t0 - 0.02, 0.78, "open circle: a read that found nothing", fontsize=6, color="#666666")
     save(fig, path)

@@ -146,7 +146,7 @@ class Results:
                 ["push", "<code>RPUSH</code>, unbounded", "Lua: length check, then <code>RPUSH</code>; 503 at "
                  "<code>MAX_QUEUE_LENGTH</code>"],
                 ["result", "key <code>&lt;uuid&gt;</code>, no expiry, read with <code>GET</code> + <code>DEL</code>",
-                 "<code>imgq:result:&lt;id&gt;</code>, <code>SET … EX 60</code>, read with <code>GETDEL</code>"]]
+                 "<code>imgq:result:&lt;id&gt;</code>, <code>SET … EX 60</code>, read with <code>GETEX</code>"]]
         return (table(["", "course", "ours"], rows, "The image on the queue, the course's and ours.", "kv") +
                 f'<p class="provenance">Byte counts computed by <code>make docs</code> ({esc(self.meta["when"])}): a '
                 f'224×224 image encoded with <code>imgq.jobs.message.make_job</code> and with the course\'s float32 + '

@@ -134,7 +134,7 @@ REDIS_CONNECT_TIMEOUT = _float("REDIS_CONNECT_TIMEOUT", 1.0, gt=0)
 # How long a web request waits for Redis to answer one command (push, /healthz, /activity) before 503:
 # a hung Redis (accepts connections, answers nothing) then costs a request this long, not minutes.
 REDIS_SOCKET_TIMEOUT = _float("REDIS_SOCKET_TIMEOUT", 1.0, gt=0)
-# Read timeout of a waiting request's result reads (GETDEL). Longer on purpose: a slow but alive Redis
+# Read timeout of a waiting request's result reads (GETEX). Longer on purpose: a slow but alive Redis
 # must not turn waiting requests into 503s; a read that times out is tried again until REQUEST_TIMEOUT.
 REDIS_WAIT_TIMEOUT = _float("REDIS_WAIT_TIMEOUT", 5.0, gt=0)
 # The embedded Redis' memory cap in MB (maxmemory, policy noeviction): when full, new jobs get 503 and the

@@ -71,6 +71,13 @@ def worker_id(proc):
     return re.search(r"worker\.ready worker=(\S+)", proc.log_text()).group(1)
 
 
+def unread_results(service):
+    """The stack's result keys no request has read: a read one is kept only READ_GRACE_MS longer (results.py)."""
+    from imgq.jobs.results import READ_GRACE_MS
+    client = service.redis()
+    return [k for k in service.keys() if ":result:" in k and not 0 <= client.pttl(k) <= READ_GRACE_MS]
+
+
 def wait_until(condition, timeout=60, step=0.02):
     """condition()'s first true value, polled every `step` s; fails the test after `timeout` s. Generous
     defaults: the machine may be busy."""

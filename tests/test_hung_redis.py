@@ -1,7 +1,7 @@
 """A hung Redis, a slow Redis and a restarted Redis, as the web server's clients see them.
 
 Where it sits: the request path's Redis calls (jobqueue push, /healthz's status script) use the short
-REDIS_SOCKET_TIMEOUT; the result wait (results.ResultWaiter: GETDEL, the notification listener) uses its own
+REDIS_SOCKET_TIMEOUT; the result wait (results.ResultWaiter: GETEX, the notification listener) uses its own
 longer timeout and retries; the worker beats at once when its connection to Redis is new again. A hung Redis
 is a SIGSTOPped redis-server: TCP connects (the kernel accepts), nothing answers.
 """

@@ -36,7 +36,7 @@ def test_while_the_listener_hears_a_waiting_request_reads_its_result_once_not_ev
     admin: redis_py.Redis = service.redis()
 
     def reads():
-        return admin.info("commandstats").get("cmdstat_getdel", {}).get("calls", 0)
+        return admin.info("commandstats").get("cmdstat_getex", {}).get("calls", 0)
 
     before, n = reads(), 6
     with concurrent.futures.ThreadPoolExecutor(max_workers=n) as pool:

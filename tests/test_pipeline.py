@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from imgq.jobs import message
-from conftest import grey_png, standin_label
+from conftest import grey_png, standin_label, unread_results
 from imgq.jobs.queue import JobQueue
 
 
@@ -90,7 +90,7 @@ def test_sigterm_while_two_batches_are_in_flight_loses_nothing(service):
         service.start_worker()
         labels = sorted(f.result().json()["predictions"][0]["label"] for f in futures)
     assert labels == sorted(standin_label(level) for level in (20, 21, 22))
-    assert client.llen(queue) == 0 and not [k for k in service.keys() if ":result:" in k]
+    assert client.llen(queue) == 0 and not unread_results(service)
 
 
 def test_results_given_up_on_during_an_outage_do_not_jam_the_in_flight_list(service):

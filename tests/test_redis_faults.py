@@ -114,7 +114,7 @@ def noperm(s):
     # enabled=True each time: redis-py's acl_setuser otherwise sends "off", and a disabled user's new connections
     # fail to authenticate long after the commands come back.
     admin = s.redis()
-    admin.acl_setuser("svc", enabled=True, commands=["-evalsha", "-eval", "-blmove", "-lmove", "-getdel"])
+    admin.acl_setuser("svc", enabled=True, commands=["-evalsha", "-eval", "-blmove", "-lmove", "-getex"])
     time.sleep(FAULT_S)
     admin.acl_setuser("svc", enabled=True, commands=["+@all"])
     assert "on" in admin.acl_getuser("svc")["flags"]

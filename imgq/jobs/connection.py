@@ -92,7 +92,7 @@ def connect(url: str | None = None, **options: Any) -> RedisClient:
     # One quick retry covers a pooled connection that went stale when Redis restarted; more would turn
     # an outage into a slow answer instead of a fast 503. Connection errors only: a read that timed out
     # is not sent again, because a hung Redis would double the wait, and a slow one may already have run
-    # the first (a second GETDEL would find the result gone, a second push would queue the job twice).
+    # the first (a second push would queue the job twice).
     options.setdefault("retry", redis.retry.Retry(redis.backoff.NoBackoff(), 1,
                                                   supported_errors=(redis.ConnectionError,)))
     url = url or default_url()

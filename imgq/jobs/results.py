@@ -3,7 +3,9 @@
 One listener thread per web process holds one pub/sub connection subscribed to the keyspace
 notifications of every result key (`__keyspace@<db>__:<prefix>:result:*`). A request registers its job id
 before it pushes the job, then sleeps on an Event; the listener sets that Event when the worker's SET of
-`result:<id>` is announced, and the request reads-and-deletes the result with GETDEL.
+`result:<id>` is announced, and the request reads the result with GETEX, which also cuts its life to
+READ_GRACE_MS. Not GETDEL: a read is sent again when its reply is lost (redis-py resends after a cut
+connection, wait() after a timeout), and a GETDEL that ran would have left nothing for the second try.
 
 Pub/sub drops events while the subscriber is disconnected, and a managed Redis may refuse CONFIG, so every
 request also looks for its result on its own (the backup): every POLL_INTERVAL seconds while the listener is not
@@ -46,6 +48,8 @@ LOST_GRACE_S = 0.5  # a job not found is looked for once more this long after, b
 # without learns it as JobLost.
 OUTAGE_PATIENCE_S = 3.0
 OUTAGE_POLL_S = 0.25
+# How long a result stays after its first read: long enough for that read to be sent again through an outage.
+READ_GRACE_MS = int((OUTAGE_PATIENCE_S + 2.0) * 1000)
 
 
 class Watch:
@@ -120,13 +124,13 @@ class ResultWaiter:
 
     def wait(self, job_id: str, event: threading.Event, deadline: float, watch: Watch | None = None,
              gone: threading.Event | None = None, keep: bool = False) -> bytes | None:
-        """Sleep until notified (or the backup poll is due), then GETDEL; repeat until `deadline`
+        """Sleep until notified (or the backup poll is due), then read (GETEX); repeat until `deadline`
         (time.monotonic()). Returns the result bytes, or None on timeout. A read that timed out (Redis
         slow, or hung) is tried again at the next wake-up: the job is queued and the worker may still
         answer, so a slow Redis costs this request time, not a 503. Other Redis errors are tried again for
         OUTAGE_PATIENCE_S, then propagate. With `watch`, raises JobLost (503) when the job vanished from Redis
         (see the module's notes). Returns None at once when `gone` is set (it sets `event` too, to wake this).
-        keep: read the result without deleting it (DEDUP=1: other requests may wait for the same job)."""
+        keep: read the result and leave its expiry (DEDUP=1: other requests may wait for the same job)."""
         key = keys.result(job_id, self.prefix)
         epoch_key = keys.epoch(self.prefix)
         slow = False
@@ -147,10 +151,10 @@ class ResultWaiter:
             event.clear()
             try:
                 if watch is None:
-                    value, epoch = (self.redis.get(key) if keep else self.redis.getdel(key)), None
+                    value, epoch = (self.redis.get(key) if keep else self.redis.getex(key, px=READ_GRACE_MS)), None
                 else:
                     with self.redis.pipeline(transaction=False) as pipe:
-                        pipe.get(key) if keep else pipe.getdel(key)
+                        pipe.get(key) if keep else pipe.getex(key, px=READ_GRACE_MS)
                         pipe.get(epoch_key)
                         value, raw_epoch = pipe.execute()
                     epoch = raw_epoch.decode() if isinstance(raw_epoch, bytes) else raw_epoch
