@@ -97,7 +97,7 @@ def test_a_decode_over_the_memory_budget_is_413_before_it_starts(monkeypatch):
 def test_no_free_decode_slot_is_503_with_retry_after(monkeypatch):
     monkeypatch.setattr(settings, "DECODE_WAIT", 0.05)
     held = 0
-    while images._slots.acquire(blocking=False):  # what DECODE_CONCURRENCY busy decodes look like
+    while images._slots.acquire(timeout=0):  # what DECODE_CONCURRENCY busy decodes look like
         held += 1
     try:
         with pytest.raises(DecodeBusy) as busy:
@@ -200,3 +200,30 @@ def test_busy_decode_slots_answer_503_json_with_retry_after(redis_server, tmp_pa
                 assert set(answer.json()) == {"success", "error", "id"} and answer.json()["success"] is False
                 assert "busy decoding" in answer.json()["error"]
         assert "Traceback" not in proc.log_text()
+
+
+def test_a_freed_decode_slot_goes_to_the_longest_waiter_not_a_newcomer():
+    """Under load a slot freed must not go to an upload that has just arrived while an older one waits: that one
+    could lose again and again until DECODE_WAIT, and get 503."""
+    import threading
+
+    from conftest import wait_until
+    from imgq.web.slots import FairSlots
+
+    slots = FairSlots(1)
+    assert slots.acquire(timeout=0)
+    got = threading.Event()
+    waiter = threading.Thread(target=lambda: slots.acquire(timeout=10) and got.set())
+    waiter.start()
+    wait_until(lambda: len(slots._waiters) == 1, timeout=10)
+    slots.release()
+    assert not slots.acquire(timeout=0), "a newcomer took the slot the waiter was owed"
+    waiter.join(10)
+    assert got.is_set()
+    # A waiter that gives up leaves no slot behind it, and takes none with it.
+    assert not slots.acquire(timeout=0.05)
+    slots.release()
+    assert slots.acquire(timeout=0)
+    slots.release()
+    with pytest.raises(ValueError):
+        slots.release()

@@ -17,7 +17,6 @@ Any exception a decoder raises becomes BadImage (400), whatever its type.
 from __future__ import annotations
 
 import io
-import threading
 import warnings
 from typing import Any, cast
 
@@ -29,6 +28,7 @@ from imgq.errors import BadImage, DecodeBusy
 from imgq.observe.logutil import log
 from imgq.observe.threads import name_thread
 from imgq.web import containers
+from imgq.web.slots import FairSlots
 
 # Pillow's format names, in docs/api.md's order ("Accepted formats"). JPEG includes MPO, the multi-picture
 # JPEG many cameras and phones write (Pillow's JPEG opener hands those out as format "MPO").
@@ -45,7 +45,7 @@ warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 # PNG text chunks are decompressed at open; Pillow allows 64 MB of them. We never read them.
 PngImagePlugin.MAX_TEXT_MEMORY = 1024 * 1024
 
-_slots = threading.BoundedSemaphore(max(1, settings.DECODE_CONCURRENCY))
+_slots = FairSlots(max(1, settings.DECODE_CONCURRENCY))
 
 
 _malloc_tuned = False
