@@ -71,11 +71,17 @@ def worker_id(proc):
     return re.search(r"worker\.ready worker=(\S+)", proc.log_text()).group(1)
 
 
-def unread_results(service):
-    """The stack's result keys no request has read: a read one is kept only READ_GRACE_MS longer (results.py)."""
+def kept(service):
+    """The stack's keys in Redis, less the results already read (each kept READ_GRACE_MS for a read sent again:
+    results.py)."""
     from imgq.jobs.results import READ_GRACE_MS
     client = service.redis()
-    return [k for k in service.keys() if ":result:" in k and not 0 <= client.pttl(k) <= READ_GRACE_MS]
+    return [k for k in service.keys() if ":result:" not in k or not 0 <= client.pttl(k) <= READ_GRACE_MS]
+
+
+def unread_results(service):
+    """The stack's result keys no request has read."""
+    return [k for k in kept(service) if ":result:" in k]
 
 
 def wait_until(condition, timeout=60, step=0.02):
