@@ -108,9 +108,7 @@ class BodyDeadline:
         if sock is None or not (chunked or (length.isdigit() and 0 < int(length) <= limit)):
             return self.app(environ, start_response)
         want = int(length) if not chunked else limit + 1
-        timer = threading.Timer(settings.BODY_TIMEOUT, _shut_read_side, args=(sock,))
-        timer.daemon = True
-        timer.start()
+        call_off = _read_deadline(sock)
         body, complete = io.BytesIO(), False
         try:
             while body.tell() < want:
@@ -122,7 +120,7 @@ class BodyDeadline:
         except Exception:  # the reader's "no more data" when the socket was shut mid-chunk
             complete = False
         finally:
-            timer.cancel()
+            call_off()
         if not complete:
             status = "413 Request Entity Too Large" if chunked and body.tell() > limit else "408 Request Timeout"
             message = (f"upload larger than MAX_UPLOAD_BYTES ({limit} bytes)" if status.startswith("413") else
@@ -137,6 +135,21 @@ class BodyDeadline:
         environ["CONTENT_LENGTH"] = str(body.tell())
         environ.pop("HTTP_TRANSFER_ENCODING", None)
         return self.app(environ, start_response)
+
+
+def _read_deadline(sock):
+    """Shut `sock`'s read side in BODY_TIMEOUT s; returns the function that calls that off. Under gevent a timer
+    of the event loop: a threading.Timer there is a greenlet, a lock and a condition per request."""
+    from imgq.web.images import under_gevent
+    if under_gevent():
+        from gevent import get_hub
+        timer = get_hub().loop.timer(settings.BODY_TIMEOUT)
+        timer.start(_shut_read_side, sock)
+        return timer.close
+    thread = threading.Timer(settings.BODY_TIMEOUT, _shut_read_side, args=(sock,))
+    thread.daemon = True
+    thread.start()
+    return thread.cancel
 
 
 def _shut_read_side(sock):

@@ -51,31 +51,39 @@ def client_timeout(cap: float) -> float:
 @contextmanager
 def hang_up_watch(wake: threading.Event) -> Iterator[threading.Event | None]:
     """Under gevent: an Event set (and `wake` set with it) when the client closes its connection while its
-    request waits, found by a greenlet that sleeps until the socket reads. None elsewhere (Flask's server,
-    gthread), where a request whose client left waits for its result as before."""
+    request waits, found by a watcher of the event loop that fires when the socket reads (a watcher, not a
+    greenlet per request: this runs on every request). None elsewhere (Flask's server, gthread), where a
+    request whose client left waits for its result as before."""
     sock = request.environ.get("gunicorn.socket")
     if sock is None or not images.under_gevent():
         yield None
         return
     import gevent
-    import gevent.socket
     gone = threading.Event()
+    watcher = gevent.get_hub().loop.io(sock.fileno(), 1)  # 1: readable
 
-    def watch() -> None:
+    def readable() -> None:
+        watcher.stop()  # once: data instead would be the client's next request on this connection
         try:
-            gevent.socket.wait_read(sock.fileno())
-            closed = sock.recv(1, socket.MSG_PEEK) == b""
+            # Runs in the event loop, which must not wait: MSG_DONTWAIT, and the socket has just become readable.
+            closed = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            watcher.start(readable)  # a wake-up with nothing to read after all
+            return
         except OSError:
-            closed = True
-        if closed:  # data instead would be the client's next request on this connection: not a hang-up
+            closed = True  # reset by the peer
+        except Exception:  # gevent's refusal to wait in the event loop: nothing to read either
+            watcher.start(readable)
+            return
+        if closed:
             gone.set()
             wake.set()
 
-    watcher = gevent.spawn(watch)
+    watcher.start(readable)
     try:
         yield gone
     finally:
-        watcher.kill(block=False)
+        watcher.close()
 
 
 def blueprint(routes: Routes) -> Blueprint:
