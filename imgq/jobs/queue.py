@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from imgq import settings
 from imgq.errors import QueueFull, TooManyRequests
 from imgq.jobs import keys
-from imgq.jobs.shares import ClientShare
+from imgq.jobs.shares import GIVE_BACK_FUNCTION, ClientShare
 
 if TYPE_CHECKING:
     from imgq.jobs.connection import RedisClient
@@ -126,6 +126,18 @@ end
 return pick
 """
 
+# Right before a batch runs: which of its jobs were cancelled (DELETE /jobs/<id>, a client that hung up), and one
+# unit given back to the share of each job taken, in one call: the model waits for it. A script, not a pipeline:
+# redis-py asks SCRIPT EXISTS before a pipeline that holds a script, a round trip more. KEYS: the cancel keys,
+# then the share keys; ARGV[1]: how many cancel keys. Returns 1 (cancelled) or 0 per cancel key.
+_STARTING = GIVE_BACK_FUNCTION + """
+local n = tonumber(ARGV[1])
+local cancelled = {}
+for i = 1, n do cancelled[i] = redis.call('EXISTS', KEYS[i]) end
+for i = n + 1, #KEYS do give_back(KEYS[i]) end
+return cancelled
+"""
+
 # Refresh this worker's heartbeat (registering it when the heartbeat was gone: first beat, a Redis
 # restart, or a peer that took it for dead), then deal with the in-flight jobs of every worker whose
 # heartbeat has expired, and forget that worker. Each such job counts one more attempt (attempts hash):
@@ -202,6 +214,7 @@ class JobQueue:
         self._beat = client.register_script(_BEAT)
         self._isolate = client.register_script(_ISOLATE)
         self._complete = client.register_script(_COMPLETE)
+        self._starting = client.register_script(_STARTING)
         self.attempts_key = keys.attempts(self.prefix)
 
     # --- web server side ---------------------------------------------------------------------------
@@ -344,6 +357,13 @@ class JobQueue:
             pipe.hlen(self.attempts_key)
             *moved, length, batch_length, suspects = pipe.execute()
         return [job for job in moved if job is not None], length, batch_length, suspects > 0
+
+    def starting(self, job_ids: list[str], share_keys: list[str], client: RedisClient | None = None) -> list[bool]:
+        """Before a batch runs: which of `job_ids` were cancelled; a unit given back to each of `share_keys` (the
+        shares of the jobs taken, shares.py). One round trip, through `client` (default this queue's)."""
+        cancel_keys = [keys.cancel(job_id, self.prefix) for job_id in job_ids]
+        answers = self._starting(keys=cancel_keys + share_keys, args=[len(cancel_keys)], client=client)
+        return [bool(n) for n in answers]
 
     def complete(self, worker_id: str, results: dict[str, str], ttl: float | None = None,
                  taken: list[bytes] | None = None) -> None:

@@ -4,7 +4,7 @@ A client is an API key (by its id, imgq/web/auth.py) or, without keys, the reque
 no round trip of its own: the push script (queue.py) counts the job in the same call that queues it, and
 refuses it past the cap (429 + Retry-After), so one client flooding the queue is turned away while the others
 still get in; the job carries its share's key, and the worker that takes it gives the unit back in the
-pipeline it runs for every batch anyway (worker/loop.py). A request that takes its job back off the queue
+script it runs for every batch anyway (JobQueue.starting). A request that takes its job back off the queue
 (timed out, client gone) gives it back itself.
 
 The counts live in Redis, so the cap holds across every web process. Each key expires twice REQUEST_TIMEOUT
@@ -20,9 +20,12 @@ from imgq import settings
 from imgq.jobs import keys
 
 # Give one unit back; the key goes when its count does (no zero left behind per client ever seen).
-GIVE_BACK = """
-if redis.call('DECR', KEYS[1]) <= 0 then redis.call('DEL', KEYS[1]) end
+GIVE_BACK_FUNCTION = """
+local function give_back(key)
+  if redis.call('DECR', key) <= 0 then redis.call('DEL', key) end
+end
 """
+GIVE_BACK = GIVE_BACK_FUNCTION + "give_back(KEYS[1])\n"
 
 
 def carried(share: ClientShare | None) -> str | None:

@@ -45,7 +45,7 @@ from imgq.jobs import connection
 from imgq import settings
 from imgq.jobs import workers
 from imgq.jobs.connection import connect
-from imgq.jobs import callbacks, keys, shares
+from imgq.jobs import callbacks, keys
 from imgq.jobs.callbacks import Deliverer
 from imgq.jobs.queue import JobQueue
 from imgq.jobs.records import Records
@@ -140,7 +140,6 @@ class Worker:
         self._write_outage = Outage(self.id, "writer")
         self.records = Records(self.queue.redis, self.queue.prefix)
         self.callbacks = Deliverer(self.queue.redis, self.queue.prefix, self.id)
-        self._give_back = self.queue.redis.register_script(shares.GIVE_BACK)
         # The model thread's one call per batch (cancels, records, share give-backs) answers within a second or
         # is skipped: a stalled Redis must not hold the model, whose results the writer waits out anyway.
         self._quick = client or connect(socket_timeout=1.0)
@@ -380,21 +379,12 @@ class Worker:
         now = time.time()
         keep = [not message.expired(job, now) for job in jobs]
         try:
-            with self._quick.pipeline(transaction=False) as pipe:
-                for job in jobs:
-                    pipe.exists(keys.cancel(job["id"], self.queue.prefix))
-                # the scripts in the same round trip, where the client allows scripts in a pipeline
-                scripts = pipe if connection.scripts_in_pipelines(self._quick) else self._quick
-                for job, alive in zip(jobs, keep):
-                    if job.get("async"):
-                        self.records.advance(job["id"], "running" if alive else "expired", pipe=scripts)
-                for key in batch["shares"]:  # these jobs left the queue: their clients' units go back
-                    self._give_back(keys=[key], client=scripts)
-                answers = pipe.execute()
+            # these jobs left the queue: their clients' units go back
+            cancelled = self.queue.starting([job["id"] for job in jobs], batch["shares"], client=self._quick)
+            self._advance_records([(job, alive) for job, alive in zip(jobs, keep) if job.get("async")])
         except REDIS_ERRORS as exc:  # not knowing of a cancel costs one needless classification, nothing else
             log("worker.cancel_check_failed", level="WARNING", worker=self.id, error=str(exc)[:200])
-            answers = [0] * len(jobs)
-        cancelled = [bool(n) for n in answers[:len(jobs)]]
+            cancelled = [False] * len(jobs)
         batch["expired"] += keep.count(False)
         batch["cancelled"] = sum(c and k for c, k in zip(cancelled, keep))
         wanted = [k and not c for k, c in zip(keep, cancelled)]
@@ -411,6 +401,17 @@ class Worker:
             return
         batch["jobs"] = [job for job, ok in zip(jobs, wanted) if ok]
         batch["pixels"] = batch["pixels"][np.array(wanted)] if batch["jobs"] else None
+
+    def _advance_records(self, jobs: list[tuple[dict[str, Any], bool]]) -> None:
+        """The records of the asynchronous jobs about to run say running (or expired: alive False), in one
+        pipeline where the client allows scripts in one. Nothing for synchronous jobs."""
+        if not jobs:
+            return
+        with self._quick.pipeline(transaction=False) as pipe:
+            scripts = pipe if connection.scripts_in_pipelines(self._quick) else self._quick
+            for job, alive in jobs:
+                self.records.advance(job["id"], "running" if alive else "expired", pipe=scripts)
+            pipe.execute()
 
     def _writer_loop(self) -> None:
         while True:
