@@ -97,8 +97,8 @@ class BodyDeadline:
     from memory (Flask refuses bodies over MAX_UPLOAD_BYTES with 413 before anything is read).
     """
 
-    def __init__(self, app):
-        self.app = app
+    def __init__(self, app, gevent=False):
+        self.app, self.gevent = app, gevent
 
     def __call__(self, environ, start_response):
         sock = environ.get("gunicorn.socket")
@@ -108,7 +108,7 @@ class BodyDeadline:
         if sock is None or not (chunked or (length.isdigit() and 0 < int(length) <= limit)):
             return self.app(environ, start_response)
         want = int(length) if not chunked else limit + 1
-        call_off = _read_deadline(sock)
+        call_off = _read_deadline(sock, self.gevent)
         body, complete = io.BytesIO(), False
         try:
             while body.tell() < want:
@@ -137,11 +137,10 @@ class BodyDeadline:
         return self.app(environ, start_response)
 
 
-def _read_deadline(sock):
+def _read_deadline(sock, gevent):
     """Shut `sock`'s read side in BODY_TIMEOUT s; returns the function that calls that off. Under gevent a timer
     of the event loop: a threading.Timer there is a greenlet, a lock and a condition per request."""
-    from imgq.web.images import under_gevent
-    if under_gevent():
+    if gevent:
         from gevent import get_hub
         timer = get_hub().loop.timer(settings.BODY_TIMEOUT)
         timer.start(_shut_read_side, sock)
@@ -160,7 +159,8 @@ def _shut_read_side(sock):
 
 
 def post_worker_init(worker):
-    worker.wsgi = BodyDeadline(worker.wsgi)
+    from imgq.web.images import under_gevent  # the worker has patched by now, if it is gevent's
+    worker.wsgi = BodyDeadline(worker.wsgi, gevent=under_gevent())
 
 
 def child_exit(server, worker):

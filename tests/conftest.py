@@ -71,17 +71,23 @@ def worker_id(proc):
     return re.search(r"worker\.ready worker=(\S+)", proc.log_text()).group(1)
 
 
-def kept(service):
-    """The stack's keys in Redis, less the results already read (each kept READ_GRACE_MS for a read sent again:
-    results.py)."""
-    from imgq.jobs.results import READ_GRACE_MS
-    client = service.redis()
-    return [k for k in service.keys() if ":result:" not in k or not 0 <= client.pttl(k) <= READ_GRACE_MS]
+def keys_left(service):
+    """The stack's keys in Redis, less the results already read: a read cuts a result's life to read_grace_ms()
+    (results.py), so one that has no more left to live is taken as read (an unread one lives RESULT_TTL, 60 s
+    by default, so only its last seconds could be taken for a read one). A key gone meanwhile (-2) is gone."""
+    from imgq.jobs.results import read_grace_ms
+    client, grace = service.redis(), read_grace_ms()
+    left = []
+    for k in service.keys():
+        ttl = client.pttl(k) if ":result:" in k else -1
+        if ttl == -1 or ttl > grace:
+            left.append(k)
+    return left
 
 
 def unread_results(service):
     """The stack's result keys no request has read."""
-    return [k for k in kept(service) if ":result:" in k]
+    return [k for k in keys_left(service) if ":result:" in k]
 
 
 def wait_until(condition, timeout=60, step=0.02):

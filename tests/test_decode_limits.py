@@ -227,3 +227,33 @@ def test_a_freed_decode_slot_goes_to_the_longest_waiter_not_a_newcomer():
     slots.release()
     with pytest.raises(ValueError):
         slots.release()
+
+
+def test_a_decode_slot_waiter_killed_while_waiting_loses_no_slot(monkeypatch):
+    """A waiting upload killed (a greenlet killed, a Timeout) leaves the line, and a slot it was handed just
+    then goes on to the next: none is lost for good."""
+    import threading
+
+    from imgq.web import slots as slots_module
+
+    class Killed(Exception):
+        pass
+
+    for handed in (False, True):
+        slots = slots_module.FairSlots(1)
+        assert slots.acquire(timeout=0)
+
+        class DyingEvent(threading.Event):
+            def wait(self, timeout=None):
+                if handed:
+                    slots.release()  # the slot reaches this waiter just as it dies
+                raise Killed()
+
+        monkeypatch.setattr(slots_module.threading, "Event", DyingEvent)
+        with pytest.raises(Killed):
+            slots.acquire(timeout=5)
+        monkeypatch.undo()
+        assert not slots._waiters
+        if not handed:
+            slots.release()  # the holder gives its slot back
+        assert slots.acquire(timeout=0), "a slot was lost with the killed waiter"

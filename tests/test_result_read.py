@@ -5,9 +5,11 @@ import socket
 import threading
 import time
 
+import pytest
+
 from conftest import free_port
 from imgq.jobs import connection, keys
-from imgq.jobs.results import READ_GRACE_MS, ResultWaiter
+from imgq.jobs.results import ResultWaiter, Watch
 
 
 class CutOnce:
@@ -21,9 +23,19 @@ class CutOnce:
         self.port = self.listener.getsockname()[1]
         threading.Thread(target=self._accept, daemon=True).start()
 
+    def close(self) -> None:
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() in progress; close() alone would not
+        except OSError:
+            pass
+        self.listener.close()
+
     def _accept(self) -> None:
         while True:
-            client, _ = self.listener.accept()
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return  # closed
             server = socket.create_connection(("127.0.0.1", self.upstream_port))
             cut = threading.Event()
             threading.Thread(target=self._up, args=(client, server, cut), daemon=True).start()
@@ -55,19 +67,26 @@ class CutOnce:
                 sock.close()
 
 
-def test_a_result_whose_read_reply_was_cut_is_read_again(redis_server):
+@pytest.mark.parametrize("watched", [False, True], ids=["read alone", "read with the epoch"])
+def test_a_result_whose_read_reply_was_cut_is_read_again(redis_server, watched):
+    """Both ways a request reads: alone, and pipelined with the queue's epoch (a request that watches for a
+    job lost in a Redis restart, as /predict's do)."""
     proxy = CutOnce(redis_server.port, b"GETEX")
-    client = connection.connect(f"redis://127.0.0.1:{proxy.port}/0", socket_timeout=5)
-    admin = redis_server.client()
-    key = keys.result("cut-read", "cutread")
-    admin.set(key, b'{"predictions": []}', ex=60)
+    try:
+        client = connection.connect(f"redis://127.0.0.1:{proxy.port}/0", socket_timeout=5)
+        admin = redis_server.client()
+        key = keys.result("cut-read", "cutread")
+        admin.set(key, b'{"predictions": []}', ex=60)
 
-    waiter = ResultWaiter(client, prefix="cutread", notifications=False, poll_interval=0.05)
-    event = threading.Event()
-    event.set()  # read at once, as a notification would make it
-    value = waiter.wait("cut-read", event, deadline=time.monotonic() + 3)
+        waiter = ResultWaiter(client, prefix="cutread", notifications=False, poll_interval=0.05)
+        watch = Watch(None, b"", None, waiter.generation) if watched else None  # type: ignore[arg-type]
+        event = threading.Event()
+        event.set()  # read at once, as a notification would make it
+        value = waiter.wait("cut-read", event, deadline=time.monotonic() + 3, watch=watch)
 
-    assert proxy.cuts == 1, "the proxy never cut a read's reply"
-    assert value == b'{"predictions": []}'
-    # Read, the result is kept only for the grace a resent read needs, not for RESULT_TTL.
-    assert 0 < admin.pttl(key) <= READ_GRACE_MS
+        assert proxy.cuts == 1, "the proxy never cut a read's reply"
+        assert value == b'{"predictions": []}'
+        # Read, the result is kept only for the grace a resent read needs, not for RESULT_TTL.
+        assert 0 < admin.pttl(key) <= waiter.read_grace_ms < 60_000
+    finally:
+        proxy.close()

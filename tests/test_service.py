@@ -9,7 +9,7 @@ import time
 import pytest
 import requests
 
-from conftest import CASTLE, free_port, grey_png, kept, standin_label
+from conftest import CASTLE, free_port, grey_png, keys_left, standin_label
 
 
 def post_image(url, data, name="image.png", timeout=60):
@@ -37,7 +37,7 @@ def test_castle_round_trip_in_the_course_shape(service):
     assert health.json()["live_workers"] == 1 and health.json()["redis"] == "ok"
     # The result was read; only the live worker's registration, heartbeat and model record remain.
     # (Counters, {prefix}:stats:*, outlive every process by design: metrics.py; the epoch expires when pushes stop.)
-    assert [k.split(":")[1] for k in kept(service) if ":stats:" not in k and not k.endswith(":epoch")] == \
+    assert [k.split(":")[1] for k in keys_left(service) if ":stats:" not in k and not k.endswith(":epoch")] == \
         ["heartbeat", "worker_models", "workers"]
 
 
@@ -95,7 +95,7 @@ def test_two_web_servers_two_workers_200_concurrent_requests(service):
         assert worker.stop() == 0
     # Results were read; workers unregistered on exit; only the counters (stats) stay, and the epoch
     # until it expires (2 x REQUEST_TIMEOUT + 10 s after the last push).
-    assert [k for k in kept(service) if ":stats:" not in k and not k.endswith(":epoch")] == []
+    assert [k for k in keys_left(service) if ":stats:" not in k and not k.endswith(":epoch")] == []
 
 
 @pytest.mark.parametrize("how", ["config refused", "notifications off"])

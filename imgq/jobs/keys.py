@@ -8,7 +8,7 @@
     {prefix}:workers             set     ids of the workers that have registered
     {prefix}:heartbeat:{worker}  string  exists while the worker is alive (refreshed, with a TTL)
     {prefix}:worker_models       hash    worker id → JSON {model, runtime, since}: what each worker serves
-    {prefix}:result:{job id}     string  the JSON result of one job, SET ... EX RESULT_TTL, read with GETEX PX 5000
+    {prefix}:result:{job id}     string  the JSON result of one job, SET ... EX RESULT_TTL, read with GETEX PX
     {prefix}:attempts            hash    job id → how many workers died holding it (deleted when it is answered)
     {prefix}:dead_letter         list    jobs that killed MAX_ATTEMPTS workers: a JSON reason line, newline, the job
     {prefix}:counters            hash    running counts for /metrics: requeued, dead_lettered (never expire)

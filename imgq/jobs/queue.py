@@ -358,7 +358,8 @@ class JobQueue:
             *moved, length, batch_length, suspects = pipe.execute()
         return [job for job in moved if job is not None], length, batch_length, suspects > 0
 
-    def starting(self, job_ids: list[str], share_keys: list[str], client: RedisClient | None = None) -> list[bool]:
+    def batch_starting(self, job_ids: list[str], share_keys: list[str],
+                       client: RedisClient | None = None) -> list[bool]:
         """Before a batch runs: which of `job_ids` were cancelled; a unit given back to each of `share_keys` (the
         shares of the jobs taken, shares.py). One round trip, through `client` (default this queue's)."""
         cancel_keys = [keys.cancel(job_id, self.prefix) for job_id in job_ids]

@@ -4,7 +4,7 @@ One listener thread per web process holds one pub/sub connection subscribed to t
 notifications of every result key (`__keyspace@<db>__:<prefix>:result:*`). A request registers its job id
 before it pushes the job, then sleeps on an Event; the listener sets that Event when the worker's SET of
 `result:<id>` is announced, and the request reads the result with GETEX, which also cuts its life to
-READ_GRACE_MS. Not GETDEL: a read is sent again when its reply is lost (redis-py resends after a cut
+read_grace_ms(). Not GETDEL: a read is sent again when its reply is lost (redis-py resends after a cut
 connection, wait() after a timeout), and a GETDEL that ran would have left nothing for the second try.
 
 Pub/sub drops events while the subscriber is disconnected, and a managed Redis may refuse CONFIG, so every
@@ -48,8 +48,15 @@ LOST_GRACE_S = 0.5  # a job not found is looked for once more this long after, b
 # without learns it as JobLost.
 OUTAGE_PATIENCE_S = 3.0
 OUTAGE_POLL_S = 0.25
-# How long a result stays after its first read: long enough for that read to be sent again through an outage.
-READ_GRACE_MS = int((OUTAGE_PATIENCE_S + 2.0) * 1000)
+
+
+def read_grace_ms() -> int:
+    """How long a result stays after a read: longer than the latest a lost read is sent again. After a read
+    timeout, that is REDIS_WAIT_TIMEOUT + OUTAGE_POLL_S; after a cut connection, the last try within
+    OUTAGE_PATIENCE_S, which may spend two connection timeouts (redis-py reconnects once). One second more for
+    the clocks of a busy machine."""
+    latest = max(settings.REDIS_WAIT_TIMEOUT, OUTAGE_PATIENCE_S + 2 * settings.REDIS_CONNECT_TIMEOUT)
+    return int((latest + OUTAGE_POLL_S + 1.0) * 1000)
 
 
 class Watch:
@@ -93,6 +100,7 @@ class ResultWaiter:
         self.poll_interval = settings.POLL_INTERVAL if poll_interval is None else poll_interval
         # Never more than half of RESULT_TTL: a result whose event was missed must still be there when read.
         self.backup_poll = max(min(settings.BACKUP_POLL_S, settings.RESULT_TTL / 2), self.poll_interval)
+        self.read_grace_ms = read_grace_ms()
         self.listening = False  # True while subscribed: requests are woken by notifications
         self.config_ok: bool | None = None   # False when CONFIG was refused: events come only if an admin enabled them
         self.heard = False  # an event has come since the last subscription (events are on, whatever CONFIG said)
@@ -126,14 +134,15 @@ class ResultWaiter:
              gone: threading.Event | None = None, keep: bool = False) -> bytes | None:
         """Sleep until notified (or the backup poll is due), then read (GETEX); repeat until `deadline`
         (time.monotonic()). Returns the result bytes, or None on timeout. A read that timed out (Redis
-        slow, or hung) is tried again at the next wake-up: the job is queued and the worker may still
-        answer, so a slow Redis costs this request time, not a 503. Other Redis errors are tried again for
-        OUTAGE_PATIENCE_S, then propagate. With `watch`, raises JobLost (503) when the job vanished from Redis
-        (see the module's notes). Returns None at once when `gone` is set (it sets `event` too, to wake this).
-        keep: read the result and leave its expiry (DEDUP=1: other requests may wait for the same job)."""
+        slow, or hung) is tried again OUTAGE_POLL_S later, until the deadline: the job is queued and the worker
+        may still answer, so a slow Redis costs this request time, not a 503. Other Redis errors are tried
+        again every OUTAGE_POLL_S for OUTAGE_PATIENCE_S, then propagate. With `watch`, raises JobLost (503)
+        when the job vanished from Redis (see the module's notes). Returns None at once when `gone` is set (it
+        sets `event` too, to wake this). keep: read the result and leave its expiry (DEDUP=1: other requests
+        may wait for the same job)."""
         key = keys.result(job_id, self.prefix)
         epoch_key = keys.epoch(self.prefix)
-        slow = False
+        slow = timed_out = False
         lost_at: float | None = None  # when the job was first found missing
         failing_since: float | None = None  # when Redis began to fail this request's reads
         while True:
@@ -141,7 +150,7 @@ class ResultWaiter:
             remaining = deadline - now
             if remaining <= 0 or (gone is not None and gone.is_set()):
                 return None
-            if failing_since is not None:
+            if failing_since is not None or timed_out:
                 timeout = min(OUTAGE_POLL_S, remaining)
             else:
                 timeout = min(self.backup_poll if self.hears() else self.poll_interval, remaining)
@@ -149,19 +158,20 @@ class ResultWaiter:
                 timeout = min(timeout, max(lost_at + LOST_GRACE_S - now, 0.0))
             event.wait(timeout)
             event.clear()
+            timed_out = False
             try:
                 if watch is None:
-                    value, epoch = (self.redis.get(key) if keep else self.redis.getex(key, px=READ_GRACE_MS)), None
+                    value, epoch = (self.redis.get(key) if keep else self.redis.getex(key, px=self.read_grace_ms)), None
                 else:
                     with self.redis.pipeline(transaction=False) as pipe:
-                        pipe.get(key) if keep else pipe.getex(key, px=READ_GRACE_MS)
+                        pipe.get(key) if keep else pipe.getex(key, px=self.read_grace_ms)
                         pipe.get(epoch_key)
                         value, raw_epoch = pipe.execute()
                     epoch = raw_epoch.decode() if isinstance(raw_epoch, bytes) else raw_epoch
             except redis.TimeoutError as exc:
                 if not slow:
                     log("result.read_slow", level="WARNING", id=job_id, error=str(exc), retry="until the deadline")
-                slow = True
+                slow = timed_out = True  # read again soon: the read that timed out may have run
                 continue
             except redis.RedisError as exc:
                 if failing_since is None:

@@ -4,7 +4,7 @@ A client is an API key (by its id, imgq/web/auth.py) or, without keys, the reque
 no round trip of its own: the push script (queue.py) counts the job in the same call that queues it, and
 refuses it past the cap (429 + Retry-After), so one client flooding the queue is turned away while the others
 still get in; the job carries its share's key, and the worker that takes it gives the unit back in the
-script it runs for every batch anyway (JobQueue.starting). A request that takes its job back off the queue
+script it runs for every batch anyway (JobQueue.batch_starting). A request that takes its job back off the queue
 (timed out, client gone) gives it back itself.
 
 The counts live in Redis, so the cap holds across every web process. Each key expires twice REQUEST_TIMEOUT

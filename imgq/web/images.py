@@ -57,9 +57,10 @@ def _return_big_blocks_to_the_system() -> None:
     grew to ~9x the memory the decode slots allow (measured). A fixed threshold makes every block over 1 MB
     an mmap that free() gives back.
 
-    Fixing it also fixes the trim threshold, at glibc's 128 KB: each request then gave its smaller buffers
-    (about 1.5 MB for castle) back to the system and faulted them in again on the next, about 300 page
-    faults and 1 ms of CPU per upload (measured in the web process). A heap keeps up to 8 MB free instead.
+    Fixing it also fixes the trim threshold, at glibc's 128 KB: each request would give its smaller buffers
+    (about 1.5 MB for castle) back to the system and fault them in again on the next, about 300 page faults
+    and 1 ms of CPU per upload (measured in the web process). So each malloc arena keeps up to 8 MB free
+    instead: a few arenas under gevent (the event loop, the decode threads), up to 8 per core under gthread.
 
     Done on the first decode, so only processes that decode uploads get it (the model worker imports this
     module for base64 and keeps malloc's defaults). No-op off glibc."""

@@ -51,14 +51,15 @@ def client_timeout(cap: float) -> float:
 @contextmanager
 def hang_up_watch(wake: threading.Event) -> Iterator[threading.Event | None]:
     """Under gevent: an Event set (and `wake` set with it) when the client closes its connection while its
-    request waits, found by a watcher of the event loop that fires when the socket reads (a watcher, not a
-    greenlet per request: this runs on every request). None elsewhere (Flask's server, gthread), where a
-    request whose client left waits for its result as before."""
+    request waits, found by a watcher of the event loop that fires when the socket reads (cheaper than a
+    greenlet, and this runs on every request). None elsewhere (Flask's server, gthread), where a request whose
+    client left waits for its result as before."""
     sock = request.environ.get("gunicorn.socket")
     if sock is None or not images.under_gevent():
         yield None
         return
     import gevent
+    from gevent.exceptions import BlockingSwitchOutError
     gone = threading.Event()
     watcher = gevent.get_hub().loop.io(sock.fileno(), 1)  # 1: readable
 
@@ -67,20 +68,19 @@ def hang_up_watch(wake: threading.Event) -> Iterator[threading.Event | None]:
         try:
             # Runs in the event loop, which must not wait: MSG_DONTWAIT, and the socket has just become readable.
             closed = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-        except BlockingIOError:
-            watcher.start(readable)  # a wake-up with nothing to read after all
+        except (BlockingIOError, BlockingSwitchOutError):  # a wake-up with nothing to read after all
+            watcher.start(readable)
             return
         except OSError:
             closed = True  # reset by the peer
-        except Exception:  # gevent's refusal to wait in the event loop: nothing to read either
-            watcher.start(readable)
+        except Exception:  # a socket that cannot peek (TLS): stop watching, as if the client stayed
             return
         if closed:
             gone.set()
             wake.set()
 
-    watcher.start(readable)
     try:
+        watcher.start(readable)
         yield gone
     finally:
         watcher.close()

@@ -23,8 +23,16 @@ class FairSlots:
                 return True
             turn = threading.Event()
             self._waiters.append(turn)
-        if turn.wait(timeout):
-            return True
+        try:
+            if turn.wait(timeout):
+                return True
+        except BaseException:  # killed while waiting (GreenletExit, a Timeout): pass on a slot it was handed
+            with self._lock:
+                if not turn.is_set():
+                    self._waiters.remove(turn)
+                    raise
+            self.release()
+            raise
         with self._lock:
             if turn.is_set():  # handed over between the timeout and the lock
                 return True

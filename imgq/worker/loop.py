@@ -140,8 +140,9 @@ class Worker:
         self._write_outage = Outage(self.id, "writer")
         self.records = Records(self.queue.redis, self.queue.prefix)
         self.callbacks = Deliverer(self.queue.redis, self.queue.prefix, self.id)
-        # The model thread's one call per batch (cancels, records, share give-backs) answers within a second or
-        # is skipped: a stalled Redis must not hold the model, whose results the writer waits out anyway.
+        # The model thread's calls before each batch (cancels and share give-backs; records of asynchronous jobs)
+        # answer within a second or are skipped: a stalled Redis must not hold the model, whose results the writer
+        # waits out anyway.
         self._quick = client or connect(socket_timeout=1.0)
 
     # --- signals -----------------------------------------------------------------------------------
@@ -372,19 +373,21 @@ class Worker:
     def _drop_unwanted(self, batch: dict[str, Any]) -> None:
         """Right before the model runs: drop the jobs whose deadline passed since they were taken and the jobs
         cancelled meanwhile (DELETE /jobs/<id>, or a client that hung up), so neither is ever run; mark the
-        asynchronous ones running. One round trip for the whole batch."""
+        asynchronous ones running. One round trip for a batch of synchronous jobs, two with asynchronous ones."""
         jobs = batch["jobs"]
         if not jobs and not batch["shares"]:
             return
         now = time.time()
         keep = [not message.expired(job, now) for job in jobs]
-        try:
-            # these jobs left the queue: their clients' units go back
-            cancelled = self.queue.starting([job["id"] for job in jobs], batch["shares"], client=self._quick)
-            self._advance_records([(job, alive) for job, alive in zip(jobs, keep) if job.get("async")])
+        try:  # the jobs taken left the queue: their clients' share units go back in the same call
+            cancelled = self.queue.batch_starting([job["id"] for job in jobs], batch["shares"], client=self._quick)
         except REDIS_ERRORS as exc:  # not knowing of a cancel costs one needless classification, nothing else
             log("worker.cancel_check_failed", level="WARNING", worker=self.id, error=str(exc)[:200])
             cancelled = [False] * len(jobs)
+        try:
+            self._advance_records([(job, alive) for job, alive in zip(jobs, keep) if job.get("async")])
+        except REDIS_ERRORS as exc:  # GET /jobs/<id> says queued a little longer; the result settles it
+            log("worker.records_lost", level="WARNING", worker=self.id, jobs=len(jobs), error=str(exc)[:200])
         batch["expired"] += keep.count(False)
         batch["cancelled"] = sum(c and k for c, k in zip(cancelled, keep))
         wanted = [k and not c for k, c in zip(keep, cancelled)]
