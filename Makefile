@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: help run redis test test-containers bench bench-notify bench-peers bench-tax soak docs docs-check clean
+.PHONY: help run redis tune test test-containers bench bench-notify bench-peers bench-tax soak docs docs-check clean
 
 help:  ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /\1\t/' | expand -t 14
@@ -23,6 +23,10 @@ run: $(VENV)/.installed  ## the service: Redis + web server on :5000 + WORKERS m
 
 redis: $(VENV)/.installed  ## only the embedded redis-server on 127.0.0.1:6379 (the course's shell 1)
 	@$(PY) launcher.py redis
+
+# The worker's shapes measured on this machine, in turns; the winner goes to tuned.env, which `make run` reads.
+tune: $(VENV)/.installed  ## measure the worker's shapes here (about 6 minutes); make run then uses the winner
+	$(PY) -m bench.tune
 
 test: $(VENV)/.installed  ## the test suite against real processes
 	$(PY) -m ruff check .

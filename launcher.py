@@ -50,6 +50,7 @@ import time
 import urllib.error
 import urllib.request
 
+from imgq import tuning
 from imgq.embedded_redis import Credentials, publish_url, secure_args, unpublish_url, url_file, write_acl
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -465,6 +466,15 @@ def parse_args(argv):
 
 def main(argv):
     args = parse_args(argv)  # before settings: --help must work and start nothing, whatever the environment
+    tuned: tuple[dict[str, str], dict[str, str]] = ({}, {})
+    if args.command == "run":
+        # Before settings is imported: the tuned values must read as if they were in the environment, for
+        # this process and every child (imgq/tuning.py).
+        try:
+            tuned = tuning.apply(tuning.path(), os.environ)
+        except tuning.TunedFileError as exc:
+            print(f"launcher: {exc}", file=sys.stderr)
+            return 2
     from imgq import settings
     if args.command != "redis" and settings.WORKERS < 1:
         settings.refuse("WORKERS", settings.WORKERS, "1 or more: make run with no model worker could only answer 504")
@@ -478,6 +488,10 @@ def main(argv):
     if args.command == "events":
         return events(log)
     logutil.stream = sys.stdout  # the launcher's lines join its children's, on stdout
+    applied, kept = tuned
+    if applied or kept:
+        log("launcher.tuned", file=tuning.path(), applied=" ".join(f"{k}={v}" for k, v in applied.items()) or None,
+            environment_wins=" ".join(f"{k}={v}" for k, v in kept.items()) or None)
     return run(settings, log)
 
 

@@ -18,6 +18,9 @@ from imgq.testing import RedisServer, Stack, free_port  # noqa: F401  (free_port
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CASTLE = os.path.normpath(os.path.join(REPO, "..", "shared", "castle_image.jpg"))
 
+# A tuned.env that `make tune` left in this checkout must not change what the tests start (imgq/tuning.py).
+os.environ["TUNED_ENV"] = os.devnull
+
 # Fast liveness for tests: a killed worker is found dead within 2 s, an idle pop returns every second.
 TEST_ENV = dict(MODEL="standin", HEARTBEAT_INTERVAL="0.5", HEARTBEAT_TTL="2", BLOCK_TIMEOUT="1", LOG_LEVEL="DEBUG")
 

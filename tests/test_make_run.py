@@ -35,6 +35,7 @@ class Launcher:
         full.update(TEST_ENV, LOG_LEVEL="INFO", PORT=str(self.port), EMBEDDED_REDIS_PORT=str(self.redis_port), WORKERS="2",
                     KEY_PREFIX="makerun", HOME=str(self.home))
         full.update(env)
+        full = {k: v for k, v in full.items() if v is not None}  # None: not set at all
         self.url = f"http://127.0.0.1:{self.port}"
         self.lines = []
         self.popen = subprocess.Popen([sys.executable, "launcher.py"], cwd=REPO, env=full, stdout=subprocess.PIPE,

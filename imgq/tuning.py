@@ -1,0 +1,82 @@
+"""This machine's own settings: the file `make tune` writes and `make run` reads.
+
+Where it sits: beside settings.py, before it. bench/tune.py measures the candidate configurations on this
+machine, in turns, and writes the winner here (`tuned.env` at the top of the project, or TUNED_ENV); the
+launcher reads it before it imports settings (launcher.main), so every process `make run` starts sees the
+tuned values as if they were in the environment. Why a file and not new defaults: a default tuned on one CPU
+lost on another (issue 21's Intel and AMD runs), and a measurement on the machine that serves is the only
+one that holds there.
+
+The file is KEY=VALUE lines and # comments. Only the names in TUNABLE may appear; a value set in the
+environment wins over the file's. Nothing else reads it: the course's three shells (run_web_server.py,
+run_model_server.py) and the tests run on the environment and the defaults.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, MutableMapping
+
+# What a tune may choose: the worker's shape. Everything else keeps its default or the environment's value.
+TUNABLE = ("WORKERS", "MODEL_THREADS", "MODEL_LANES", "BATCH_SIZE")
+
+_HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class TunedFileError(ValueError):
+    """The tuned file is there but cannot be used: the message names the file, the line and why."""
+
+
+def path() -> str:
+    """TUNED_ENV, or tuned.env at the top of the project."""
+    return os.environ.get("TUNED_ENV") or os.path.join(_HERE, "tuned.env")
+
+
+def read(file: str) -> dict[str, str]:
+    """The file's settings in order; {} when there is no file. TunedFileError for a line that is not
+    `NAME=value` with NAME in TUNABLE."""
+    try:
+        with open(file, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        raise TunedFileError(f"{file}: cannot be read ({exc})") from None
+    found: dict[str, str] = {}
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        name, value = name.strip(), value.strip()
+        if not sep or name not in TUNABLE or not value:
+            raise TunedFileError(f"{file} line {number}: {line[:80]!r} is not NAME=value with NAME one of "
+                                 f"{', '.join(TUNABLE)} (delete the file, or run `make tune` again)")
+        found[name] = value
+    return found
+
+
+def apply(file: str, environ: MutableMapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """Put the file's settings into `environ` where it has none of the same name. Returns (applied, kept):
+    what the file set, and what the environment already set (name → the environment's value)."""
+    applied: dict[str, str] = {}
+    kept: dict[str, str] = {}
+    for name, value in read(file).items():
+        if name in environ:
+            kept[name] = environ[name]
+        else:
+            environ[name] = applied[name] = value
+    return applied, kept
+
+
+def write(file: str, chosen: Mapping[str, object], comments: list[str]) -> None:
+    """Write the file: each comment line as `# line`, then the chosen settings. Written aside and renamed,
+    so a `make run` starting meanwhile reads the old file or the new one, never half of one."""
+    for name in chosen:
+        if name not in TUNABLE:
+            raise ValueError(f"{name} is not tunable ({', '.join(TUNABLE)})")
+    text = "".join(f"# {c}\n" if c else "#\n" for c in comments)
+    text += "".join(f"{name}={value}\n" for name, value in chosen.items())
+    partial = f"{file}.partial-{os.getpid()}"
+    with open(partial, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(partial, file)
