@@ -26,6 +26,7 @@ FILES = {
     "latest.json": ("`make bench`", "The service on one machine (`make bench`)"),
     "peers.json": ("`make bench-peers`", "Against the servers you would pick instead (`make bench-peers`)"),
     "tax.json": ("`make bench-tax`", "Where a request's CPU goes (`make bench-tax`)"),
+    "tune.json": ("`make tune`", "The worker's shape, measured on the machine (`make tune`)"),
     "notifications.json": ("`make bench-notify`", "Notifications against polling (`make bench-notify`)"),
     "soak.json": ("`make soak`", "Twenty minutes of mixed load (`make soak`)"),
 }
@@ -597,8 +598,32 @@ def tax_section(name, t):
     return lines
 
 
+def tune_section(name, t):
+    lines = [f"## {FILES[name][1]}", ""]
+    lines += measured_line(name, t)
+    clients = t.get("clients") or []
+    lines += [f"`make tune` on this machine: each candidate started afresh, in turns ({num(t.get('rounds'))} rounds), "
+              f"`{t.get('model')}`, {t.get('upload')} uploads, {num(t.get('warmup_s'))} s warm-up, then "
+              f"{num(t.get('duration_s'))} s per point. A round's score is the geometric mean of its req/s over the "
+              f"client counts; a candidate replaces the defaults only when ahead of them by "
+              f"{num(round(100 * (t.get('margin') or 0)))}% or more in every round, with no failed request "
+              "([configuration](configuration.md#this-machines-own-settings-make-tune)).", ""]
+    rows = []
+    for cand, rounds in (t.get("runs") or {}).items():
+        why = (t.get("why") or {}).get(cand, {})
+        settings_ = " ".join(f"`{k}={v}`" for k, v in (t.get("candidates") or {}).get(cand, {}).items()) or "—"
+        by_c = [" / ".join(num(rnd[i]["requests_per_s"]) for rnd in rounds) for i in range(len(clients))]
+        gains = " / ".join(f"{g * 100:+.1f}%" for g in why.get("gain_by_round", []))
+        rows.append([cand, settings_] + by_c + [" / ".join(num(x) for x in why.get("score_by_round", [])),
+                                                gains if cand != "defaults" else "", num(why.get("failed"))])
+    lines += table(["candidate", "sets"] + [f"req/s, {c} client{'s' * (c > 1)}" for c in clients]
+                   + ["score", "against the defaults", "failed"], rows)
+    lines += [f"Chosen: **{t.get('winner')}** (each cell: round 1 / round 2 ...).", ""]
+    return lines
+
+
 SECTIONS = {"latest.json": service_section, "peers.json": peers_section, "tax.json": tax_section,
-            "notifications.json": notifications_section, "soak.json": soak_section}
+            "tune.json": tune_section, "notifications.json": notifications_section, "soak.json": soak_section}
 
 
 def slug(heading):
