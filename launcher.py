@@ -480,6 +480,10 @@ def main(argv):
         settings.refuse("WORKERS", settings.WORKERS, "1 or more: make run with no model worker could only answer 504")
     if args.command == "run":
         settings.refuse_open_host()  # make run serves HTTP; `make redis` and the event listener do not
+    if tuned[0]:  # a value the file gave is refused as any other, with the file named
+        settings.errors[:] = [f"{line} (from {tuning.path()})" if any(line.startswith(f"invalid setting {name}=")
+                                                                      for name in tuned[0]) else line
+                              for line in settings.errors]
     settings.check("launcher")  # one line per wrong setting, exit 2
     from imgq.observe import logutil
     from imgq.observe.logutil import log
@@ -489,7 +493,7 @@ def main(argv):
         return events(log)
     logutil.stream = sys.stdout  # the launcher's lines join its children's, on stdout
     applied, kept = tuned
-    if applied or kept:
+    if os.path.isfile(tuning.path()):  # also when the tune kept the defaults: the user sees it was read
         log("launcher.tuned", file=tuning.path(), applied=" ".join(f"{k}={v}" for k, v in applied.items()) or None,
             environment_wins=" ".join(f"{k}={v}" for k, v in kept.items()) or None)
     return run(settings, log)

