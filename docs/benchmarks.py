@@ -606,7 +606,8 @@ def tune_section(name, t):
               f"`{t.get('model')}`, {t.get('upload')} uploads, {num(t.get('warmup_s'))} s warm-up, then "
               f"{num(t.get('duration_s'))} s per point. A round's score is the geometric mean of its req/s over the "
               f"client counts; a candidate replaces the defaults only when ahead of them by "
-              f"{num(round(100 * (t.get('margin') or 0)))}% or more in every round, with no failed request "
+              f"{num(round(100 * (t.get('margin') or 0)))}% or more in every round, with no failed request and the "
+              "defaults' answers "
               "([configuration](configuration.md#this-machines-own-settings-make-tune)).", ""]
     rows = []
     for cand, rounds in (t.get("runs") or {}).items():
