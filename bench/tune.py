@@ -4,8 +4,8 @@
     python -m bench.tune --quick          # a minute and a half: shorter points, 1 and 16 clients
 
 Where it sits: outside the service, like bench/tax.py, whose stack it starts the same way (imgq/testing.py:
-redis-server, gunicorn with 2 processes, the workers, MODEL=efficientnet_lite0 unless --model), with the same
-closed-loop clients (bench/load.py) sending the same upload (castle_image.jpg unless --image).
+redis-server, gunicorn with WEB_PROCESSES processes, the workers, MODEL=efficientnet_lite0 unless --model), with
+the same closed-loop clients (bench/load.py) sending the same upload (castle_image.jpg unless --image).
 
 Why: a default tuned on one CPU lost on another (issue 21: lanes and WORKERS trade differently on Intel and AMD),
 and this machine is the one that will serve. So the candidates run in turns (round 1: A B C, round 2: A B C), each

@@ -1,11 +1,11 @@
 """This machine's own settings: the file `make tune` writes and `make run` reads.
 
 Where it sits: beside settings.py, before it. bench/tune.py measures the candidate configurations on this
-machine, in turns, and writes the winner here (`tuned.env` at the top of the project, or TUNED_ENV); the
-launcher reads it before it imports settings (launcher.main), so every process `make run` starts sees the
-tuned values as if they were in the environment. Why a file and not new defaults: a default tuned on one CPU
-lost on another (issue 21's Intel and AMD runs), and a measurement on the machine that serves is the only
-one that holds there.
+machine, in turns, and writes the winner here (`tuned.env` in the folder it runs in, the project's, or
+TUNED_ENV); the launcher reads it before it imports settings (launcher.main, also under imgq-run), so every
+process `make run` starts sees the tuned values as if they were in the environment. Why a file and not new
+defaults: a default tuned on one CPU lost on another (issue 21's Intel and AMD runs), and a measurement on the
+machine that serves is the only one that holds there.
 
 The file is KEY=VALUE lines and # comments. Only the names in TUNABLE may appear, each once; a value set in the
 environment wins over the file's, and the values are checked by settings.py like any other (the launcher names
@@ -20,6 +20,7 @@ from collections.abc import Mapping, MutableMapping
 # What a tune may choose: the worker's shape. Everything else keeps its default or the environment's value.
 TUNABLE = ("WORKERS", "MODEL_THREADS", "MODEL_LANES", "BATCH_SIZE")
 
+
 class TunedFileError(ValueError):
     """The tuned file is there but cannot be used: the message names the file, the line and why."""
 
@@ -31,7 +32,7 @@ def path() -> str:
 
 def read(file: str) -> dict[str, str]:
     """The file's settings in order; {} when there is no file. TunedFileError for a line that is not
-    `NAME=value` with NAME in TUNABLE."""
+    `NAME=value` with NAME in TUNABLE, or names one a second time."""
     try:
         with open(file, encoding="utf-8-sig") as f:  # -sig: an editor's byte-order mark is not part of line 1
             lines = f.read().splitlines()
