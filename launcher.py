@@ -496,6 +496,10 @@ def main(argv):
     if os.path.isfile(tuning.path()):  # also when the tune kept the defaults: the user sees it was read
         log("launcher.tuned", file=tuning.path(), applied=" ".join(f"{k}={v}" for k, v in applied.items()) or None,
             environment_wins=" ".join(f"{k}={v}" for k, v in kept.items()) or None)
+        measured = tuning.measured_model(tuning.path())
+        if measured and not settings.MODELS and measured != settings.MODEL:
+            log("launcher.tuned_for_another_model", level="WARNING", file=tuning.path(), measured=measured,
+                serving=settings.MODEL, note="its settings may not be the best for this model: run make tune again")
     return run(settings, log)
 
 

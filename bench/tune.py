@@ -4,7 +4,7 @@
     python -m bench.tune --quick          # a minute and a half: shorter points, 1 and 16 clients
 
 Where it sits: outside the service, like bench/tax.py, whose stack it starts the same way (imgq/testing.py:
-redis-server, gunicorn with WEB_PROCESSES processes, the workers, MODEL=efficientnet_lite0 unless --model), with
+redis-server, gunicorn with WEB_PROCESSES processes, the workers, MODEL as make run would serve unless --model), with
 the same closed-loop clients (bench/load.py) sending the same upload (castle_image.jpg unless --image).
 
 Why: a default tuned on one CPU lost on another (issue 21: lanes and WORKERS trade differently on Intel and AMD),
@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=None, help="seconds per point (default 8)")
     parser.add_argument("--rounds", type=int, default=2, help="turns of the candidates (default 2)")
     parser.add_argument("--image", default=CASTLE, help="the upload (default ../shared/castle_image.jpg)")
-    parser.add_argument("--model", default="efficientnet_lite0", help="MODEL to tune for (default the default)")
+    parser.add_argument("--model", default=settings.MODEL, help="MODEL to tune for (default: MODEL, as make run "
+                                                                  "would serve)")
     parser.add_argument("--out", default=None, help="the tuned file (default TUNED_ENV or tuned.env)")
     parser.add_argument("--results", default=os.path.join(RESULTS, "tune.json"), help="the measurements")
     args = parser.parse_args(argv)
@@ -169,13 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     scores = "; ".join(f"{name} {' / '.join(map(str, w['score_by_round']))}" for name, w in why.items())
     tuning.write(out, CANDIDATES[winner], [
         f"Written by `make tune` {date} on {machine['cpu_model']} ({machine['cpus']} CPUs), model {args.model}.",
-        f"Score per round (geometric mean of req/s at {', '.join(map(str, clients))} clients): {scores}.",
+        f"Score per round (geometric mean of req/s over client counts {', '.join(map(str, clients))}): {scores}.",
         f"Chosen: {winner}" + ("" if winner != "defaults" else
                               f" (no candidate was ahead by {MARGIN:.0%} in every round without a failure)") + ".",
-        f"Measured for MODEL={args.model}: run `make tune` again for another model.",
         "`make run` applies the lines below where the environment does not set the same name.",
         "Delete this file to run on the defaults; run `make tune` again after a change of machine.",
-    ])
+    ], model=args.model)
     setting = " ".join(f"{k}={v}" for k, v in CANDIDATES[winner].items())
     print(f"tune: chosen {winner}{f' ({setting})' if setting else ''}; wrote {out} and {args.results}", flush=True)
     return 1 if any(w["failed"] for w in why.values()) else 0

@@ -69,9 +69,27 @@ def apply(file: str, environ: MutableMapping[str, str]) -> tuple[dict[str, str],
     return applied, kept
 
 
-def write(file: str, chosen: Mapping[str, object], comments: list[str]) -> None:
-    """Write the file: each comment line as `# line`, then the chosen settings. Written aside and renamed,
-    so a `make run` starting meanwhile reads the old file or the new one, never half of one."""
+_MODEL_LINE = "Measured for MODEL={}: run `make tune` again for another model."
+
+
+def measured_model(file: str) -> str | None:
+    """The MODEL the file was measured for (its comment, as write() put it); None when it does not say."""
+    head, tail = _MODEL_LINE.split("{}")
+    try:
+        with open(file, encoding="utf-8-sig") as f:
+            for line in f:
+                line = line.strip().removeprefix("#").strip()
+                if line.startswith(head) and line.endswith(tail) and len(line) > len(head) + len(tail):
+                    return line[len(head):-len(tail)]
+    except (OSError, UnicodeDecodeError):
+        pass
+    return None
+
+
+def write(file: str, chosen: Mapping[str, object], comments: list[str], model: str | None = None) -> None:
+    """Write the file: each comment line as `# line`, the MODEL it was measured for, then the chosen settings.
+    Written aside and renamed, so a `make run` starting meanwhile reads the old file or the new one, never half
+    of one."""
     for name, value in chosen.items():
         if name not in TUNABLE:
             raise ValueError(f"{name} is not tunable ({', '.join(TUNABLE)})")
@@ -80,6 +98,8 @@ def write(file: str, chosen: Mapping[str, object], comments: list[str]) -> None:
     if os.path.lexists(file) and not os.path.isfile(file):
         raise ValueError(f"{file} is not a regular file")
     # A comment is one line however it was given: read() splits lines wherever str.splitlines does.
+    if model is not None:
+        comments = [*comments, _MODEL_LINE.format(model)]
     text = "".join(f"# {' '.join(c.splitlines())}\n" if c else "#\n" for c in comments)
     text += "".join(f"{name}={value}\n" for name, value in chosen.items())
     partial = f"{file}.partial-{os.getpid()}"

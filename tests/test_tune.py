@@ -123,16 +123,19 @@ def test_make_tune_writes_a_file_that_make_run_reads(tmp_path):
         assert point["failed"] == 0 and point["requests_per_s"] > 0 and point["answers"] == [standin_label(61)], name
     # What it wrote is the winner's settings, in a file make run accepts.
     assert tuning.read(str(out)) == tune.CANDIDATES[report["winner"]]
-    assert report["machine"]["cpu_model"] in out.read_text()
+    assert report["machine"]["cpu_model"] in out.read_text() and tuning.measured_model(str(out)) == "standin"
 
     # make run with a tuned file: two workers from the file, BATCH_SIZE from the environment.
-    tuning.write(str(out), {"WORKERS": "2", "BATCH_SIZE": "4"}, ["written by a test"])
+    tuning.write(str(out), {"WORKERS": "2", "BATCH_SIZE": "4"}, ["written by a test"], model="efficientnet_lite0")
     launcher = Launcher(tmp_path, LOG_FORMAT="json", TUNED_ENV=str(out), WORKERS=None, BATCH_SIZE="8")
     try:
         launcher.wait_for(lambda: launcher.logged("ready"), "no ready line")
         [line] = launcher.logged("launcher.tuned")
         assert line["file"] == str(out) and line["applied"] == "WORKERS=2"
         assert line["environment_wins"] == "BATCH_SIZE=8"
+        # Measured for another model than the one served (the stand-in): said, not refused.
+        [warned] = launcher.logged("launcher.tuned_for_another_model")
+        assert warned["measured"] == "efficientnet_lite0" and warned["serving"] == "standin"
         launcher.wait_for(lambda: launcher.healthy(workers=2), "2 live workers")
     finally:
         launcher.popen.send_signal(signal.SIGINT)
