@@ -129,6 +129,7 @@ def measure(url: str, upload: tuple[bytes, str], concurrency: int, duration: flo
         "p95_ms": round(latencies[int(len(latencies) * 0.95)], 1) if latencies else None,
         "failed": len(result["records"]) - len(ok), "wrong": wrong,
         "failed_by_kind": dict(Counter(r["status"] for r in result["records"] if r["status"] != "ok")),
+        "answers": sorted({str(r.get("top1")) for r in ok}),
         "mean_batch": round(sum(batches) / len(batches), 2) if batches else None,
         "cpu_ms_per_request": {k: round(v * 1000 / n, 2) for k, v in by_process.items()},
         "service_cpu_ms_per_request": round(sum(by_process.values()) * 1000 / n, 2),
@@ -146,8 +147,15 @@ def median(values: list[Any]) -> float | None:
 
 def start(stack: Stack, name: str) -> tuple[str, dict[str, list[int]], list[Any]]:
     _, worker_env, web_env, workers = CONFIGS[name]
+    return start_service(stack, worker_env, web_env, workers)
+
+
+def start_service(stack: Stack, worker_env: dict[str, Any], web_env: dict[str, Any], workers: int,
+                  processes: int = 2) -> tuple[str, dict[str, list[int]], list[Any]]:
+    """`workers` workers and a web server of `processes` processes on the stack's Redis: (the /predict URL,
+    the process ids measure() reads by kind, the processes to stop)."""
     started = [stack.start_worker(timeout=300, **worker_env) for _ in range(workers)]
-    base, web = stack.start_web(processes=2, **web_env)
+    base, web = stack.start_web(processes=processes, **web_env)
     procs = {"web": [web.popen.pid], "worker": [w.popen.pid for w in started],
              "redis": [stack.redis_server.proc.popen.pid]}
     return base + "/predict", procs, started + [web]

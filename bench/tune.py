@@ -27,9 +27,9 @@ import sys
 import time
 from typing import Any
 
-from bench import load
+from bench import tax
 from bench.run import cpu_model
-from bench.tax import CASTLE, RESULTS, thread_seconds
+from bench.tax import CASTLE, RESULTS
 from imgq import settings, tuning
 from imgq.testing import Stack
 
@@ -48,34 +48,21 @@ def cores() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def start(stack: Stack, chosen: dict[str, str]) -> tuple[str, list[Any], dict[str, list[int]]]:
+def start(stack: Stack, chosen: dict[str, str]) -> tuple[str, dict[str, list[int]], list[Any]]:
     workers = int(chosen.get("WORKERS", 1))
     worker_env = {k: v for k, v in chosen.items() if k != "WORKERS"}
     if workers > 1 and "MODEL_THREADS" not in worker_env:
         worker_env["MODEL_THREADS"] = str(max(1, cores() // workers))
-    started = [stack.start_worker(timeout=300, **worker_env) for _ in range(workers)]
-    base, web = stack.start_web(processes=settings.WEB_PROCESSES)
-    procs = {"web": [web.popen.pid], "worker": [w.popen.pid for w in started],
-             "redis": [stack.redis_server.proc.popen.pid]}
-    return base + "/predict", started + [web], procs
+    return tax.start_service(stack, worker_env, {}, workers, processes=settings.WEB_PROCESSES)
 
 
 def point(url: str, upload: tuple[bytes, str], clients: int, duration: float, warmup: float,
           procs: dict[str, list[int]]) -> dict[str, Any]:
-    load.run(url, upload, duration=warmup, concurrency=clients)
-    before = {kind: thread_seconds(pids) for kind, pids in procs.items()}
-    result = load.run(url, upload, duration=duration, concurrency=clients)
-    after = {kind: thread_seconds(pids) for kind, pids in procs.items()}
-    ok = [r for r in result["records"] if r["status"] == "ok"]
-    cpu = sum(s - before[kind].get(key, 0.0) for kind in procs for key, s in after[kind].items())
-    latencies = sorted(r["latency_s"] * 1000 for r in ok)
-    return {
-        "clients": clients, "requests_per_s": round(len(ok) / result["elapsed_s"], 1),
-        "p95_ms": round(latencies[int(len(latencies) * 0.95)], 1) if latencies else None,
-        "cpu_ms_per_request": round(cpu * 1000 / max(len(ok), 1), 2),
-        "failed": len(result["records"]) - len(ok),
-        "answers": sorted({str(r.get("top1")) for r in ok}),
-    }
+    """One client count, measured as `make bench-tax` measures it; what the choice and tune.json keep of it."""
+    measured = tax.measure(url, upload, clients, duration, warmup, procs)
+    return {"clients": clients, "requests_per_s": measured["requests_per_s"], "p95_ms": measured["p95_ms"],
+            "cpu_ms_per_request": measured["service_cpu_ms_per_request"], "failed": measured["failed"],
+            "answers": measured["answers"]}
 
 
 def score(points: list[dict[str, Any]]) -> float:
@@ -144,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     with Stack(MODEL=args.model) as stack:
         for r in range(args.rounds):
             for name, chosen in CANDIDATES.items():
-                url, started, procs = start(stack, chosen)
+                url, procs, started = start(stack, chosen)
                 points = [point(url, upload, c, duration, warmup, procs) for c in clients]
                 for proc in started:
                     stack.stop(proc)
