@@ -9,12 +9,13 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
 import requests
 
-from conftest import CASTLE, Stack, TEST_ENV
+from conftest import CASTLE, Stack, TEST_ENV, wait_until
 
 from imgq.web.images import prepare_image
 from imgq.models import litert_runtime
@@ -92,13 +93,13 @@ def test_lite0_on_two_threads_shares_a_batch_among_lanes_and_keeps_each_image_it
     lanes at once (litert_runtime.LiteRTModel); every image keeps its own row, as one interpreter gives it."""
     one = load("efficientnet_lite0", "litert", cache_dir)
     two = load("efficientnet_lite0", "litert", cache_dir, threads=2)
-    assert (one.threads, len(one._lanes), two.threads, len(two._lanes)) == (1, 0, 2, 2)
+    assert (one.threads, one._lanes, two.threads, len(two._lanes.runners)) == (1, None, 2, 2)
     ran = {}  # lane → the threads it ran its images on
     second = threading.Event()  # lane 1 has taken an image: lane 0 waits for it, so both lanes always run
 
     def counted(lane, invoke):
         def run(pixels):
-            ran.setdefault(lane, []).append(threading.current_thread().name)
+            ran.setdefault(lane, []).append(threading.get_ident())
             if lane == 1:
                 second.set()
             else:
@@ -106,7 +107,7 @@ def test_lite0_on_two_threads_shares_a_batch_among_lanes_and_keeps_each_image_it
             return invoke(pixels)
         return run
 
-    for i, lane in enumerate(two._lanes):
+    for i, lane in enumerate(two._lanes.runners):
         lane.invoke = counted(i, lane.invoke)
     batch = images()
     reference = one.predict(batch)
@@ -121,9 +122,77 @@ def test_lite0_on_two_threads_shares_a_batch_among_lanes_and_keeps_each_image_it
         second.set()
         raise RuntimeError("lane failed")
     second.clear()
-    two._lanes[1].invoke = broken
+    two._lanes.runners[1].invoke = broken
     with pytest.raises(RuntimeError, match="lane failed"):
         two.predict(batch)
+
+
+def gated(runner, gate, calls):
+    """runner.invoke, recorded in `calls` and held until `gate` is set."""
+    invoke = runner.invoke
+
+    def run(pixels):
+        calls.append(runner)
+        assert gate.wait(60)
+        return invoke(pixels)
+    runner.invoke = run
+
+
+def test_a_free_lane_starts_the_next_batch_while_the_last_one_still_runs(cache_dir):
+    """Two callers, as the worker's two model threads: batch B goes to the lane that finished its share of A
+    and is answered while A's other image still runs; the lone image of B does not take the two-thread
+    interpreter while a lane is busy. Every image keeps its own answer."""
+    one = load("efficientnet_lite0", "litert", cache_dir)
+    two = load("efficientnet_lite0", "litert", cache_dir, threads=2)
+    batch = images()
+    reference = one.predict(batch[:3])
+    lanes = two._lanes
+    held, calls, took = threading.Event(), [], threading.Event()
+    gated(lanes.runners[0], held, calls)  # lane 0 holds the image it takes
+    gated(lanes.runners[1], took, [])  # lane 1 runs its image once lane 0 has taken the other one
+    first = lanes.runners[0].invoke
+    lanes.runners[0].invoke = lambda pixels: (took.set(), first(pixels))[1]
+    wide_calls = []
+    gated(lanes.wide, threading.Event(), wide_calls)  # never set: B must not go there
+    answers = {}
+    a = threading.Thread(target=lambda: answers.update(a=two.predict(batch[:2])))
+    a.start()
+    wait_until(lambda: calls and lanes.free_in() == 0)  # lane 0 holds A's image, lane 1 is done with the other
+    answers["b"] = two.predict(batch[2:3])
+    assert "a" not in answers and not wide_calls
+    held.set()
+    a.join(60)
+    np.testing.assert_allclose(answers["a"], reference[:2], atol=1e-4)
+    np.testing.assert_allclose(answers["b"], reference[2:3], atol=1e-4)
+
+
+def test_the_lanes_start_nothing_while_the_two_thread_interpreter_runs_a_lone_image(cache_dir):
+    one = load("efficientnet_lite0", "litert", cache_dir)
+    two = load("efficientnet_lite0", "litert", cache_dir, threads=2)
+    batch = images()
+    reference = one.predict(batch[:3])
+    lanes = two._lanes
+    wide_held, wide_calls, lane_calls = threading.Event(), [], []
+    gated(lanes.wide, wide_held, wide_calls)
+    lanes_free = threading.Event()
+    lanes_free.set()
+    for runner in lanes.runners:
+        gated(runner, lanes_free, lane_calls)
+    answers = {}
+    lone = threading.Thread(target=lambda: answers.update(lone=two.predict(batch[:1])))
+    lone.start()
+    wait_until(lambda: wide_calls)  # every lane idle: the lone image took the two-thread interpreter
+    pair = threading.Thread(target=lambda: answers.update(pair=two.predict(batch[1:3])))
+    pair.start()
+    wait_until(lambda: len(lanes._work) == 2)  # handed in, and queued
+    time.sleep(0.2)  # a lane that took an image meanwhile would be in lane_calls by now
+    assert not lane_calls
+    wide_held.set()
+    lone.join(60)
+    pair.join(60)
+    assert len(lane_calls) == 2
+    np.testing.assert_allclose(answers["lone"], reference[:1], atol=1e-4)
+    np.testing.assert_allclose(answers["pair"], reference[1:3], atol=1e-4)
 
 
 def test_resnet50_litert_matches_tensorflow_and_is_one_xnnpack_graph(cache_dir, resnet50_file):

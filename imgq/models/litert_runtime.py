@@ -21,19 +21,18 @@ batch in one), resizing the interpreter's input when the size changes: ~0.1 ms (
 larger size allocates). models.LITERT_CHUNK picks per model: with XNNPACK, Lite0 is fastest per image at
 batch 1 (2 threads: 4.0 ms/image at batch 1, 4.3-4.8 at 8 and 32; 1 thread 7.9 against 8.3-9.6), ResNet50
 batched (2 threads: ~40 ms at batch 1, ~33 at batch 8 and 32): measured 2026-12-01 on the shared 2-core VM.
-A one-image-per-invoke model with more than one thread also runs its batches on one-thread "lanes"
-(LiteRTModel, MODEL_LANES).
+A one-image-per-invoke model with more than one thread also runs its images on one-thread "lanes"
+(LiteRTModel, MODEL_LANES), which can start the next batch while the last one's final image still runs.
 """
 from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import itertools
 import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
+from collections import deque
 from typing import Any, cast
 
 import numpy as np
@@ -127,15 +126,14 @@ class LiteRTModel:
     """A .tflite classifier behind the worker's interface: uint8 batch in, float32 probabilities out.
 
     A model run one image per invoke (chunk 1) with `threads` > 1 gets, beside its interpreter of `threads`
-    threads, min(`threads`, BATCH_SIZE) one-thread interpreters ("lanes", not the queue's priority lanes): a batch
-    of one image goes to the `threads`-thread interpreter (every core on one image: the lowest latency when the
-    machine is idle), a larger batch is shared image by image among the lanes, which run at once (LiteRT's
-    invoke releases the GIL). Why: one interpreter's threads meet at a barrier
-    after every operator, so while the web server decodes an upload on one core, the model's thread on the other
-    waits for its partner at each of Lite0's ~60 operators; independent one-thread lanes never wait for each
-    other. Alone, both ways cost the same CPU per image. In turns against MODEL_LANES=0 beside the web server
-    (`make bench-tax`, docs/benchmarks.md), the lanes were ahead at 4 clients in each of three runs, by 1-6%,
-    within this shared machine's noise, and at 16 and 64 clients from even (the committed run) to 16% ahead.
+    threads, min(`threads`, BATCH_SIZE) one-thread interpreters ("lanes", not the queue's priority lanes; _Lanes):
+    a lone image while the lanes are idle goes to the `threads`-thread interpreter (every core on one image: the
+    lowest latency when the machine is idle), every other image to the next free lane; the lanes run at once
+    (LiteRT's invoke releases the GIL) and go from one batch's images to the next without waiting for each other.
+    Why: one interpreter's threads meet at a barrier after every operator, so while the web server decodes an
+    upload on one core, the model's thread on the other waits for its partner at each of Lite0's ~60 operators;
+    independent one-thread lanes never wait for each other. Alone, both ways cost the same CPU per image.
+    `make bench-tax` (docs/benchmarks.md) measures them against MODEL_LANES=0 beside the web server.
     Memory: about 26 MB per lane for Lite0 (a worker on 2 threads: 92 MB without lanes, 144 MB with them).
     """
 
@@ -152,13 +150,10 @@ class LiteRTModel:
         self.chunk = chunk
         self._prepare = prepare
         self._runner = self._open(content, threads)
-        self._lanes: list[_Runner] = []
-        self._pool: ThreadPoolExecutor | None = None
+        self._lanes: _Lanes | None = None
         lanes = min(threads, settings.BATCH_SIZE)  # a batch never fills more: each lane costs an interpreter
         if self.chunk == 1 and lanes > 1 and settings.MODEL_LANES:
-            self._lanes = [self._open(content, 1) for _ in range(lanes)]
-            self._pool = ThreadPoolExecutor(lanes - 1, thread_name_prefix="lane", initializer=name_thread,
-                                            initargs=("lane",))
+            self._lanes = _Lanes([self._open(content, 1) for _ in range(lanes)], self._runner, len(labels))
 
     def _open(self, content: bytes, threads: int) -> _Runner:
         from ai_edge_litert.interpreter import Interpreter
@@ -190,38 +185,124 @@ class LiteRTModel:
         pixels = batch.astype(np.float32)
         if self._prepare is not None:
             pixels = self._prepare(pixels)
-        if self._pool is not None and len(pixels) > 1:
-            return self._in_lanes(pixels)
+        if self._lanes is not None:
+            return self._lanes.run(pixels)
         step = self.chunk or len(batch)
         if step >= len(batch):
             return self._runner.invoke(pixels)
         return np.concatenate([self._runner.invoke(pixels[i:i + step]) for i in range(0, len(batch), step)])
 
-    def _in_lanes(self, pixels: np.ndarray) -> np.ndarray:
-        """One image per invoke, each lane taking the next image not yet taken: a lane slowed by another
-        process on its core leaves more of the batch to the others."""
-        out = np.empty((len(pixels), len(self.labels)), dtype=np.float32)
-        taken = itertools.count()  # next() on it is atomic under the GIL
-
-        def lane(runner: _Runner) -> None:
-            while (i := next(taken)) < len(pixels):
-                out[i] = runner.invoke(pixels[i:i + 1])[0]
-
-        assert self._pool is not None
-        helpers = [self._pool.submit(lane, runner) for runner in self._lanes[1:len(pixels)]]
-        try:
-            lane(self._lanes[0])
-        finally:
-            wait(helpers)  # even when this lane failed: no lane may still be running this batch after it
-        for helper in helpers:
-            helper.result()  # a lane's exception is the batch's
-        return out
+    def free_in(self) -> float | None:
+        """Seconds until the model can start more work (0: now), while it runs a batch on its lanes; None for
+        a model without lanes, which takes one batch at a time."""
+        return self._lanes.free_in() if self._lanes is not None else None
 
     def warm_up(self, batch_size: int) -> None:
         """Run at batch_size, 2 and 1, so every interpreter (lanes included) has allocated the invoke sizes of real
         batches before the first job."""
         for n in sorted({1, 2, max(1, batch_size)}, reverse=True):
             self.predict(np.zeros((n, *self.input_size, 3), dtype=np.uint8))
+
+
+class _Batch:
+    """One predict() call's images on the lanes: its answers, its first error, and when its last image is done."""
+
+    def __init__(self, pixels: np.ndarray, classes: int) -> None:
+        self.pixels = pixels
+        self.out = np.empty((len(pixels), classes), dtype=np.float32)
+        self.left = len(pixels)
+        self.error: BaseException | None = None
+        self.done = threading.Event()
+
+
+class _Lanes:
+    """One-thread interpreters ("lanes"), each on a thread of its own, taking the images of every batch handed
+    in one at a time, first come first served. A lane that has finished its share of one batch starts on the
+    next batch at once, rather than idling until another lane finishes the batch's last image (that tail cost
+    about half an image of one core per batch: 0.13 of the 2 cores at 4 clients, 0.09 at 16). A lone image
+    while every lane is idle runs on the `wide` interpreter (all threads on one image: the lowest latency on an
+    idle machine), in the caller's thread; meanwhile the lanes start nothing, so the two never share the cores."""
+
+    def __init__(self, runners: list[_Runner], wide: _Runner, classes: int) -> None:
+        self.runners, self.wide, self._classes = runners, wide, classes
+        self._work: deque[tuple[_Batch, int]] = deque()
+        self._cond = threading.Condition()
+        self._idle = len(runners)
+        self._lanes = len(runners)
+        self._wide_until: float | None = None   # while the wide interpreter runs: when it should be done
+        self._busy_until: list[float | None] = [None] * len(runners)  # per lane: when its image should be done
+        self._image_s = 0.0   # smoothed: one image on one lane
+        self._wide_s = 0.0    # smoothed: one image on the wide interpreter
+        for k, runner in enumerate(runners):
+            threading.Thread(target=self._lane, args=(k, runner), name="lane", daemon=True).start()
+
+    def run(self, pixels: np.ndarray) -> np.ndarray:
+        if not len(pixels):
+            return np.empty((0, self._classes), dtype=np.float32)
+        with self._cond:
+            wide = len(pixels) == 1 and self._idle == self._lanes and not self._work and self._wide_until is None
+            if wide:
+                self._wide_until = time.monotonic() + self._wide_s
+            else:
+                batch = _Batch(pixels, self._classes)
+                self._work.extend((batch, i) for i in range(len(pixels)))
+                self._cond.notify_all()
+        if wide:
+            began = time.monotonic()
+            try:
+                return self.wide.invoke(pixels)
+            finally:
+                with self._cond:
+                    self._wide_s = _smooth(self._wide_s, time.monotonic() - began)
+                    self._wide_until = None
+                    self._cond.notify_all()
+        batch.done.wait()
+        if batch.error is not None:
+            raise batch.error
+        return batch.out
+
+    def free_in(self) -> float:
+        with self._cond:
+            now = time.monotonic()
+            if self._wide_until is not None:
+                return max(self._wide_until - now, 0.0)
+            if self._idle and not self._work:
+                return 0.0
+            soonest = min((t for t in self._busy_until if t is not None), default=now)
+            return max(soonest - now, 0.0) + len(self._work) // self._lanes * self._image_s
+
+    def _lane(self, k: int, runner: _Runner) -> None:
+        name_thread("lane")
+        while True:
+            with self._cond:
+                while not self._work or self._wide_until is not None:
+                    self._cond.wait()
+                batch, i = self._work.popleft()
+                self._idle -= 1
+                began = time.monotonic()
+                self._busy_until[k] = began + self._image_s
+            answer, error = None, None
+            try:
+                answer = runner.invoke(batch.pixels[i:i + 1])[0]
+            except Exception as exc:  # the batch's failure, not the lane's: the lane goes on with the next image
+                error = exc
+            with self._cond:
+                self._image_s = _smooth(self._image_s, time.monotonic() - began)
+                self._idle += 1
+                self._busy_until[k] = None
+                if error is not None:
+                    batch.error = batch.error or error
+                else:
+                    batch.out[i] = answer
+                batch.left -= 1
+                if not batch.left:
+                    batch.pixels = None  # type: ignore[assignment]
+                    batch.done.set()
+                self._cond.notify_all()
+
+
+def _smooth(old: float, new: float) -> float:
+    return new if not old else 0.8 * old + 0.2 * new
 
 
 def save_to_cache(path: str, content: bytes) -> None:

@@ -8,11 +8,14 @@
                   writes every result with SET ... EX RESULT_TTL and drops the batch from the in-flight list.
 
 So the next batch is taken and parsed, and the last one's results written, while the model runs. The main
-thread takes the next batch just before the model is expected to finish (the last batch's model time minus
-how long a take has been taking), not as soon as it can: jobs left on the queue until then can still join
-it, or go to an idle peer. Batches are answered in the order they were taken, which is the order of the
-in-flight list, so complete() drops exactly the oldest jobs there. A heartbeat thread keeps this worker's
-heartbeat key alive and puts the in-flight jobs of dead workers back on the queue.
+thread takes the next batch just before the model is expected to be free (for a model with lanes, when a lane
+is about to finish its image with nothing queued behind it; else the last batch's model time), minus how long a
+take has been taking, not as soon as it can: jobs left on the queue until then can still join it, or go to an
+idle peer. A model with lanes (litert_runtime._Lanes) gets two model threads, so a batch goes to a free lane
+while the last one's final image still runs on another. Batches are answered in the order they were taken
+(the writer holds one that finished early), which is the order of the in-flight list, so complete() drops
+exactly the oldest jobs there. A heartbeat thread keeps this worker's heartbeat key alive and puts the
+in-flight jobs of dead workers back on the queue.
 
 SIGTERM / SIGINT: finish the batch the model has, write its results (and those not yet written), return
 untaken jobs (including a batch taken ahead but not started), exit 0.
@@ -216,9 +219,13 @@ class Worker:
 
     # --- the loop ----------------------------------------------------------------------------------
     def run(self) -> None:
+        # A model that can start a batch before the last one is done (lanes: LiteRTModel.free_in) gets two
+        # model threads, so the next batch is handed in while the last one's final images still run.
+        self._overlap = self.model_overlaps()
+        self._model_threads = 2 if self._overlap else 1
         log("worker.ready", worker=self.id, model=self.model.name, runtime=getattr(self.model, "runtime", None),
-            threads=getattr(self.model, "threads", None), batch_size=settings.BATCH_SIZE,
-            batch_wait_ms=settings.BATCH_WAIT_MS)
+            threads=getattr(self.model, "threads", None), model_threads=self._model_threads,
+            batch_size=settings.BATCH_SIZE, batch_wait_ms=settings.BATCH_WAIT_MS)
         self._heartbeat_thread = threading.Thread(target=_guarded(self.id, self._heartbeat), name="heartbeat",
                                                   daemon=True)
         self._heartbeat_thread.start()
@@ -226,13 +233,15 @@ class Worker:
         # stalls the writer, which stalls the model, which stops the taking).
         self._ready, self._done = queues.Queue(maxsize=1), queues.Queue(maxsize=2)
         self._state = threading.Condition()
-        self._pending = 0               # batches handed to the model thread that it has not started
-        self._unanswered = 0            # batches handed to the model thread whose results are not written yet
+        self._pending = 0               # batches handed to the model threads that none has started
+        self._unanswered = 0            # batches handed to the model threads whose results are not written yet
         self._model_busy_since = None   # time.monotonic() the model started its batch; None while idle
         self._model_s = None            # how long the last model call took
         self._take_s = 0.005            # how long taking and parsing a batch has been taking (smoothed)
-        threads = [threading.Thread(target=_guarded(self.id, self._model_loop), name="model", daemon=True),
-                   threading.Thread(target=_guarded(self.id, self._writer_loop), name="writer", daemon=True)]
+        self._taken = 0                 # batches taken so far: a batch's number, the order its results are written
+        threads = [threading.Thread(target=_guarded(self.id, self._model_loop), name="model", daemon=True)
+                   for _ in range(self._model_threads)]
+        threads.append(threading.Thread(target=_guarded(self.id, self._writer_loop), name="writer", daemon=True))
         # Callbacks on a thread of their own: a slow receiver holds nothing else. Not joined at shutdown: the
         # schedule is in Redis, and whatever it had claimed comes due again after its lease.
         threading.Thread(target=_guarded(self.id, lambda: self.callbacks.run(self.stopping)), name="callbacks",
@@ -265,6 +274,8 @@ class Worker:
             if raws:
                 parse_began = time.monotonic()
                 batch = self._parse(raws)
+                batch["number"] = self._taken
+                self._taken += 1
                 with self._state:
                     self._pending += 1
                     self._unanswered += 1
@@ -297,11 +308,18 @@ class Worker:
             log("worker.returned", worker=self.id, returned=returned, reason="a take cut short by Redis")
 
     def _wait_until_take_is_due(self) -> None:
-        """Return when the next batch should be taken: the model is idle, or it should finish within twice
-        the time a take needs. Never while a taken batch still waits for the model, nor while the model runs
-        its first batch (no estimate yet)."""
+        """Return when the next batch should be taken: the model is free, or should be within twice the time a
+        take needs (a model with lanes says when, free_in(); otherwise the last batch's model time tells). Never
+        while a taken batch still waits for a model thread, nor while a model without lanes runs its first
+        batch (no estimate yet)."""
         with self._state:
             while not self.stopping.is_set():
+                if not self._pending and self._overlap:
+                    remaining = (self.model.free_in() or 0.0) - 2 * self._take_s  # type: ignore[attr-defined]
+                    if remaining <= 0:
+                        return
+                    self._state.wait(remaining)
+                    continue
                 if not self._pending:
                     if self._model_busy_since is None:
                         return
@@ -312,6 +330,12 @@ class Worker:
                         self._state.wait(remaining)
                         continue
                 self._state.wait(1.0)
+
+    def model_overlaps(self) -> bool:
+        """True for a model that can start a batch while the last one's final images still run (its free_in()
+        answers, lanes in litert_runtime.py)."""
+        free_in = getattr(self.model, "free_in", None)
+        return callable(free_in) and free_in() is not None
 
     def _parse(self, raws: list[bytes]) -> dict[str, Any]:
         """Raw jobs → the batch the model thread runs. Bad entries get an error result (or a log line when
@@ -417,21 +441,34 @@ class Worker:
             pipe.execute()
 
     def _writer_loop(self) -> None:
+        # Two model threads may finish batches out of order; results are written in the order taken, which
+        # is the order of the in-flight list (complete() drops its oldest jobs).
+        held: dict[int, tuple[dict[str, Any], np.ndarray | None, float]] = {}
+        following, ended = 0, 0
         while True:
-            item = self._done.get()
-            if item is None:
-                return
-            try:
-                self._answer(*item)
-            except Exception as exc:  # never let the writer die: every later batch would wait for it
-                log("batch.failed", level="ERROR", worker=self.id, error=repr(exc))
-                batch = item[0]
-                self._write({job["id"]: message.make_result(job["id"], error="the worker failed on this batch")
-                             for job in batch["jobs"]}, batch["raws"])
-            finally:
-                with self._state:
-                    self._unanswered -= 1
-                    self._state.notify_all()
+            got = self._done.get()
+            if got is None:
+                ended += 1
+                if ended == self._model_threads:
+                    return
+                continue
+            held[got[0]["number"]] = got
+            while following in held:
+                self._write_batch(held.pop(following))
+                following += 1
+
+    def _write_batch(self, item: tuple[dict[str, Any], np.ndarray | None, float]) -> None:
+        try:
+            self._answer(*item)
+        except Exception as exc:  # never let the writer die: every later batch would wait for it
+            log("batch.failed", level="ERROR", worker=self.id, error=repr(exc))
+            batch = item[0]
+            self._write({job["id"]: message.make_result(job["id"], error="the worker failed on this batch")
+                         for job in batch["jobs"]}, batch["raws"])
+        finally:
+            with self._state:
+                self._unanswered -= 1
+                self._state.notify_all()
 
     def _answer(self, batch: dict[str, Any], probabilities: np.ndarray | None, inference_ms: float) -> None:
         results, good = batch["results"], batch["jobs"]
@@ -512,7 +549,8 @@ class Worker:
             self._ready.get_nowait()
         except queues.Empty:
             pass
-        self._ready.put(None)
+        for _ in range(self._model_threads):
+            self._ready.put(None)
         for t in threads:
             t.join()
 
