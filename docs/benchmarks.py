@@ -563,8 +563,8 @@ def tax_section(name, t):
     lines += [f"The service at its defaults (one worker, `{t.get('model')}`, castle uploads), as `make bench-peers` "
               f"starts it; {num(t.get('warmup_s'))} s warm-up, then {num(t.get('duration_s'))} s per point. Every "
               "thread's CPU seconds over the requests answered, by the name it gives the system (the first round of "
-              "the defaults below; `worker: model` is the model's own thread, which also runs the first lane "
-              "and calls the multi-thread interpreter, `worker: lane` the other lanes). Two costs any "
+              "the defaults below; `worker: model` is the model threads, which hand batches to the lanes and run "
+              "a lone image on the multi-thread interpreter, `worker: lane` the one-thread lanes). Two costs any "
               f"server of this model pays: the model alone, {num(model)} ms of CPU per image on one thread, and "
               f"decoding + resizing castle, {num(decode)} ms; the last row is everything else.", ""]
     runs = (t.get("runs") or {}).get("defaults") or []
