@@ -359,3 +359,61 @@ def test_lanes_under_load_answer_each_image_its_own_and_a_sigterm_loses_nothing(
     client_ = service.redis_server.client()
     assert not client_.exists(f"{service.prefix}:inflight:{worker_id(worker)}")
     assert client_.llen(f"{service.prefix}:queue") == 0
+
+
+def test_one_stuck_image_on_a_lane_stops_the_taking_and_the_rest_is_written_in_order(redis_server, monkeypatch):
+    """A worker with lanes (two model threads) whose first image hangs: the other lane may run what comes
+    next, but the worker takes no more than one batch beyond what its model threads hold (the rest waits on
+    the queue, free for a peer); once the image is done, every job is answered, each its own result, the held
+    ones after it. The model is the stand-in, told it has lanes: free_in() says a lane is free."""
+    import uuid
+
+    import numpy as np
+
+    from imgq.jobs import message
+    from imgq.jobs import keys
+    from imgq import models
+    from imgq import settings
+    from imgq.jobs.connection import connect
+    from imgq.worker.loop import Worker
+
+    class StandinWithLanes(models.StandinModel):
+        def __init__(self):
+            super().__init__()
+            self.release, self.calls = threading.Event(), []
+
+        def free_in(self):
+            return 0.0
+
+        def predict(self, batch):
+            self.calls.append(len(batch))
+            if len(self.calls) == 1:
+                assert self.release.wait(60)
+            return super().predict(batch)
+
+    prefix = "stuck" + uuid.uuid4().hex[:8]
+    for name, value in dict(KEY_PREFIX=prefix, REDIS_URL=redis_server.url, BLOCK_TIMEOUT=0.5, BATCH_SIZE=1,
+                            HEARTBEAT_INTERVAL=0.5).items():
+        monkeypatch.setattr(settings, name, value)
+    model = StandinWithLanes()
+    worker = Worker(model, client=connect(socket_timeout=5))
+    client = redis_server.client()
+    ids = [f"job{n}" for n in range(8)]
+    for n, job_id in enumerate(ids):
+        client.rpush(keys.queue(prefix), message.make_job(job_id, np.full((224, 224, 3), 30 + n, dtype=np.uint8), 60))
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: len(model.calls) >= 2 and client.llen(keys.queue(prefix)) == 5)
+        time.sleep(0.5)  # a worker that went on taking would have taken more by now
+        assert client.llen(keys.queue(prefix)) == 5 and not any(client.exists(keys.result(i, prefix)) for i in ids)
+        model.release.set()
+        wait_until(lambda: all(client.exists(keys.result(i, prefix)) for i in ids), timeout=60)
+    finally:
+        model.release.set()
+        worker.stopping.set()
+        thread.join(30)
+    for n, job_id in enumerate(ids):
+        result = json.loads(client.getdel(keys.result(job_id, prefix)))
+        assert result["predictions"][0]["label"] == standin_label(30 + n)
+    assert [k for k in client.keys(prefix + ":*") if b":stats:" not in k] == []

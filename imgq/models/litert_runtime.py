@@ -192,6 +192,10 @@ class LiteRTModel:
             return self._runner.invoke(pixels)
         return np.concatenate([self._runner.invoke(pixels[i:i + step]) for i in range(0, len(batch), step)])
 
+    def __del__(self) -> None:
+        if getattr(self, "_lanes", None) is not None:
+            self._lanes.close()  # type: ignore[union-attr]
+
     def free_in(self) -> float | None:
         """Seconds until the model can start more work (0: now), while it runs a batch on its lanes; None for
         a model without lanes, which takes one batch at a time."""
@@ -233,6 +237,7 @@ class _Lanes:
         self._busy_until: list[float | None] = [None] * len(runners)  # per lane: when its image should be done
         self._image_s = 0.0   # smoothed: one image on one lane
         self._wide_s = 0.0    # smoothed: one image on the wide interpreter
+        self._closed = False
         for k, runner in enumerate(runners):
             threading.Thread(target=self._lane, args=(k, runner), name="lane", daemon=True).start()
 
@@ -266,37 +271,42 @@ class _Lanes:
             now = time.monotonic()
             if self._wide_until is not None:
                 return max(self._wide_until - now, 0.0)
-            if self._idle and not self._work:
-                return 0.0
-            soonest = min((t for t in self._busy_until if t is not None), default=now)
-            return max(soonest - now, 0.0) + len(self._work) // self._lanes * self._image_s
+            # The queued images go to the lanes as they come free: the (queued % lanes)-th lane to be free
+            # after its current image (an idle one: now) is the first with nothing left to take.
+            ends = sorted(max((t or now) - now, 0.0) for t in self._busy_until)
+            queued = len(self._work)
+            return ends[queued % self._lanes] + queued // self._lanes * self._image_s
+
+    def close(self) -> None:
+        """The lane threads end once they finish what they run (the model is being dropped)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
 
     def _lane(self, k: int, runner: _Runner) -> None:
         name_thread("lane")
         while True:
             with self._cond:
-                while not self._work or self._wide_until is not None:
+                while not self._closed and (not self._work or self._wide_until is not None):
                     self._cond.wait()
+                if self._closed:
+                    return
                 batch, i = self._work.popleft()
                 self._idle -= 1
                 began = time.monotonic()
                 self._busy_until[k] = began + self._image_s
-            answer, error = None, None
-            try:
-                answer = runner.invoke(batch.pixels[i:i + 1])[0]
-            except Exception as exc:  # the batch's failure, not the lane's: the lane goes on with the next image
+            error = None
+            try:  # each lane writes its own rows
+                batch.out[i] = runner.invoke(batch.pixels[i:i + 1])[0]
+            except BaseException as exc:  # the batch's failure, not the lane's: it goes on with the next image
                 error = exc
             with self._cond:
                 self._image_s = _smooth(self._image_s, time.monotonic() - began)
                 self._idle += 1
                 self._busy_until[k] = None
-                if error is not None:
-                    batch.error = batch.error or error
-                else:
-                    batch.out[i] = answer
+                batch.error = batch.error or error
                 batch.left -= 1
                 if not batch.left:
-                    batch.pixels = None  # type: ignore[assignment]
                     batch.done.set()
                 self._cond.notify_all()
 

@@ -3,7 +3,7 @@
     main thread   take up to BATCH_SIZE jobs in one atomic step (queue.take_batch, blocking while the
                   queue is empty) into this worker's in-flight list, parse them (job.parse_job: the pixels
                   are read in place), stack them → hands the batch to
-    model thread  one model call per batch → hands the probabilities to
+    model thread  one model call per batch (two threads for a model with lanes) → hands the probabilities to
     writer thread top 5 per job, result JSON, log lines, then one script call (queue.complete) that
                   writes every result with SET ... EX RESULT_TTL and drops the batch from the in-flight list.
 
@@ -17,7 +17,7 @@ while the last one's final image still runs on another. Batches are answered in 
 exactly the oldest jobs there. A heartbeat thread keeps this worker's heartbeat key alive and puts the
 in-flight jobs of dead workers back on the queue.
 
-SIGTERM / SIGINT: finish the batch the model has, write its results (and those not yet written), return
+SIGTERM / SIGINT: finish the batches the model has, write their results (and those not yet written), return
 untaken jobs (including a batch taken ahead but not started), exit 0.
 
 Redis trouble never kills a thread: every thread that talks to Redis catches any Redis error (connection lost,
@@ -117,7 +117,7 @@ class Interrupted(Exception):
 
 
 class Worker:
-    # Set by run(). A batch is _parse()'s dict; the model thread hands on (batch, probabilities, inference_ms).
+    # Set by run(). A batch is _parse()'s dict; a model thread hands on (batch, probabilities, inference_ms).
     _ready: queues.Queue[dict[str, Any] | None]
     _done: queues.Queue[tuple[dict[str, Any], np.ndarray | None, float] | None]
     _state: threading.Condition
@@ -229,8 +229,9 @@ class Worker:
         self._heartbeat_thread = threading.Thread(target=_guarded(self.id, self._heartbeat), name="heartbeat",
                                                   daemon=True)
         self._heartbeat_thread.start()
-        # Bounded hand-offs: at most one batch waits for the model, two for the writer (a Redis outage
-        # stalls the writer, which stalls the model, which stops the taking).
+        # Bounded hand-offs: at most one batch waits for the model, two for the writer, and with two model
+        # threads no batch is taken while more than two are unanswered (a Redis outage stalls the writer,
+        # which stalls the model, which stops the taking).
         self._ready, self._done = queues.Queue(maxsize=1), queues.Queue(maxsize=2)
         self._state = threading.Condition()
         self._pending = 0               # batches handed to the model threads that none has started
@@ -277,11 +278,13 @@ class Worker:
                 batch["number"] = self._taken
                 self._taken += 1
                 with self._state:
+                    # A suspect (its worker died holding it) runs with nothing else in flight, before or after
+                    # it: if it kills this worker too, no other job is charged an attempt for being beside it.
+                    while self.queue.isolated and self._unanswered and not self.stopping.is_set():
+                        self._state.wait(1.0)
                     self._pending += 1
                     self._unanswered += 1
                     self._ready.put(batch)  # never blocks: nothing was waiting when the take was due
-                    # A suspect (its worker died holding it) runs with nothing taken ahead: if it kills this
-                    # worker too, no other job is charged an attempt for being in flight beside it.
                     while self.queue.isolated and self._unanswered and not self.stopping.is_set():
                         self._state.wait(1.0)
                 if settings.BATCH_WAIT_MS <= 0:
@@ -314,7 +317,12 @@ class Worker:
         batch (no estimate yet)."""
         with self._state:
             while not self.stopping.is_set():
-                if not self._pending and self._overlap:
+                if self._overlap:
+                    # At most one batch more than the model threads hold: a stuck image on one lane must not
+                    # let the others take job after job that the writer then holds, in order, behind it.
+                    if self._pending or self._unanswered > self._model_threads:
+                        self._state.wait(1.0)
+                        continue
                     remaining = (self.model.free_in() or 0.0) - 2 * self._take_s  # type: ignore[attr-defined]
                     if remaining <= 0:
                         return
@@ -338,7 +346,7 @@ class Worker:
         return callable(free_in) and free_in() is not None
 
     def _parse(self, raws: list[bytes]) -> dict[str, Any]:
-        """Raw jobs → the batch the model thread runs. Bad entries get an error result (or a log line when
+        """Raw jobs → the batch a model thread runs. Bad entries get an error result (or a log line when
         they carry no id); expired ones are dropped; neither stops the rest of the batch."""
         taken = time.time()
         results: dict[str, str]
@@ -372,12 +380,12 @@ class Worker:
             if batch is None:
                 self._done.put(None)
                 return
+            self._drop_unwanted(batch)  # before the batch counts as started: free_in() does not see it yet
             with self._state:
                 self._pending -= 1
                 self._model_busy_since = time.monotonic()
                 self._state.notify_all()
             probabilities, inference_ms = None, 0.0
-            self._drop_unwanted(batch)
             if batch["jobs"]:
                 started = time.perf_counter()
                 try:
