@@ -389,9 +389,7 @@ class FolderModel:
         return finish(self.folder.config, self.runner.predict(batch))
 
     def free_in(self) -> float | None:
-        """The runner's (LiteRT with lanes: the worker may hand in the next batch early), else None."""
-        free_in = getattr(self.runner, "free_in", None)
-        return free_in() if callable(free_in) else None
+        return self.runner.free_in()
 
     def warm_up(self, batch_size: int) -> None:
         self.runner.warm_up(batch_size)

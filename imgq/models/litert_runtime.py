@@ -232,7 +232,6 @@ class _Lanes:
         self._work: deque[tuple[_Batch, int]] = deque()
         self._cond = threading.Condition()
         self._idle = len(runners)
-        self._lanes = len(runners)
         self._wide_until: float | None = None   # while the wide interpreter runs: when it should be done
         self._busy_until: list[float | None] = [None] * len(runners)  # per lane: when its image should be done
         self._image_s = 0.0   # smoothed: one image on one lane
@@ -245,7 +244,7 @@ class _Lanes:
         if not len(pixels):
             return np.empty((0, self._classes), dtype=np.float32)
         with self._cond:
-            wide = len(pixels) == 1 and self._idle == self._lanes and not self._work and self._wide_until is None
+            wide = len(pixels) == 1 and self._idle == len(self.runners) and not self._work and self._wide_until is None
             if wide:
                 self._wide_until = time.monotonic() + self._wide_s
             else:
@@ -275,7 +274,8 @@ class _Lanes:
             # after its current image (an idle one: now) is the first with nothing left to take.
             ends = sorted(max((t or now) - now, 0.0) for t in self._busy_until)
             queued = len(self._work)
-            return ends[queued % self._lanes] + queued // self._lanes * self._image_s
+            lanes = len(self.runners)
+            return ends[queued % lanes] + queued // lanes * self._image_s
 
     def close(self) -> None:
         """The lane threads end once they finish what they run (the model is being dropped)."""

@@ -67,6 +67,10 @@ class Model(Protocol):
 
     def predict(self, batch: np.ndarray) -> np.ndarray: ...
 
+    def free_in(self) -> float | None:
+        """Seconds until the model can start another batch while it runs one (lanes: litert_runtime.py); None
+        for a model that runs one batch at a time."""
+
     def warm_up(self, batch_size: int) -> None: ...
 
 

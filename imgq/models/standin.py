@@ -42,6 +42,9 @@ class StandinModel:
         probabilities[np.arange(len(batch)), means] = 0.9
         return probabilities
 
+    def free_in(self) -> float | None:
+        return None  # one batch at a time
+
     def warm_up(self, batch_size: int) -> None:
         """Nothing to warm up (no graph, no weights): the Model protocol's method, never called."""
 

@@ -84,6 +84,9 @@ class KerasModel:
                              f"not {batch.shape}")
         return self._forward(batch).numpy()
 
+    def free_in(self) -> float | None:
+        return None  # one batch at a time
+
     def warm_up(self, batch_size: int) -> None:
         """Trace and run once at batch 1 and at batch_size, so the first real jobs do not pay for it."""
         for n in sorted({1, max(1, batch_size)}):

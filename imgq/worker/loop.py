@@ -221,7 +221,7 @@ class Worker:
     def run(self) -> None:
         # A model that can start a batch before the last one is done (lanes: LiteRTModel.free_in) gets two
         # model threads, so the next batch is handed in while the last one's final images still run.
-        self._overlap = self.model_overlaps()
+        self._overlap = self.model.free_in() is not None
         self._model_threads = 2 if self._overlap else 1
         log("worker.ready", worker=self.id, model=self.model.name, runtime=getattr(self.model, "runtime", None),
             threads=getattr(self.model, "threads", None), model_threads=self._model_threads,
@@ -323,7 +323,7 @@ class Worker:
                     if self._pending or self._unanswered > self._model_threads:
                         self._state.wait(1.0)
                         continue
-                    remaining = (self.model.free_in() or 0.0) - 2 * self._take_s  # type: ignore[attr-defined]
+                    remaining = (self.model.free_in() or 0.0) - 2 * self._take_s
                     if remaining <= 0:
                         return
                     self._state.wait(remaining)
@@ -338,12 +338,6 @@ class Worker:
                         self._state.wait(remaining)
                         continue
                 self._state.wait(1.0)
-
-    def model_overlaps(self) -> bool:
-        """True for a model that can start a batch while the last one's final images still run (its free_in()
-        answers, lanes in litert_runtime.py)."""
-        free_in = getattr(self.model, "free_in", None)
-        return callable(free_in) and free_in() is not None
 
     def _parse(self, raws: list[bytes]) -> dict[str, Any]:
         """Raw jobs → the batch a model thread runs. Bad entries get an error result (or a log line when
