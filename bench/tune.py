@@ -111,10 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     duration = args.duration or (4.0 if args.quick else 8.0)
     warmup = 1.0 if args.quick else 2.0
     out = args.out or tuning.path()
-    if os.path.lexists(out) and not os.path.isfile(out) or not os.access(os.path.dirname(os.path.abspath(out)),
-                                                                            os.W_OK):
-        print(f"tune: cannot write the tuned file {out} (not a regular file, or its folder is not writable); "
-              "set TUNED_ENV or --out to a file", file=sys.stderr)
+    why = tuning.unwritable(out)
+    if why:
+        print(f"tune: cannot write the tuned file {out} ({why}); set TUNED_ENV or --out to a file", file=sys.stderr)
         return 2
     with open(args.image, "rb") as f:
         upload = (f.read(), os.path.basename(args.image))

@@ -86,6 +86,16 @@ def measured_model(file: str) -> str | None:
     return None
 
 
+def unwritable(file: str) -> str | None:
+    """Why the tuned file cannot be written at `file` (not a regular file, or its folder is not writable), or
+    None. bench/tune.py asks before it measures, write() again before it writes."""
+    if os.path.lexists(file) and not os.path.isfile(file):
+        return "not a regular file"
+    if not os.access(os.path.dirname(os.path.abspath(file)), os.W_OK):
+        return "its folder is not writable"
+    return None
+
+
 def write(file: str, chosen: Mapping[str, object], comments: list[str], model: str | None = None) -> None:
     """Write the file: each comment line as `# line`, the MODEL it was measured for, then the chosen settings.
     Written aside and renamed, so a `make run` starting meanwhile reads the old file or the new one, never half
@@ -95,8 +105,9 @@ def write(file: str, chosen: Mapping[str, object], comments: list[str], model: s
             raise ValueError(f"{name} is not tunable ({', '.join(TUNABLE)})")
         if not str(value) or str(value).split() != [str(value)]:
             raise ValueError(f"{name}={value!r}: a value is one word")
-    if os.path.lexists(file) and not os.path.isfile(file):
-        raise ValueError(f"{file} is not a regular file")
+    why = unwritable(file)
+    if why:
+        raise ValueError(f"{file}: {why}")
     # A comment is one line however it was given: read() splits lines wherever str.splitlines does.
     if model is not None:
         comments = [*comments, _MODEL_LINE.format(model)]
