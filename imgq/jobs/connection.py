@@ -140,6 +140,8 @@ def subscriber(client: RedisClient, key: str) -> tuple[redis.Redis, int]:
             kwargs.pop(drop, None)
         return redis.Redis(host=node.host, port=node.port, **kwargs, **quiet), 0
     pool = client.connection_pool
+    if issubclass(pool.connection_class, redis.UnixDomainSocketConnection):
+        del quiet["socket_keepalive"]  # a TCP option: a unix:// connection refuses it
     kwargs = dict(pool.connection_kwargs, **quiet)
     if isinstance(pool, SentinelConnectionPool):
         return redis.Redis(connection_pool=SentinelConnectionPool(
