@@ -385,6 +385,33 @@ def capacity(b):
     return lines + [text + ".", ""]
 
 
+def ceiling_lines(p, systems, concurrency):
+    """Where this service is under 0.95x the Flask app: the req/s its CPU per request would allow with every
+    core busy, against the Flask app's. Says whether idle cores or the queue's CPU keep it under."""
+    cores = (p.get("machine") or {}).get("cpu_count")
+    service = {pt["concurrency"]: pt for pt in (systems.get("service") or {}).get("points", [])}
+    flask = {pt["concurrency"]: pt for pt in (systems.get("flask") or {}).get("points", [])}
+    parts = []
+    for c in concurrency:
+        pt, peer = service.get(c), flask.get(c)
+        if not (cores and pt and peer and pt.get("vs_flask") and pt.get("server_cpu_ms_per_request")) or \
+                pt["vs_flask"]["requests_per_s"] >= 0.95:
+            continue
+        ceiling = cores * 1000.0 / pt["server_cpu_ms_per_request"]
+        ratio = ceiling / peer["requests_per_s"]
+        idle = cores - pt["cpu_cores"]["server"]
+        why = "under 0.95x even with no core idle" if ratio < 0.95 else \
+            f"so the {idle:.2f} core left idle is what keeps it under"
+        parts.append(f"at {c} client{'s' * (c > 1)} it used {num(pt['cpu_cores']['server'])} of the {cores} cores "
+                     f"at {num(pt['server_cpu_ms_per_request'])} ms of CPU per request; every core busy at that CPU "
+                     f"would answer {ceiling:.0f} req/s, {ratio:.2f}x the Flask app's, {why}")
+    if not parts:
+        return []
+    return ["Where this service is under 0.95x the Flask app: " + "; ".join(parts) + ". The CPU beyond the Flask "
+            "app's is the queue's (the job into and out of Redis, the result and its notification) and the web "
+            "tier's: [where a request's CPU goes](#where-a-requests-cpu-goes-make-bench-tax).", ""]
+
+
 def peers_section(name, p):
     lines = [f"## {FILES[name][1]}", "",
              "The same model on the same runtime, served four ways and loaded by the same closed-loop client "
@@ -429,6 +456,7 @@ def peers_section(name, p):
         lines += ["Beside the Flask app in the same run (req/s ratio, p95 ratio, CPU ms per request more; the "
                   "`others` CPU of each point in the JSON says whether the machine was busy meanwhile):", ""]
         lines += table(["system"] + [f"{c} client{'s' * (c > 1)}" for c in concurrency], ratio_rows)
+    lines += ceiling_lines(p, systems, concurrency)
     per_cpu = []
     for path in sorted(glob.glob(os.path.join(RESULTS, "peers-*.json"))):
         if os.path.basename(path).startswith("peers-quick"):
