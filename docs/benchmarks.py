@@ -386,30 +386,28 @@ def capacity(b):
 
 
 def ceiling_lines(p, systems, concurrency):
-    """Where this service is under 0.95x the Flask app: the req/s its CPU per request would allow with every
-    core busy, against the Flask app's. Says whether idle cores or the queue's CPU keep it under."""
-    cores = (p.get("machine") or {}).get("cpu_count")
+    """Where this service is under 0.95x the Flask app: its req/s ratio as the product of two, the cores it kept
+    busy over the Flask app's and the Flask app's CPU per request over its own."""
     service = {pt["concurrency"]: pt for pt in (systems.get("service") or {}).get("points", [])}
     flask = {pt["concurrency"]: pt for pt in (systems.get("flask") or {}).get("points", [])}
     parts = []
     for c in concurrency:
         pt, peer = service.get(c), flask.get(c)
-        if not (cores and pt and peer and pt.get("vs_flask") and pt.get("server_cpu_ms_per_request")) or \
-                pt["vs_flask"]["requests_per_s"] >= 0.95:
+        if not (pt and peer and pt.get("vs_flask") and pt.get("server_cpu_ms_per_request")
+                and peer.get("server_cpu_ms_per_request")) or pt["vs_flask"]["requests_per_s"] >= 0.95:
             continue
-        ceiling = cores * 1000.0 / pt["server_cpu_ms_per_request"]
-        ratio = ceiling / peer["requests_per_s"]
-        idle = cores - pt["cpu_cores"]["server"]
-        why = "under 0.95x even with no core idle" if ratio < 0.95 else \
-            f"so the {idle:.2f} core left idle is what keeps it under"
-        parts.append(f"at {c} client{'s' * (c > 1)} it used {num(pt['cpu_cores']['server'])} of the {cores} cores "
-                     f"at {num(pt['server_cpu_ms_per_request'])} ms of CPU per request; every core busy at that CPU "
-                     f"would answer {ceiling:.0f} req/s, {ratio:.2f}x the Flask app's, {why}")
+        ours, theirs = pt["cpu_cores"]["server"], peer["cpu_cores"]["server"]
+        cpu, peer_cpu = pt["server_cpu_ms_per_request"], peer["server_cpu_ms_per_request"]
+        parts.append(f"at {c} client{'s' * (c > 1)}, {num(ours)} cores busy against its {num(theirs)} "
+                     f"({ours / theirs:.2f}x) and {num(cpu)} ms of CPU per request against its {num(peer_cpu)} "
+                     f"({peer_cpu / cpu:.2f}x)")
     if not parts:
         return []
-    return ["Where this service is under 0.95x the Flask app: " + "; ".join(parts) + ". The CPU beyond the Flask "
-            "app's is the queue's (the job into and out of Redis, the result and its notification) and the web "
-            "tier's: [where a request's CPU goes](#where-a-requests-cpu-goes-make-bench-tax).", ""]
+    return ["Where this service is under 0.95x the Flask app, its req/s ratio is the cores it kept busy over the "
+            "Flask app's times the Flask app's CPU per request over its own: " + "; ".join(parts) + ". The CPU "
+            "beyond the Flask app's is the queue's (the job into and out of Redis, the result and its "
+            "notification) and the web tier's: "
+            "[where a request's CPU goes](#where-a-requests-cpu-goes-make-bench-tax).", ""]
 
 
 def peers_section(name, p):
