@@ -175,6 +175,23 @@ def test_a_receiver_down_for_5_s_still_gets_every_callback_signed(service):
     assert record["callback"]["status"] == "delivered" and record["callback"]["attempts"] >= 2
 
 
+def test_an_idle_worker_looks_for_due_callbacks_once_a_heartbeat_interval(service):
+    """The callbacks thread looks for due deliveries on its own every HEARTBEAT_INTERVAL; the heartbeat does
+    not wake it a second time for the same look. (A busy machine only makes the looks fewer.)"""
+    interval, window = 0.25, 4.0
+    service.start_worker(HEARTBEAT_INTERVAL=interval)
+    admin = service.redis()
+
+    def looks():  # the claim script's ZRANGEBYSCORE, counted inside Lua too; nothing else here sends one
+        return admin.info("commandstats").get("cmdstat_zrangebyscore", {}).get("calls", 0)
+
+    wait_until(lambda: looks() > 0, timeout=30)
+    before, began = looks(), time.monotonic()
+    time.sleep(window)
+    seen, elapsed = looks() - before, time.monotonic() - began
+    assert 0 < seen <= 1.25 * elapsed / interval + 2, f"{seen} looks in {elapsed:.1f} s"
+
+
 def test_an_interactive_request_passes_a_bulk_backlog(service):
     """200 batch-lane jobs queued; an interactive request is answered within two batches of the bulk work."""
     batch = 8

@@ -75,8 +75,9 @@ def backoff(attempt: int) -> float:
 
 
 class Deliverer:
-    """A worker's callbacks thread: wakes when the writer scheduled a delivery (nudge) and on every heartbeat,
-    claims what is due and POSTs it. One slow receiver holds only this thread."""
+    """A worker's callbacks thread: wakes when the writer scheduled a delivery (nudge) and every
+    HEARTBEAT_INTERVAL (retries and a dead worker's claims come due between nudges), claims what is due and
+    POSTs it. One slow receiver holds only this thread."""
 
     def __init__(self, client: Any, prefix: str, worker_id: str) -> None:
         self.redis, self.prefix, self.worker_id = client, prefix, worker_id

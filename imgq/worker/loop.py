@@ -186,7 +186,6 @@ class Worker:
                     announced = time.monotonic()
                 outage.ok()
                 wait = settings.HEARTBEAT_INTERVAL
-                self.callbacks.nudge()  # retries come due between beats: look once a beat
             except REDIS_ERRORS as exc:
                 outage.failed(exc)
                 # While Redis fails, try often (not backing off): the first beat that passes re-registers this
