@@ -69,14 +69,14 @@ def test_a_redis_on_a_unix_socket_is_heard_too(service):
 
     from conftest import post_grey, standin_label, wait_until
 
-    folder = tempfile.mkdtemp(prefix="imgq-sock-")  # a socket path must be short (108 bytes)
-    path = os.path.join(folder, "redis.sock")
-    service.use_own_redis("--unixsocket", path, "--unixsocketperm", "700")
-    service.env["REDIS_URL"] = f"unix://{path}?db=0"
-    service.start_worker(BATCH_SIZE=32)
-    url, web = service.start_web(NOTIFICATIONS=1, POLL_INTERVAL=30, BACKUP_POLL_S=30, REQUEST_TIMEOUT=20)
-    wait_until(lambda: "listener.subscribed" in web.log_text(), timeout=30)
-    answer = post_grey(url, 90)
+    with tempfile.TemporaryDirectory(prefix="imgq-sock-") as folder:  # a socket path must be short (108 bytes)
+        path = os.path.join(folder, "redis.sock")
+        service.use_own_redis("--unixsocket", path, "--unixsocketperm", "700")
+        service.env["REDIS_URL"] = f"unix://{path}?db=0"
+        service.start_worker(BATCH_SIZE=32)
+        url, web = service.start_web(NOTIFICATIONS=1, POLL_INTERVAL=30, BACKUP_POLL_S=30, REQUEST_TIMEOUT=20)
+        wait_until(lambda: "listener.subscribed" in web.log_text(), timeout=30)
+        answer = post_grey(url, 90)
     assert answer.status_code == 200
     assert answer.json()["predictions"][0]["label"] == standin_label(90)
     assert answer.json()["timings"]["total_ms"] < 10_000  # woken, not read by the 30 s backup poll
