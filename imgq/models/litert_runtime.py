@@ -231,9 +231,9 @@ class _Lanes:
         self.runners, self.wide, self._classes = runners, wide, classes
         self._work: deque[tuple[_Batch, int]] = deque()
         self._cond = threading.Condition()
-        self._idle = len(runners)
         self._wide_until: float | None = None   # while the wide interpreter runs: when it should be done
-        self._busy_until: list[float | None] = [None] * len(runners)  # per lane: when its image should be done
+        # Per lane: when its image should be done; None while the lane is idle.
+        self._busy_until: list[float | None] = [None] * len(runners)
         self._image_s = 0.0   # smoothed: one image on one lane
         self._wide_s = 0.0    # smoothed: one image on the wide interpreter
         self._closed = False
@@ -244,7 +244,8 @@ class _Lanes:
         if not len(pixels):
             return np.empty((0, self._classes), dtype=np.float32)
         with self._cond:
-            wide = len(pixels) == 1 and self._idle == len(self.runners) and not self._work and self._wide_until is None
+            wide = len(pixels) == 1 and not self._work and self._wide_until is None and \
+                all(t is None for t in self._busy_until)  # every lane idle
             if wide:
                 self._wide_until = time.monotonic() + self._wide_s
             else:
@@ -292,7 +293,6 @@ class _Lanes:
                 if self._closed:
                     return
                 batch, i = self._work.popleft()
-                self._idle -= 1
                 began = time.monotonic()
                 self._busy_until[k] = began + self._image_s
             error = None
@@ -302,7 +302,6 @@ class _Lanes:
                 error = exc
             with self._cond:
                 self._image_s = _smooth(self._image_s, time.monotonic() - began)
-                self._idle += 1
                 self._busy_until[k] = None
                 batch.error = batch.error or error
                 batch.left -= 1
