@@ -31,7 +31,7 @@ tune: $(VENV)/.installed  ## measure the worker's shapes here (about 6 minutes);
 test: $(VENV)/.installed  ## the test suite against real processes
 	$(PY) -m ruff check .
 	$(PY) -m mypy
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2  # two test processes (pytest-xdist), each with its own Redis
 
 # The image built from the Dockerfile and compose.yaml run on Debian's podman (installed when missing, as root):
 # minutes on a clean machine, seconds more once the base images and the build's layers are cached.

@@ -207,7 +207,9 @@ def test_make_redis_publishes_its_url_for_the_other_shells(tmp_path):
     worker = None
     try:
         wait_until(lambda: url_file.exists(), timeout=30)
-        assert "NOAUTH" in redis_cli(port, "PING")
+        # The URL is published as the launcher starts Redis, not once it listens (the other shells' processes
+        # wait for it): a locked-down Redis answers NOAUTH once it is up.
+        wait_until(lambda: "NOAUTH" in redis_cli(port, "PING"), timeout=30, step=0.2)
         url = json.loads(url_file.read_text())["url"]
         # Shell 2: a worker with no REDIS_URL finds the embedded Redis and logs in.
         worker = subprocess.Popen([sys.executable, "run_model_server.py"], cwd=REPO, env=env, stdout=subprocess.PIPE,
