@@ -186,3 +186,13 @@ def test_a_batch_that_cannot_finish_takes_all_its_jobs_back(service):
     response = requests.post(slow_url + "/v2/models/standin/infer", json=body, timeout=30)
     assert response.status_code == 504 and "REQUEST_TIMEOUT" in response.json()["error"]
     assert service.redis().llen(f"{service.prefix}:queue") == 0
+
+
+def test_a_classification_count_beyond_the_models_classes_gets_each_class_once():
+    """A model folder's model may have fewer classes than the `classification` count asked for: the answer
+    holds each class once, and its shape says so (as Triton's)."""
+    from imgq.web.protocols.v2 import output_tensors
+    probabilities = np.array([[0.1, 0.7, 0.2]] * 2, dtype=np.float32)
+    [(tensor, _)] = output_tensors(probabilities, ["a", "b", "c"], [(False, 5)])
+    assert tensor["shape"] == [2, 3] and len(tensor["data"]) == 6
+    assert tensor["data"][:3] == ["0.700000:1:b", "0.200000:2:c", "0.100000:0:a"]

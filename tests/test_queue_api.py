@@ -280,6 +280,22 @@ def test_dedup_runs_identical_uploads_once(service):
     assert post_ok(url, 43) and metric(url, "imgq_jobs_done_total") == 2
 
 
+def test_a_refused_dedup_push_leaves_no_claim_for_the_next_identical_upload(service):
+    """DEDUP=1 and a full queue: the upload refused with a 503 must not leave its claim on the pixels, or the
+    same image sent again would join a job that was never queued and wait its whole deadline."""
+    url, _ = service.start_web(DEDUP=1, MAX_QUEUE_LENGTH=1, REQUEST_TIMEOUT=60)  # no worker: the queue fills
+    client = service.redis_server.client()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        first = pool.submit(requests.post, url + "/predict", files={"image": ("g.png", grey_png(1))}, timeout=90)
+        wait_until(lambda: client.llen(keys.lane_queue("interactive", service.prefix)) == 1)
+        for attempt in range(2):
+            refused = requests.post(url + "/predict", files={"image": ("g.png", grey_png(2))}, timeout=20)
+            assert refused.status_code == 503 and "full" in refused.json()["error"], (attempt, refused.text)
+        service.start_worker()
+        assert first.result().status_code == 200
+    assert post_ok(url, 2)
+
+
 def test_simple_request_async_submits_then_collects(service, tmp_path):
     import subprocess
     import sys
@@ -319,3 +335,8 @@ def test_v2_priority_and_timeout_parameters(service):
         assert bulk.result().status_code == 200
     for bad in ({"priority": -1}, {"priority": "high"}, {"timeout": 0}, {"timeout": 1.5}):
         assert infer(1, **bad).status_code == 400, bad
+    # A deadline past REQUEST_TIMEOUT is cut to it, however many digits it has (more than a float holds).
+    assert infer(7, timeout=10 ** 400).status_code == 200
+    huge = requests.post(url + "/predict", files={"image": ("g.png", grey_png(8))},
+                         headers={"X-Timeout-Ms": "9" * 400}, timeout=60)
+    assert huge.status_code == 200 and huge.json()["predictions"][0]["label"] == standin_label(8)

@@ -22,6 +22,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import redis
 
 from imgq.jobs import connection, message, shares
 from imgq.jobs.queue import queue_full
@@ -140,10 +141,12 @@ def submit(queue: JobQueue, waiter: ResultWaiter, pixels: np.ndarray, job_id: st
         length, epoch = queue.push_job(job_text, lane=lane, share=share)
     except BaseException:
         pending.cancel()
+        _unclaim(queue, digest)
         raise
     pending.watch = Watch(queue, job_text, epoch, generation)
     if length is None:
         pending.cancel()
+        _unclaim(queue, digest)
         log("request.refused", level="WARNING", id=job_id, reason="queue full")
         raise queue_full()
     log("job.pushed", level="DEBUG", id=job_id, queue=length)
@@ -173,6 +176,18 @@ def submit_async(queue: JobQueue, records: Records, pixels: np.ndarray, owner: s
         raise queue_full()
     log("job.pushed", level="DEBUG", id=job_id, queue=length, lane=lane, asynchronous=True)
     return job_id
+
+
+def _unclaim(queue: JobQueue, digest: str | None) -> None:
+    """DEDUP=1, the push refused or failed: the claim on these pixels goes, else the identical uploads after
+    this one would join a job that was never queued and wait their whole deadline for it. Nobody else can
+    hold the claim meanwhile (SET NX, it outlives the deadline)."""
+    if digest is None:
+        return
+    try:
+        queue.redis.delete(keys.dedup(digest, queue.prefix))
+    except redis.RedisError:  # Redis is failing: the claim expires with this request's deadline
+        pass
 
 
 def _deduplicated(queue: JobQueue, waiter: ResultWaiter, pixels: np.ndarray, job_id: str, deadline: float,

@@ -45,7 +45,8 @@ def client_timeout(cap: float) -> float:
         raise BadRequest(f"X-Timeout-Ms {raw[:40]!r} is not a whole number of milliseconds") from None
     if ms < 1:
         raise BadRequest("X-Timeout-Ms must be at least 1")
-    return min(ms / 1000.0, cap)
+    # Compared before dividing: a 400-digit number is a whole number too, and too big for a float.
+    return cap if ms >= cap * 1000 else ms / 1000.0
 
 
 @contextmanager
@@ -53,7 +54,7 @@ def hang_up_watch(wake: threading.Event) -> Iterator[threading.Event | None]:
     """Under gevent: an Event set (and `wake` set with it) when the client closes its connection while its
     request waits, found by a watcher of the event loop that fires when the socket reads (cheaper than a
     greenlet, and this runs on every request). None elsewhere (Flask's server, gthread), where a request whose
-    client left waits for its result as before."""
+    client left still waits for its result: nothing there tells it the client is gone."""
     sock = request.environ.get("gunicorn.socket")
     if sock is None or not images.under_gevent():
         yield None

@@ -114,7 +114,11 @@ def scheduling(request_json: dict[str, Any]) -> tuple[float | None, str]:
         raise ProtocolError(f"parameters.timeout must be a whole number of microseconds >= 1, not {shown(timeout)}")
     if type(priority) is not int or priority < 0:
         raise ProtocolError(f"parameters.priority must be a whole number >= 0, not {shown(priority)}")
-    return (timeout / 1e6 if timeout is not None else None), keys.LANES[0] if priority <= 1 else keys.LANES[1]
+    lane = keys.LANES[0] if priority <= 1 else keys.LANES[1]
+    if timeout is None:
+        return None, lane
+    # Capped before dividing: JSON allows a 400-digit integer, too big for a float.
+    return min(timeout, int(settings.REQUEST_TIMEOUT * 1e6)) / 1e6, lane
 
 
 def probabilities_of(results: list[dict[str, Any]]) -> np.ndarray:
@@ -458,6 +462,7 @@ def output_tensors(probabilities: np.ndarray, labels: Sequence[str],
     n = len(probabilities)
     for binary, k in wanted:
         if k:
+            k = min(k, probabilities.shape[1])  # as Triton: at most the classes the model has
             order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
             items = [f"{probabilities[i, j]:.6f}:{j}:{labels[j]}" for i in range(n) for j in order[i]]
             tensor = {"name": OUTPUT, "datatype": "BYTES", "shape": [n, k]}
@@ -537,7 +542,7 @@ def blueprint(routes: Routes) -> Blueprint:
                 "parameters": {"served_by": served_model, "job_ids": ",".join(r["id"] for r in results)}}
         if infer_id is not None:
             head["id"] = infer_id
-        g.done_fields = {"model": served_model, "images": len(results)}  # run_web_server's request.done logs them
+        g.done_fields = {"model": served_model, "images": len(results)}  # app.py's request.done line logs them
         binary = [raw for _, raw in tensors if raw is not None]
         if not binary:
             return jsonify(head)
