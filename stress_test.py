@@ -39,6 +39,8 @@ def parse_args(argv=None):
                         help="the predict endpoint (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=settings.REQUEST_TIMEOUT + 10,
                         help="per-request timeout in seconds (default: REQUEST_TIMEOUT + 10)")
+    parser.add_argument("--api-key", default=os.environ.get("IMGQ_API_KEY"),
+                        help="API key, sent as Authorization: Bearer (default: $IMGQ_API_KEY)")
     parser.add_argument("--json", metavar="PATH", help="also write the report (and every request) as JSON")
     parser.add_argument("--plot", metavar="PATH", help="also write a latency histogram and timeline as PNG")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -55,12 +57,12 @@ def session():
     return _local.session
 
 
-def one_request(url, filename, data, timeout, t0):
+def one_request(url, filename, data, timeout, t0, headers=None):
     """Send one image; never raises. Returns a record: start/latency (s), outcome, server timings."""
     started = time.perf_counter()
     record = {"start_s": round(started - t0, 4)}
     try:
-        response = session().post(url, files={"image": (filename, data)}, timeout=timeout)
+        response = session().post(url, files={"image": (filename, data)}, headers=headers, timeout=timeout)
         try:
             body = response.json()
         except ValueError:
@@ -91,6 +93,7 @@ def percentiles(latencies):
 
 
 def run(args, data, filename):
+    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else None
     t0 = time.perf_counter()
     records = []
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, args.concurrency)) as pool, \
@@ -101,7 +104,7 @@ def run(args, data, filename):
             delay = t0 + i * args.spacing - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
-            future = pool.submit(one_request, args.url, filename, data, args.timeout, t0)
+            future = pool.submit(one_request, args.url, filename, data, args.timeout, t0, headers)
             future.add_done_callback(lambda _: bar.update())
             futures.append(future)
         for future in futures:  # every request is waited for: none is lost, unlike the course

@@ -5,6 +5,7 @@ probability 0.9). The benchmark test runs `bench/run.py --quick` only to check t
 every section: no speed is asserted here.
 """
 import json
+import os
 import subprocess
 import sys
 
@@ -13,8 +14,9 @@ from PIL import Image
 from conftest import REPO, free_port, grey_png, standin_label
 
 
-def run(*args, timeout=120):
-    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+def run(*args, timeout=120, env=None):
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout,
+                          env=env)
 
 
 def test_simple_request_prints_the_course_lines(service, tmp_path):
@@ -72,6 +74,22 @@ def test_stress_test_counts_failures_by_status_and_exits_non_zero(service, tmp_p
     assert done.returncode != 0
     assert "HTTP 504" in done.stdout and "Traceback" not in done.stderr
     assert json.loads(report.read_text())["failed_by_kind"] == {"HTTP 504": 4}
+
+
+def test_both_clients_send_the_api_key_from_the_environment(service, tmp_path):
+    service.start_worker()
+    url, _ = service.start_web(API_KEYS="k3y")
+    image = tmp_path / "grey.png"
+    image.write_bytes(grey_png(9))
+    keyless = run("stress_test.py", "-n", "2", "--spacing", "0", "--image", str(image), "--url", url + "/predict",
+                  "--no-progress")
+    assert keyless.returncode != 0 and "HTTP 401" in keyless.stdout
+    with_key = {"env": dict(os.environ, IMGQ_API_KEY="k3y")}
+    stress = run("stress_test.py", "-n", "2", "--spacing", "0", "--image", str(image), "--url", url + "/predict",
+                 "--no-progress", **with_key)
+    assert stress.returncode == 0 and "succeeded    2" in stress.stdout, stress.stdout + stress.stderr
+    simple = run("simple_request.py", str(image), "--url", url + "/predict", **with_key)
+    assert simple.returncode == 0 and simple.stdout.startswith(f"1. {standin_label(9)}: "), simple.stderr
 
 
 def test_stress_test_counts_connection_errors(tmp_path):
