@@ -99,7 +99,7 @@ stdout_logfile_maxbytes=0
 
 
 def worker_programs(settings):
-    """(program name, environment line or None) of every model worker: worker.N for one model, as always;
+    """(program name, environment line or None) of every model worker: worker.N for one model;
     worker.<model>.N for each of MODELS, started with that model's MODEL and KEY_PREFIX (its own queue)."""
     from imgq.models.served import deployment
     served = deployment()

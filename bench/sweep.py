@@ -4,7 +4,7 @@
     python -m bench.sweep --quick    # seconds: stand-in model, a tiny grid (checks the harness works)
 
 Where it sits: outside the service, like bench/run.py (which calls run_sweep, compare_defaults and
-model_alone from `make bench`). One redis-server and one gunicorn (bench/stack.py) serve the whole sweep;
+model_alone from `make bench`). One redis-server and one gunicorn (imgq/testing.py) serve the whole sweep;
 for each point the workers are started with that point's settings, loaded with bench/load.py (closed-loop
 clients sending castle_image.jpg), and stopped. Each point measures:
   saturated  enough clients to keep every worker's batches full: requests/s, p50/p95 latency, mean batch

@@ -16,6 +16,8 @@ import os
 import re
 import sys
 
+from imgq.models import registry
+
 DOCS = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(DOCS)
 RESULTS = os.path.join(REPO, "bench", "results")
@@ -296,10 +298,12 @@ def runtimes(b):
         if best:
             lines += ["Best images/s of each model and runtime, over threads and batch sizes: " +
                       ", ".join(f"{k} {num(v)}" for k, v in best.items()) + ". LiteRT ÷ TensorFlow: " +
-                      ", ".join(f"{k} {num(v)}" for k, v in ratio.items()) + ". `MODEL_RUNTIME=auto` serves "
-                      "each model from the runtime that is faster under load, where a worker runs full batches; "
-                      "in this file that is " + ", ".join(f"{model} on {max(runtimes, key=runtimes.get)}"
-                                                        for model, runtimes in _by_model(best).items()) + ".", ""]
+                      ", ".join(f"{k} {num(v)}" for k, v in ratio.items()) + ". `MODEL_RUNTIME=auto` serves " +
+                      ", ".join(f"{m} on {r}" for m, r in registry.AUTO_RUNTIME.items()) +
+                      " (`AUTO_RUNTIME` in `imgq/models/registry.py`); the faster under load in this file, where a "
+                      "worker runs full batches: " +
+                      ", ".join(f"{model} on {max(runtimes, key=runtimes.get)}"
+                                for model, runtimes in _by_model(best).items()) + ".", ""]
     versus = b.get("defaults_vs_today") or {}
     if versus.get("new") and versus.get("today"):
         knobs = ("MODEL_RUNTIME", "BATCH_SIZE", "BATCH_WAIT_MS", "MODEL_THREADS", "WORKERS")

@@ -24,10 +24,6 @@ class ServiceError(Exception):
             self.status = status
         self.headers: dict[str, str] = dict(headers or {})
 
-    @property
-    def message(self) -> str:
-        return str(self)
-
 
 # --- the client's request ----------------------------------------------------------------------------
 class BadRequest(ServiceError):
@@ -46,10 +42,6 @@ class BadUpload(BadRequest):
 
 class ProtocolError(BadRequest):
     """A v2 / TF Serving request that breaks its protocol (400), or names a model not served (404)."""
-
-
-class PayloadTooLarge(BadRequest):
-    status = 413
 
 
 # --- the service cannot answer now -------------------------------------------------------------------

@@ -151,7 +151,7 @@ ALLOW_EVICTION = _bool("ALLOW_EVICTION", False)
 MODEL = _str("MODEL", "auto", choices=("auto", "resnet50", "efficientnet_lite0", "standin"), or_folder=True)
 # Several models in one deployment: name=source[@workers],... where a source is a built-in name or a model
 # folder; each model gets its own queue (keys under KEY_PREFIX:name) and its own workers (WORKERS each unless
-# @workers says). The first is the default of POST /predict. Empty: one model, MODEL, exactly as before.
+# @workers says). The first is the default of POST /predict. Empty: one model, MODEL, its keys under KEY_PREFIX.
 MODELS = _str("MODELS", "")
 # Optional local file with Keras ResNet50 ImageNet weights (resnet50_weights_tf_dim_ordering_tf_kernels.h5).
 RESNET50_WEIGHTS = _str("RESNET50_WEIGHTS", "")
@@ -204,7 +204,7 @@ MAX_IMAGE_PIXELS = _int("MAX_IMAGE_PIXELS", 40_000_000, low=1)
 # file with their number (imgq/web/containers.py). 413 above either.
 MAX_IMAGE_SEGMENTS = _int("MAX_IMAGE_SEGMENTS", 1000, low=1)
 MAX_IMAGE_METADATA_KB = _int("MAX_IMAGE_METADATA_KB", 4096, low=1)
-# Most memory one decode may take, in MB, estimated from the image's header (helpers.decode_bytes); 413 above.
+# Most memory one decode may take, in MB, estimated from the image's header (imgq/web/images.decode_bytes); 413 above.
 MAX_DECODE_MB = _int("MAX_DECODE_MB", 256, low=1)
 # Uploads one web process decodes at once: its decoding memory stays under this x MAX_DECODE_MB.
 DECODE_CONCURRENCY = _int("DECODE_CONCURRENCY", 2, low=1)
@@ -371,10 +371,15 @@ if MODELS:
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
+def is_loopback(host: str) -> bool:
+    """Only this machine can reach `host`."""
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
 def refuse_open_host() -> None:
     """For the processes that serve HTTP (web server, make run): beyond loopback, anyone who can reach the port
     could use the service, so keys are needed, or an explicit waiver. A worker serves no port: not its check."""
-    if not (HOST in LOOPBACK_HOSTS or HOST.startswith("127.")) and not (API_KEYS.strip() or API_KEYS_FILE) \
+    if not is_loopback(HOST) and not (API_KEYS.strip() or API_KEYS_FILE) \
             and not API_KEYS_WAIVED and not _refused("HOST", "API_KEYS_WAIVED"):
         refuse("HOST", HOST, "a loopback address, or API_KEYS / API_KEYS_FILE set (API_KEYS_WAIVED=1 to serve "
                "without keys)")

@@ -38,6 +38,11 @@ def _k(*parts: str, prefix: str | None = None) -> str:
     return ":".join((prefix or settings.KEY_PREFIX,) + parts)
 
 
+def model_prefix(name: str) -> str:
+    """The prefix of one of MODELS' models: its own queue, results and workers under KEY_PREFIX:name."""
+    return _k(name)
+
+
 def queue(prefix: str | None = None) -> str:
     return _k("queue", prefix=prefix)
 
@@ -91,7 +96,8 @@ LANES = ("interactive", "batch")  # highest first
 
 
 def lane_queue(lane: str, prefix: str | None = None) -> str:
-    """The list of one lane: `interactive` is the queue every version of the service has used."""
+    """The list of one lane: `interactive` is queue(), the course's one queue, so a client or worker that
+    knows only that list still works."""
     return queue(prefix) if lane == LANES[0] else _k("queue", lane, prefix=prefix)
 
 

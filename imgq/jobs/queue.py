@@ -336,7 +336,7 @@ class JobQueue:
         if suspects and len(jobs) > 1:
             kept = self._isolate(keys=[inflight, self.queue_key, self.attempts_key], args=[len(jobs)])
             if kept:
-                self.isolated = True  # the worker runs it with nothing else in flight (run_model_server.py)
+                self.isolated = True  # the worker runs it with nothing else in flight (imgq/worker/loop.py)
                 return [jobs[kept - 1]]
         return jobs
 

@@ -32,10 +32,10 @@ FINAL = ("done", "failed", "expired", "cancelled")
 _ADVANCE = """
 local current = redis.call('HGET', KEYS[1], 'status')
 if not current then return 0 end
-if current == 'done' or current == 'failed' or current == 'expired' or current == 'cancelled' then return -1 end
+if %s then return -1 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1])
 return 1
-"""
+""" % " or ".join(f"current == '{status}'" for status in FINAL)
 
 # Cancel a queued job: only a record still `queued` (a running one is left to finish). KEYS[1]: record,
 # KEYS[2]: cancel key. ARGV[1]: the cancel key's ttl. Returns the status the record had (nil: no record).
@@ -47,6 +47,11 @@ if current == 'queued' then
 end
 return current
 """
+
+
+def decoded(raw: dict[bytes, bytes]) -> dict[str, str]:
+    """A record as HGETALL answers it, in text."""
+    return {k.decode(): v.decode() for k, v in raw.items()}
 
 
 class Records:
@@ -63,10 +68,6 @@ class Records:
                                 "callback": callback, "callback_status": "pending" if callback else "",
                                 "callback_attempts": 0})
         pipe.expire(key, int(ttl) + 1)
-
-    def read(self, job_id: str) -> dict[str, str]:
-        raw = self.redis.hgetall(keys.job(job_id, self.prefix))
-        return {k.decode(): v.decode() for k, v in raw.items()}
 
     def advance(self, job_id: str, status: str, pipe: Any = None) -> Any:
         return self._advance(keys=[keys.job(job_id, self.prefix)], args=[status], client=pipe)

@@ -1,6 +1,6 @@
 """Which models this deployment serves, and where each one's queue lives.
 
-    MODEL=efficientnet_lite0                    one model; its keys under KEY_PREFIX, exactly as always
+    MODEL=efficientnet_lite0                    one model; its keys under KEY_PREFIX itself
     MODELS=lite0=efficientnet_lite0,toy=/m/toy  several: each its own queue, workers and results under
                                                 KEY_PREFIX:<name> (a deployment of its own inside one Redis);
                                                 the first is POST /predict's default
@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from imgq import settings
+from imgq.jobs import keys
 
 
 @dataclass(frozen=True)
@@ -37,5 +38,5 @@ def deployment() -> list[ServedModel]:
         aliases = tuple(REAL_MODELS) if settings.MODEL == "auto" else ()
         return [ServedModel(name_for(settings.MODEL), settings.MODEL, settings.WORKERS, settings.KEY_PREFIX,
                             aliases)]
-    return [ServedModel(name, source, workers or settings.WORKERS, f"{settings.KEY_PREFIX}:{name}")
+    return [ServedModel(name, source, workers or settings.WORKERS, keys.model_prefix(name))
             for name, source, workers in settings.parse_models(settings.MODELS)]

@@ -1,14 +1,14 @@
 """Prometheus metrics of the web servers and the workers, and the GET /metrics view that exports them all.
 
 Where it sits: beside the flow. Web processes count their answers in prometheus_client metrics (summed over
-gunicorn's processes by its multiprocess mode, PROMETHEUS_MULTIPROC_DIR, as before). Workers do not serve
+gunicorn's processes by its multiprocess mode, PROMETHEUS_MULTIPROC_DIR). Workers do not serve
 HTTP: each adds its batch's figures to one Redis hash (keys.metrics(): one pipelined round trip of HINCRBY /
 HINCRBYFLOAT per *batch*, never per job), and whichever web process is scraped reads that hash and the
 queue's live state (LLEN of the queue and the in-flight lists, heartbeats) in one pipeline, through a custom
 Collector. So one scrape of any web server shows the whole service, no worker needs a port, and a worker
 that died or restarted loses no counts (the hash outlives it; counters do not reset).
 
-    metrics.install(app, queue)                                   # web: counts + GET /metrics
+    metrics.install(app, routes)                                  # web: counts + GET /metrics
     metrics.record_batch(queue, model, size, inference_s, waits)  # worker: once per batch
 
 Names follow Prometheus' conventions: prefix imgq_, base units (seconds), _total on counters.

@@ -3,12 +3,12 @@
 Where it sits: first and last thing of every web request, beside the flow. Before the view runs, the
 request's `traceparent` (https://www.w3.org/TR/trace-context/) is parsed, or a fresh trace is started; the
 trace id goes into a context variable that logutil.log() reads, so every line the web process writes for the
-request carries `trace=<32 hex>`. job.make_job copies it into the job (field "trace"), so the worker's
+request carries `trace=<32 hex>`. message.make_job copies it into the job (field "trace"), so the worker's
 job lines carry it too. The request's id is the caller's X-Request-ID when it is a short plain token, else
 the trace id: one id to grep for. After the view, the response gets `traceparent` (same trace id, this
 server's own span id, the caller's flags) and `X-Request-ID` (the request's id).
 
-    tracing.install(app)                 # in run_web_server.py; then flask.g.request_id in every request
+    tracing.install(app)                 # in create_app (app.py); then flask.g.request_id in every request
     tracing.trace_id()                   # the current request's trace id, or None outside a request
 """
 from __future__ import annotations

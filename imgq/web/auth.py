@@ -45,8 +45,7 @@ def allowed_hosts() -> list[str] | None:
         return None
     if names:
         return names
-    loopback = settings.HOST in settings.LOOPBACK_HOSTS or settings.HOST.startswith("127.")
-    return ["localhost", "127.0.0.1", "::1", settings.HOST] if loopback else None
+    return [*settings.LOOPBACK_HOSTS, settings.HOST] if settings.is_loopback(settings.HOST) else None
 
 
 def _host_name(header: str) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 from flask import Blueprint, g, jsonify
 
 from imgq.errors import ServiceError
-from imgq.jobs import keys
+from imgq.jobs import keys, records
 from imgq.web.routes import Route, Routes
 
 JOB_ID = re.compile(r"[0-9a-f]{32}")
@@ -41,7 +41,7 @@ def blueprint(routes: Routes) -> Blueprint:
                 pipe.hgetall(keys.job(job_id, queue.prefix))
                 pipe.get(keys.result(job_id, queue.prefix))
                 raw_record, result = pipe.execute()
-            record = {k.decode(): v.decode() for k, v in raw_record.items()}
+            record = records.decoded(raw_record)
             if record or result is not None:
                 owner = record.get("owner", "")
                 if owner.startswith("key:") and owner != g.get("client"):

@@ -2,13 +2,13 @@
 
 Where it sits: beside the flow. A browser asking for / gets static/index.html (plain HTML, CSS and one
 script from static/, nothing from elsewhere); a client whose Accept prefers JSON, or says */* as curl
-does, gets run_web_server's JSON index. The page polls GET /activity every LIVE_INTERVAL;
+does, gets the JSON index (predict.py). The page polls GET /activity every LIVE_INTERVAL;
 each answer comes from activity.snapshot (one Redis script call), shared for half an interval by all the
 pages this web process serves, so ten open pages cost Redis what one does. Every POST answered here (every
 POST classifies) is noted in activity.RequestLog — an append to a list in memory — after the response is
 made; the log's own thread sends the notes to Redis once per interval, only while a page watches.
 
-    app.register_blueprint(live.blueprint(queue.redis))
+    app.register_blueprint(page.blueprint(redis_client, prefix))
 """
 from __future__ import annotations
 

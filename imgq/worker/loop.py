@@ -1,7 +1,7 @@
 """Model worker: Redis queue → batch → model → results, as a three-stage pipeline.
 
     main thread   take up to BATCH_SIZE jobs in one atomic step (queue.take_batch, blocking while the
-                  queue is empty) into this worker's in-flight list, parse them (job.parse_job: the pixels
+                  queue is empty) into this worker's in-flight list, parse them (message.parse_job: the pixels
                   are read in place), stack them → hands the batch to
     model thread  one model call per batch (two threads for a model with lanes) → hands the probabilities to
     writer thread top 5 per job, result JSON, log lines, then one script call (queue.complete) that
