@@ -85,15 +85,19 @@ def has_hash_tag(prefix: str) -> bool:
     return start >= 0 and end > start + 1
 
 
-def connect(url: str | None = None, **options: Any) -> RedisClient:
+def connect(url: str | None = None, resend: bool = True, **options: Any) -> RedisClient:
     """The one way to get a Redis client: for `url` (default REDIS_URL; one Redis, Sentinel or Cluster), failing
-    fast when Redis is down. Options are redis-py connection options (timeouts, retry, ...)."""
+    fast when Redis is down. Options are redis-py connection options (timeouts, retry, ...).
+
+    resend=False: a command whose connection broke is not sent again; the caller gets the error. For a worker's
+    take, which may have moved jobs in Redis before its answer was lost: sent again, it would leave those jobs
+    in the in-flight list of a worker that lives on and never runs them (the error makes it put them back)."""
     options.setdefault("socket_connect_timeout", settings.REDIS_CONNECT_TIMEOUT)
-    # One quick retry covers a pooled connection that went stale when Redis restarted; more would turn
+    # One quick retry covers a connection cut between the pool's check and the command; more would turn
     # an outage into a slow answer instead of a fast 503. Connection errors only: a read that timed out
     # is not sent again, because a hung Redis would double the wait, and a slow one may already have run
     # the first (a second push would queue the job twice).
-    options.setdefault("retry", redis.retry.Retry(redis.backoff.NoBackoff(), 1,
+    options.setdefault("retry", redis.retry.Retry(redis.backoff.NoBackoff(), 1 if resend else 0,
                                                   supported_errors=(redis.ConnectionError,)))
     url = url or default_url()
     kind = shape(url)

@@ -132,8 +132,8 @@ class Worker:
         self.id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.stopping = threading.Event()
         self._beat_now = threading.Event()  # set: the heartbeat thread beats at once (see _on_connect)
-        # The read timeout must outlast the blocking pop.
-        self.queue = JobQueue(client or connect(socket_timeout=settings.BLOCK_TIMEOUT + 10,
+        # The read timeout must outlast the blocking pop. Not resent: a take cut short must raise (see run()).
+        self.queue = JobQueue(client or connect(socket_timeout=settings.BLOCK_TIMEOUT + 10, resend=False,
                                                 redis_connect_func=self._on_connect))
         self.stop_signal: str | None = None
         self._heartbeat_thread: threading.Thread | None = None
