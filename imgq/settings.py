@@ -204,6 +204,9 @@ MAX_IMAGE_PIXELS = _int("MAX_IMAGE_PIXELS", 40_000_000, low=1)
 # file with their number (imgq/web/containers.py). 413 above either.
 MAX_IMAGE_SEGMENTS = _int("MAX_IMAGE_SEGMENTS", 1000, low=1)
 MAX_IMAGE_METADATA_KB = _int("MAX_IMAGE_METADATA_KB", 4096, low=1)
+# Most bytes outside any segment before the pixels (JPEG fill bytes and junk between markers, GIF bytes between
+# blocks): real files have none or a few, and Pillow skips them one at a time in Python, about 0.4 s a MB.
+MAX_IMAGE_PADDING_KB = _int("MAX_IMAGE_PADDING_KB", 64, low=0)
 # Most memory one decode may take, in MB, estimated from the image's header (imgq/web/images.decode_bytes); 413 above.
 MAX_DECODE_MB = _int("MAX_DECODE_MB", 256, low=1)
 # Uploads one web process decodes at once: its decoding memory stays under this x MAX_DECODE_MB.

@@ -133,6 +133,51 @@ def _slow_jpeg(side=6000):
     return out.getvalue()
 
 
+def padded_png(empty_chunks, level=7):
+    """A 1x1 grey PNG with `empty_chunks` empty IDAT chunks before its one real IDAT: valid, and far bigger
+    than its one pixel needs."""
+    out = io.BytesIO()
+    Image.new("RGB", (1, 1), (level, level, level)).save(out, "PNG")
+    data = out.getvalue()
+    ihdr_end = 8 + 12 + 13
+    empty = struct.pack(">I4s", 0, b"IDAT") + struct.pack(">I", zlib.crc32(b"IDAT"))
+    return data[:ihdr_end] + empty * empty_chunks + data[ihdr_end:]
+
+
+def gif_junk(count):
+    """An 8x8 GIF with `count` stray bytes between its header and its image (Pillow skips them one by one)."""
+    out = io.BytesIO()
+    Image.new("P", (8, 8)).save(out, "GIF")
+    data = out.getvalue()
+    flags = data[10]
+    start = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
+    return data[:start] + b"\x00" * count + data[start:]
+
+
+@pytest.mark.parametrize("make", [lambda n: b"\xff\xd8" + b"\xff" * n + CASTLE_BYTES[2:],  # fill bytes
+                                  lambda n: b"\xff\xd8\xff\xfe\x00\x02" + b"\x00" * n + CASTLE_BYTES[2:],  # junk
+                                  gif_junk])
+def test_padding_before_the_pixels_is_refused_before_pillow_steps_through_it(make):
+    containers.check(make(100))  # a few stray bytes: a sloppy but real file
+    started = time.process_time()
+    with pytest.raises(BadImage, match="MAX_IMAGE_PADDING_KB") as refused:
+        containers.check(make(10 * 2**20 - 100_000))  # Pillow: seconds of Python, one byte at a time
+    assert refused.value.status == 413
+    assert time.process_time() - started < 0.5
+
+
+def test_a_file_far_bigger_than_its_pixels_decodes_off_the_event_loop(service):
+    """A 1-pixel PNG behind 2 million empty IDAT chunks: Pillow reads them one at a time in Python (seconds), so
+    it goes to the decode pool whatever its pixel count, and /livez answers throughout."""
+    service.start_worker()
+    url, _ = service.start_web(processes=1, MAX_UPLOAD_BYTES=32 * 2**20, DECODE_TIMEOUT=120)
+    watch = LivezWatch(url)
+    response, took = _send(url, padded_png(2_000_000), "padded.png")
+    slowest, failures = watch.finish()
+    assert response.status_code == 200, response.text
+    assert failures == 0 and slowest < 1.0, (slowest, took)
+
+
 def test_slow_decodes_run_off_the_event_loop_and_time_out_with_413(service):
     """Two slow decodes at once in one gunicorn process: /livez answers within a second throughout (decoding
     on the event loop, each would hold it for about a second). With DECODE_TIMEOUT below the decode time

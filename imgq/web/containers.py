@@ -10,10 +10,13 @@ costs microseconds on a real photo:
     PNG   chunks before the first IDAT (tEXt, zTXt, iTXt, eXIf, unknown ones ...)
     GIF   extension blocks before the first image, and their sub-blocks (comments, application data)
 
-Other formats (BMP, TIFF, WebP) keep their headers to a fixed or small number of entries Pillow bounds itself.
+Bytes outside any segment (JPEG fill bytes and junk between markers, GIF bytes between blocks) cost Pillow a
+Python step each: they are counted, at C speed, against MAX_IMAGE_PADDING_KB. Other formats (BMP, TIFF, WebP)
+keep their headers to a fixed or small number of entries Pillow bounds itself.
 """
 from __future__ import annotations
 
+import re
 import struct
 
 from imgq import settings
@@ -22,6 +25,8 @@ from imgq.errors import BadImage
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # JPEG markers that stand alone, without a length: TEM, RSTn, SOI.
 _STANDALONE = {0x01, *range(0xD0, 0xD9)}
+_FILL = re.compile(rb"\xff+")
+_GIF_JUNK = re.compile(rb"[^\x21\x2c\x3b]+")  # anything but an extension, an image or the trailer
 
 
 def check(data: bytes) -> None:
@@ -44,18 +49,30 @@ def _refuse(kind: str, count: int, size: int) -> None:
                        f"its pixels (MAX_IMAGE_METADATA_KB)", 413)
 
 
+def _padding(skipped: int) -> None:
+    if skipped > settings.MAX_IMAGE_PADDING_KB * 1024:
+        raise BadImage(f"the image holds more than {settings.MAX_IMAGE_PADDING_KB} KB of padding before its pixels "
+                       f"(MAX_IMAGE_PADDING_KB)", 413)
+
+
 def _jpeg(data: bytes) -> None:
-    pos, count, size, end = 2, 0, 0, len(data)
+    pos, count, size, skipped, end = 2, 0, 0, 0, len(data)
     while pos + 4 <= end:
         if data[pos] != 0xFF:  # bytes between segments: skipped to the next marker, as Pillow and libjpeg do
-            pos = data.find(b"\xff", pos)
-            if pos < 0:
+            found = data.find(b"\xff", pos)
+            skipped += (found if found >= 0 else end) - pos
+            _padding(skipped)
+            if found < 0:
                 return
+            pos = found
+            continue
+        fill = _FILL.match(data, pos).end() - pos - 1  # type: ignore[union-attr]  # data[pos] is 0xFF
+        if fill:  # fill bytes before a marker
+            skipped += fill
+            _padding(skipped)
+            pos += fill
             continue
         marker = data[pos + 1]
-        if marker == 0xFF:  # fill bytes before a marker
-            pos += 1
-            continue
         if marker in _STANDALONE:
             pos += 2
             continue
@@ -86,10 +103,16 @@ def _gif(data: bytes) -> None:
         return
     flags = data[10]
     pos = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)  # header + global colour table
-    count = size = 0
+    count = size = skipped = 0
     while pos < end:
         introducer = data[pos]
-        if introducer != 0x21:  # 0x2C: the first image; 0x3B: the end; anything else: malformed
+        if introducer not in (0x21, 0x2C, 0x3B):  # bytes Pillow skips one at a time, looking for a block
+            junk = _GIF_JUNK.match(data, pos).end() - pos  # type: ignore[union-attr]  # data[pos] matches
+            skipped += junk
+            _padding(skipped)
+            pos += junk
+            continue
+        if introducer != 0x21:  # 0x2C: the first image; 0x3B: the end
             return
         pos += 2  # introducer, label
         while pos < end:  # the extension's sub-blocks, each a length byte and that many bytes

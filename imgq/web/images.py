@@ -280,9 +280,12 @@ def prepare_image(data: bytes, size: tuple[int, int]) -> np.ndarray:
         if not _slots.acquire(timeout=settings.DECODE_WAIT):
             log("decode.busy", level="WARNING", format=fmt, pixels=image.width * image.height)
             raise _busy()
-        if image.width * image.height <= settings.DECODE_INLINE_PIXELS:
+        pixels = image.width * image.height
+        if pixels <= settings.DECODE_INLINE_PIXELS and len(data) <= 8 * pixels + 65536:
             # A small image decodes in a few ms, less than handing it to a thread and back costs in a busy
-            # process (measured: castle's 0.4 Mpx): it is decoded where the request runs.
+            # process (measured: castle's 0.4 Mpx): it is decoded where the request runs. Not a file far
+            # bigger than its pixels need (8 bytes each: 16-bit RGBA), such as a 1-pixel PNG padded with
+            # a million empty chunks, which Pillow reads one at a time.
             try:
                 array = _decode(image, width, height)
             finally:
