@@ -230,6 +230,15 @@ def test_a_50_ms_deadline_behind_a_long_queue_is_504_and_never_run(service):
     assert len(done_lines) >= 60 and not [line for line in done_lines if f"id={job_id}" in line]
 
 
+def test_a_deadline_that_passes_while_the_image_is_prepared_is_504_before_any_job(service):
+    url, _ = service.start_web()  # no worker: a job pushed would stay on the queue
+    with open(CASTLE, "rb") as f:
+        late = requests.post(url + "/predict", files={"image": ("castle.jpg", f.read())},
+                             headers={"X-Timeout-Ms": "1"}, timeout=30)  # decoding castle alone takes longer
+    assert late.status_code == 504 and "before any job was queued" in late.json()["error"], late.text
+    assert service.redis_server.client().llen(keys.queue(service.prefix)) == 0
+
+
 def test_clients_that_hang_up_leave_no_work(service):
     """50 clients send a whole /predict and close at once. None of their jobs is ever run."""
     url, web = service.start_web()

@@ -67,8 +67,8 @@ class Pending:
                 # Take the job back if no worker has it; if one has, its result expires after RESULT_TTL.
                 withdrawn = self.withdraw()
                 log("request.timeout", level="WARNING", id=self.id, withdrawn=withdrawn)
-                raise TimedOut(f"no result within REQUEST_TIMEOUT ({settings.REQUEST_TIMEOUT:g}s): "
-                               "are the model workers running?")
+                raise TimedOut(f"no result by the request's deadline (REQUEST_TIMEOUT, {settings.REQUEST_TIMEOUT:g}s, "
+                               "or the client's own, shorter): are the model workers running?")
         finally:
             self.cancel()
         result = json.loads(raw)
@@ -124,6 +124,9 @@ def submit(queue: JobQueue, waiter: ResultWaiter, pixels: np.ndarray, job_id: st
     """
     job_id = job_id or message.new_id()
     deadline = time.monotonic() + settings.REQUEST_TIMEOUT if deadline is None else deadline
+    if deadline <= time.monotonic():  # no worker could answer in time: no job for one to drop
+        raise TimedOut("the request's deadline passed while its image was read and prepared, before any job "
+                       "was queued")
     if settings.DEDUP:
         shared = _deduplicated(queue, waiter, pixels, job_id, deadline, share, lane)
         if shared.answer is not None or shared.id != job_id:
