@@ -289,6 +289,21 @@ def test_dedup_runs_identical_uploads_once(service):
     assert post_ok(url, 43) and metric(url, "imgq_jobs_done_total") == 2
 
 
+def test_dedup_does_not_answer_a_protocol_request_with_a_predict_result(service):
+    """The same pixels through POST /predict and then v2 (which wants the probability vector /predict's result
+    lacks): two jobs, both answered, not a 500."""
+    env = dict(DEDUP=1, RESULT_CACHE_TTL=60)
+    service.start_worker(**env)
+    url, _ = service.start_web(**env)
+    assert post_ok(url, 42)
+    body = {"inputs": [{"name": "PIXELS", "datatype": "UINT8", "shape": [1, 224, 224, 3],
+                        "data": [42] * (224 * 224 * 3)}]}
+    answer = requests.post(url + "/v2/models/standin/infer", json=body, timeout=60)
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()["outputs"][0]["data"]) == 1000
+    assert metric(url, "imgq_jobs_done_total") == 2
+
+
 def test_a_refused_dedup_push_leaves_no_claim_for_the_next_identical_upload(service):
     """DEDUP=1 and a full queue: the upload refused with a 503 must not leave its claim on the pixels, or the
     same image sent again would join a job that was never queued and wait its whole deadline."""

@@ -128,7 +128,7 @@ def submit(queue: JobQueue, waiter: ResultWaiter, pixels: np.ndarray, job_id: st
         raise TimedOut("the request's deadline passed while its image was read and prepared, before any job "
                        "was queued")
     if settings.DEDUP:
-        shared = _deduplicated(queue, waiter, pixels, job_id, deadline, share, lane)
+        shared = _deduplicated(queue, waiter, pixels, job_id, deadline, share, lane, outputs)
         if shared.answer is not None or shared.id != job_id:
             return shared
         digest: str | None = shared.digest
@@ -194,12 +194,13 @@ def _unclaim(queue: JobQueue, digest: str | None) -> None:
 
 
 def _deduplicated(queue: JobQueue, waiter: ResultWaiter, pixels: np.ndarray, job_id: str, deadline: float,
-                  share: ClientShare | None, lane: str) -> Pending:
-    """DEDUP=1: a recent result for the same pixels and model (RESULT_CACHE_TTL), else the job in flight for
+                  share: ClientShare | None, lane: str, outputs: str | None) -> Pending:
+    """DEDUP=1: a recent result for the same pixels, model and outputs (the protocols want the probability
+    vector, /predict does not: RESULT_CACHE_TTL), else the job in flight for
     them (this request waits for it too), else this request's own job becomes the one others join: a Pending
     with this `job_id` and its `digest`, not pushed yet. Costs a SHA-256 of the pixels and one or two round
     trips; nothing at all with DEDUP off."""
-    hasher = hashlib.sha256(f"{settings.MODEL}|{pixels.shape}|".encode())
+    hasher = hashlib.sha256(f"{settings.MODEL}|{outputs or ''}|{pixels.shape}|".encode())
     hasher.update(np.ascontiguousarray(pixels).data)  # SHA-256 (hardware-assisted here): ~0.3 ms for 150 KB
     digest = hasher.hexdigest()
     none = threading.Event()
