@@ -63,6 +63,34 @@ def test_a_client_over_its_share_gets_429_and_the_others_still_get_in(service):
     assert post(url, 22, key=KEY_A).status_code == 200
 
 
+def test_a_share_unit_goes_back_for_a_job_a_worker_cannot_read_and_a_refused_push_does_not_prolong_it(service):
+    """A job a worker cannot run (here: pixels of another model's size, as during a change of model) still gives
+    its client's unit back; a client refused over its share does not keep its counter alive by retrying."""
+    import numpy as np
+
+    from imgq.jobs import keys, message
+    client = service.redis_server.client()
+    share_key = keys.share("unreadable", service.prefix)
+    client.set(share_key, 1, ex=600)  # as the push script counts it
+    job = message.make_job("f" * 32, np.zeros((8, 8, 3), dtype=np.uint8), 30, share=share_key)
+    client.rpush(keys.queue(service.prefix), job)
+    worker = service.start_worker()
+    wait_until(lambda: "job.bad" in worker.log_text(), timeout=60)
+    wait_until(lambda: not client.exists(share_key), timeout=30)
+
+    url, _ = service.start_web(API_KEYS=KEY_A, CLIENT_MAX_QUEUED=1, REQUEST_TIMEOUT=60)
+    worker.stop()  # jobs wait on the queue from here
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(post, url, 30, KEY_A, 90)
+        wait_until(lambda: client.llen(keys.queue(service.prefix)) == 1, timeout=60)
+        [share_key] = [k for k in client.keys(f"{service.prefix}:share:*")]
+        before = client.pttl(share_key)
+        assert post(url, 31, key=KEY_A).status_code == 429
+        assert client.pttl(share_key) <= before
+        service.start_worker()
+        assert waiting.result().status_code == 200
+
+
 def test_security_headers_and_the_page_answers_only_to_allowed_hosts(service):
     url, _ = service.start_web()
     page = requests.get(url + "/", headers={"Accept": "text/html"}, timeout=10)

@@ -46,9 +46,10 @@ _encoder = json.JSONEncoder(separators=(",", ":"))  # one encoder, not one per c
 class BadJob(ValueError):
     """A queue entry that is not a job we can run (not JSON, wrong shape, wrong dtype ...)."""
 
-    def __init__(self, message: str, job_id: str | None = None) -> None:
+    def __init__(self, message: str, job_id: str | None = None, share: str | None = None) -> None:
         super().__init__(message)
         self.job_id = job_id
+        self.share = share  # the client's share key the job carries: its unit goes back all the same
 
 
 def new_id() -> str:
@@ -103,23 +104,24 @@ def parse_job(raw: bytes | str, expected_shape: Sequence[int]) -> tuple[dict[str
     if not isinstance(job, dict) or not isinstance(job.get("id"), str) or not job["id"]:
         raise BadJob("queue entry has no string 'id'")
     job_id = job["id"]
+    share = job["share"] if isinstance(job.get("share"), str) else None
     if job.get("dtype") not in ALLOWED_DTYPES:
-        raise BadJob(f"dtype {job.get('dtype')!r} is not one of {ALLOWED_DTYPES}", job_id)
+        raise BadJob(f"dtype {job.get('dtype')!r} is not one of {ALLOWED_DTYPES}", job_id, share)
     shape = job.get("shape")
     if not (isinstance(shape, list) and len(shape) == 3 and all(type(n) is int for n in shape)):
-        raise BadJob(f"shape {shape!r} is not [height, width, 3]", job_id)
+        raise BadJob(f"shape {shape!r} is not [height, width, 3]", job_id, share)
     if tuple(shape) != (expected_shape[0], expected_shape[1], 3):
-        raise BadJob(f"shape {shape} does not match the model's input {list(expected_shape)} + [3]", job_id)
+        raise BadJob(f"shape {shape} does not match the model's input {list(expected_shape)} + [3]", job_id, share)
     size = shape[0] * shape[1] * 3
-    if end < 0:  # the previous format: base64 pixels inside the JSON
+    if end < 0:  # the course's format: base64 pixels inside the JSON
         try:
             pixels = base64_decode_image(job.get("image", ""), shape, job["dtype"])
         except (ValueError, TypeError) as exc:
-            raise BadJob(f"image data does not decode to {shape}: {exc}", job_id)
+            raise BadJob(f"image data does not decode to {shape}: {exc}", job_id, share)
         return job, pixels
     if len(raw) - end - 1 != size:
         raise BadJob(f"image data does not decode to {shape}: {len(raw) - end - 1} bytes after the header, "
-                     f"not {size}", job_id)
+                     f"not {size}", job_id, share)
     return job, np.frombuffer(raw, dtype=np.uint8, count=size, offset=end + 1).reshape(shape)
 
 

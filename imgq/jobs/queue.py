@@ -35,11 +35,11 @@ _PUSH = """
 if redis.call('LLEN', KEYS[1]) >= tonumber(ARGV[2]) then return {-1} end
 if tonumber(ARGV[5]) > 0 then
   local mine = redis.call('INCR', KEYS[3])
-  redis.call('EXPIRE', KEYS[3], ARGV[6])
   if mine > tonumber(ARGV[5]) then
     redis.call('DECR', KEYS[3])
     return {-2}
   end
+  redis.call('EXPIRE', KEYS[3], ARGV[6])
 end
 local n = redis.call('RPUSH', KEYS[1], ARGV[1])
 local epoch = redis.call('GET', KEYS[2])
@@ -50,6 +50,14 @@ else
   redis.call('EXPIRE', KEYS[2], ARGV[4])
 end
 return {n, epoch}
+"""
+
+# Take a job back off its lane (KEYS[1]) if it is still there, and give its client's unit back (KEYS[2], when
+# given) in the same step: a unit is never left counted for a job gone. ARGV[1]: the job as pushed.
+_WITHDRAW = GIVE_BACK_FUNCTION + """
+local n = redis.call('LREM', KEYS[1], 1, ARGV[1])
+if n > 0 and KEYS[2] then give_back(KEYS[2]) end
+return n
 """
 
 # Where is this job? 'answered' (its result is waiting), 'queued', 'running' (in a registered worker's in-flight
@@ -209,6 +217,7 @@ class JobQueue:
         self._batch_hint = 0    # and the batch lane
         self.batch_key = keys.lane_queue(keys.LANES[1], self.prefix)
         self._push = client.register_script(_PUSH)
+        self._withdraw = client.register_script(_WITHDRAW)
         self._locate = client.register_script(_LOCATE)
         self.epoch_key = keys.epoch(self.prefix)
         self._beat = client.register_script(_BEAT)
@@ -264,9 +273,11 @@ class JobQueue:
                              args=[job_text, keys.inflight("", self.prefix)])
         return where.decode() if isinstance(where, bytes) else where
 
-    def withdraw(self, job_text: bytes, lane: str = keys.LANES[0]) -> bool:
-        """Take a job back off its lane if no worker has it yet (the client gave up). True if removed."""
-        return self.redis.lrem(keys.lane_queue(lane, self.prefix), 1, job_text) > 0
+    def withdraw(self, job_text: bytes, lane: str = keys.LANES[0], share: ClientShare | None = None) -> bool:
+        """Take a job back off its lane if no worker has it yet (the client gave up), giving its client's
+        `share` unit back in the same step. True if removed."""
+        share_keys = [share.key] if share is not None and share.cap > 0 else []
+        return self._withdraw(keys=[keys.lane_queue(lane, self.prefix), *share_keys], args=[job_text]) > 0
 
     def length(self) -> int:
         return self.redis.llen(self.queue_key)

@@ -5,16 +5,16 @@ no round trip of its own: the push script (queue.py) counts the job in the same 
 refuses it past the cap (429 + Retry-After), so one client flooding the queue is turned away while the others
 still get in; the job carries its share's key, and the worker that takes it gives the unit back in the
 script it runs for every batch anyway (JobQueue.batch_starting). A request that takes its job back off the queue
-(timed out, client gone) gives it back itself.
+(timed out, client gone) gives it back in the same script (JobQueue.withdraw).
 
-The counts live in Redis, so the cap holds across every web process. Each key expires twice REQUEST_TIMEOUT
-after its client's last push, so a unit lost with a crashed process is not lost for good.
+The counts live in Redis, so the cap holds across every web process. Each key expires twice the longest a job
+may wait (REQUEST_TIMEOUT, or ASYNC_TIMEOUT for asynchronous jobs) after its client's last accepted push, so a
+unit lost with a crashed process is not lost for good; a refused push does not keep it alive.
 """
 from __future__ import annotations
 
 from typing import Any
 
-import redis
 
 from imgq import settings
 from imgq.jobs import keys
@@ -25,7 +25,6 @@ local function give_back(key)
   if redis.call('DECR', key) <= 0 then redis.call('DEL', key) end
 end
 """
-GIVE_BACK = GIVE_BACK_FUNCTION + "give_back(KEYS[1])\n"
 
 
 def carried(share: ClientShare | None) -> str | None:
@@ -42,13 +41,5 @@ class ClientShare:
 
     @staticmethod
     def ttl() -> int:
-        return int(2 * settings.REQUEST_TIMEOUT) + 1
+        return int(2 * max(settings.REQUEST_TIMEOUT, settings.ASYNC_TIMEOUT)) + 1
 
-    def give_back(self) -> None:
-        """For a job taken back off the queue by its request (a worker gives back the jobs it takes)."""
-        if self.cap <= 0:
-            return
-        try:
-            self.redis.eval(GIVE_BACK, 1, self.key)
-        except redis.RedisError:  # the key expires by itself; the answer the client waits for matters more
-            pass

@@ -102,10 +102,7 @@ class Pending:
         gives back the jobs it takes). A job shared with other requests (DEDUP) stays. True if removed."""
         if self.digest is not None:
             return False
-        withdrawn = self.queue.withdraw(self.job_text, self.lane)
-        if withdrawn and self.share is not None:
-            self.share.give_back()
-        return withdrawn
+        return self.queue.withdraw(self.job_text, self.lane, self.share)
 
     def cancel(self) -> None:
         self.waiter.unregister(self.id, self.event)

@@ -353,6 +353,8 @@ class Worker:
             except message.BadJob as exc:
                 log("job.bad", level="WARNING", worker=self.id, id=exc.job_id, error=str(exc))
                 bad += 1
+                if exc.share:
+                    shares.append(exc.share)
                 if exc.job_id:
                     results[exc.job_id] = message.make_result(exc.job_id, error=str(exc))
                 continue
