@@ -175,6 +175,26 @@ def test_a_receiver_down_for_5_s_still_gets_every_callback_signed(service):
     assert record["callback"]["status"] == "delivered" and record["callback"]["attempts"] >= 2
 
 
+def test_an_async_job_whose_deadline_passes_on_the_queue_ends_expired_and_its_callback_says_so(service):
+    secret = "s3cret-for-the-test"
+    receiver = Receiver(secret)
+    receiver.start()
+    env = dict(CALLBACK_HOSTS="127.0.0.1", CALLBACK_SECRET=secret)
+    url, _ = service.start_web(**env)  # no worker: the job waits on the queue past its deadline
+    hook = f"http://127.0.0.1:{receiver.port}/hook"
+    job_id = submit(url, grey_png(3), name="g.png", headers={"X-Timeout-Ms": "300"}, callback_url=hook).json()["id"]
+    time.sleep(0.5)  # its deadline passes while it waits
+    service.start_worker(**env)
+    try:
+        late = collect(url, job_id, timeout=60)
+        assert late.status_code == 504 and late.json()["status"] == "expired", late.text
+        wait_until(lambda: any(i == job_id for i, _, _ in receiver.got), timeout=60)
+    finally:
+        receiver.stop()
+    [(body, ok)] = [(body, ok) for i, body, ok in receiver.got if i == job_id]
+    assert ok and body["status"] == "expired" and body["result"] is None
+
+
 def test_an_idle_worker_looks_for_due_callbacks_once_a_heartbeat_interval(service):
     """The callbacks thread looks for due deliveries on its own every HEARTBEAT_INTERVAL; the heartbeat does
     not wake it a second time for the same look. (A busy machine only makes the looks fewer.)"""

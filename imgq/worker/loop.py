@@ -347,6 +347,7 @@ class Worker:
         pixels: np.ndarray | None  # one job's, then the batch's (None: no good job)
         results, good, expired, bad = {}, [], 0, 0
         shares: list[str] = []  # the share key of every job taken: a unit goes back for each (shares.py)
+        expired_async: list[dict[str, Any]] = []
         for raw in raws:
             try:
                 job, pixels = message.parse_job(raw, self.model.input_size)
@@ -363,11 +364,13 @@ class Worker:
             if message.expired(job, taken):
                 log("job.expired", worker=self.id, id=job["id"], **_trace(job), reason="its client stopped waiting")
                 expired += 1
+                if job.get("async"):  # its record says so, and its callback tells (_drop_unwanted)
+                    expired_async.append(job)
                 continue
             good.append((job, pixels))
         pixels = np.stack([p for _, p in good]) if good else None
         return {"raws": raws, "results": results, "jobs": [job for job, _ in good], "pixels": pixels,
-                "taken": taken, "expired": expired, "bad": bad, "shares": shares}
+                "taken": taken, "expired": expired, "bad": bad, "shares": shares, "expired_async": expired_async}
 
     def _model_loop(self) -> None:
         while True:
@@ -402,7 +405,7 @@ class Worker:
         cancelled meanwhile (DELETE /jobs/<id>, or a client that hung up), so neither is ever run; mark the
         asynchronous ones running. One round trip for a batch of synchronous jobs, two with asynchronous ones."""
         jobs = batch["jobs"]
-        if not jobs and not batch["shares"]:
+        if not jobs and not batch["shares"] and not batch["expired_async"]:
             return
         now = time.time()
         keep = [not message.expired(job, now) for job in jobs]
@@ -412,7 +415,8 @@ class Worker:
             log("worker.cancel_check_failed", level="WARNING", worker=self.id, error=str(exc)[:200])
             cancelled = [False] * len(jobs)
         try:
-            self._advance_records([(job, alive) for job, alive in zip(jobs, keep) if job.get("async")])
+            self._advance_records([(job, alive) for job, alive in zip(jobs, keep) if job.get("async")] +
+                                  [(job, False) for job in batch["expired_async"]])
         except REDIS_ERRORS as exc:  # GET /jobs/<id> says queued a little longer; the result settles it
             log("worker.records_lost", level="WARNING", worker=self.id, jobs=len(jobs), error=str(exc)[:200])
         batch["expired"] += keep.count(False)
@@ -433,15 +437,20 @@ class Worker:
         batch["pixels"] = batch["pixels"][np.array(wanted)] if batch["jobs"] else None
 
     def _advance_records(self, jobs: list[tuple[dict[str, Any], bool]]) -> None:
-        """The records of the asynchronous jobs about to run say running (or expired: alive False), in one
-        pipeline where the client allows scripts in one. Nothing for synchronous jobs."""
+        """The records of the asynchronous jobs about to run say running (or expired: alive False, and their
+        callbacks are scheduled: the job has ended), in one pipeline where the client allows scripts in one.
+        Nothing for synchronous jobs."""
         if not jobs:
             return
         with self._quick.pipeline(transaction=False) as pipe:
             scripts = pipe if connection.scripts_in_pipelines(self._quick) else self._quick
             for job, alive in jobs:
                 self.records.advance(job["id"], "running" if alive else "expired", pipe=scripts)
+                if not alive and job.get("callback"):
+                    callbacks.schedule(pipe, job["id"], self.queue.prefix)
             pipe.execute()
+        if any(not alive and job.get("callback") for job, alive in jobs):
+            self.callbacks.nudge()
 
     def _writer_loop(self) -> None:
         # Two model threads may finish batches out of order; results are written in the order taken, which
