@@ -108,3 +108,30 @@ def test_dead_letter_list_is_capped(service):
         queue.retire("reaper")
         client.delete(keys.dead_letter(service.prefix), keys.counters(service.prefix),
                       *[keys.result(f"job{n}", service.prefix) for n in range(4)])
+
+
+def test_an_async_poison_job_ends_failed_and_its_callback_says_so(service):
+    """MAX_ATTEMPTS=1: the first worker that dies holding an asynchronous job dead-letters it; its record then
+    says failed (GET /jobs/<id>: 502, not `running` until the record expires) and its callback is sent."""
+    from test_queue_api import Receiver, collect, submit
+
+    from conftest import grey_png, wait_until
+    secret = "s3cret-for-the-test"
+    receiver = Receiver(secret)
+    receiver.start()
+    env = dict(CALLBACK_HOSTS="127.0.0.1", CALLBACK_SECRET=secret)
+    url, _ = service.start_web(**env)
+    hook = f"http://127.0.0.1:{receiver.port}/hook"
+    job_id = submit(url, grey_png(POISON), name="g.png", callback_url=hook).json()["id"]
+    crashing = dict(env, STANDIN_CRASH_LEVEL=POISON, MAX_ATTEMPTS=1)
+    first = service.start_worker(wait=False, **crashing)
+    wait_until(lambda: first.popen.poll() is not None, timeout=120)
+    service.start_worker(**crashing)  # finds the first one dead and dead-letters its job
+    try:
+        failed = collect(url, job_id, timeout=60)
+        assert failed.status_code == 502 and failed.json()["status"] == "failed", failed.text
+        wait_until(lambda: any(i == job_id for i, _, _ in receiver.got), timeout=60)
+    finally:
+        receiver.stop()
+    [(body, ok)] = [(body, ok) for i, body, ok in receiver.got if i == job_id]
+    assert ok and body["status"] == "failed" and body["result"]["dead_letter"] is True

@@ -151,8 +151,9 @@ return cancelled
 # heartbeat has expired, and forget that worker. Each such job counts one more attempt (attempts hash):
 # below MAX_ATTEMPTS it goes back at the head of the queue (oldest first); at MAX_ATTEMPTS it goes to the
 # dead-letter list (capped) and its client gets an error result at once, through the same SET + keyspace
-# notification as any result. All in one script, so a job is never both requeued and dead-lettered and
-# no count is lost when two live workers reap at once. An idle worker beats every HEARTBEAT_INTERVAL and
+# notification as any result (an asynchronous job's record says failed, and its callback is scheduled). All
+# in one script, so a job is never both requeued and dead-lettered and no count is lost when two live workers
+# reap at once. An idle worker beats every HEARTBEAT_INTERVAL and
 # finds no dead peer: then this is SET + SMEMBERS + one EXISTS per peer.
 # Returns {requeued count, dead-lettered id, ...}.
 _BEAT = _JOB_FIELD + """
@@ -177,6 +178,14 @@ for _, worker in ipairs(redis.call('SMEMBERS', KEYS[1])) do
         if id then
           redis.call('SET', ARGV[7] .. id, cjson.encode({id = id, error = reason, dead_letter = true,
                                                         attempts = n}), 'EX', ARGV[8])
+          local record = ARGV[13] .. id  -- an asynchronous job's record ends failed, and its callback tells
+          local status = redis.call('HGET', record, 'status')
+          if status == 'queued' or status == 'running' then
+            redis.call('HSET', record, 'status', 'failed')
+            if (redis.call('HGET', record, 'callback') or '') ~= '' then
+              redis.call('ZADD', KEYS[8], ARGV[10], id)
+            end
+          end
         end
         table.insert(dead, id or field)
       else
@@ -418,17 +427,17 @@ class JobQueue:
         those whose worker died max_attempts times. Returns (number requeued, [dead-lettered job ids])."""
         ttl = settings.HEARTBEAT_TTL if ttl is None else ttl
         max_attempts = settings.MAX_ATTEMPTS if max_attempts is None else max_attempts
-        # An attempt count matters while its job can still run: until the job's deadline (REQUEST_TIMEOUT
-        # after it was queued); after that the job is dropped on sight. Twice that, to be safe.
-        attempts_ttl = int(2 * settings.REQUEST_TIMEOUT + ttl) + 1
+        # An attempt count matters while its job can still run: until the job's deadline (REQUEST_TIMEOUT, or
+        # ASYNC_TIMEOUT, after it was queued); after that the job is dropped on sight. Twice that, to be safe.
+        attempts_ttl = int(2 * max(settings.REQUEST_TIMEOUT, settings.ASYNC_TIMEOUT) + ttl) + 1
         out = self._beat(
             keys=[keys.workers(self.prefix), keys.heartbeat(worker_id, self.prefix), self.queue_key,
                   self.attempts_key, keys.dead_letter(self.prefix), keys.counters(self.prefix),
-                  keys.worker_models(self.prefix)],
+                  keys.worker_models(self.prefix), keys.callbacks(self.prefix)],
             args=[worker_id, int(ttl), keys.heartbeat("", self.prefix), keys.inflight("", self.prefix),
                   max(int(max_attempts), 1), max(settings.DEAD_LETTER_MAX, 1), keys.result("", self.prefix),
                   settings.RESULT_TTL, attempts_ttl, round(time.time(), 3),
-                  keys.COUNTER_REQUEUED, keys.COUNTER_DEAD_LETTERED])
+                  keys.COUNTER_REQUEUED, keys.COUNTER_DEAD_LETTERED, keys.job("", self.prefix)])
         return out[0], [d.decode() for d in out[1:]]
 
     def retire(self, worker_id: str) -> int:
