@@ -195,6 +195,27 @@ def test_an_async_job_whose_deadline_passes_on_the_queue_ends_expired_and_its_ca
     assert ok and body["status"] == "expired" and body["result"] is None
 
 
+def test_a_callback_delivered_after_result_ttl_still_carries_the_result(service):
+    """RESULT_TTL=2 and a receiver down for 4 s: the delivery that lands (after 1, 2 and 4 s of backoff) still
+    posts the predictions, and the record keeps an expiry."""
+    secret = "s3cret-for-the-test"
+    receiver = Receiver(secret)
+    env = dict(CALLBACK_HOSTS="127.0.0.1", CALLBACK_SECRET=secret, RESULT_TTL=2)
+    service.start_worker(**env)
+    url, _ = service.start_web(**env)
+    hook = f"http://127.0.0.1:{receiver.port}/hook"
+    job_id = submit(url, grey_png(8), name="g.png", callback_url=hook).json()["id"]
+    time.sleep(4)  # the receiver is down this long, past RESULT_TTL
+    receiver.start()
+    try:
+        wait_until(lambda: any(i == job_id for i, _, _ in receiver.got), timeout=60)
+    finally:
+        receiver.stop()
+    [(body, ok)] = [(body, ok) for i, body, ok in receiver.got if i == job_id]
+    assert ok and body["status"] == "done" and body["result"]["predictions"][0]["label"] == standin_label(8)
+    assert service.redis_server.client().ttl(keys.job(job_id, service.prefix)) > 0
+
+
 def test_an_idle_worker_looks_for_due_callbacks_once_a_heartbeat_interval(service):
     """The callbacks thread looks for due deliveries on its own every HEARTBEAT_INTERVAL; the heartbeat does
     not wake it a second time for the same look. (A busy machine only makes the looks fewer.)"""

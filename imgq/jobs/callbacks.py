@@ -108,10 +108,15 @@ class Deliverer:
 
     def deliver(self, session: Any, job_id: str) -> None:
         record_key = keys.job(job_id, self.prefix)
+        # The result and the record outlive the deliveries still to come: each attempt keeps them for
+        # RESULT_TTL past the longest wait before the next one (a receiver down for minutes still gets the
+        # result, not null; an update below never makes a record without an expiry).
+        keep = settings.RESULT_TTL + int(backoff(settings.CALLBACK_MAX_ATTEMPTS))
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.hmget(record_key, "callback", "status", "callback_attempts")
-            pipe.get(keys.result(job_id, self.prefix))
-            (url, status, attempts), result = pipe.execute()
+            pipe.getex(keys.result(job_id, self.prefix), ex=keep)
+            pipe.pttl(record_key)
+            (url, status, attempts), result, record_ms = pipe.execute()
         if not url:  # the record expired (or never had a callback): nothing to deliver
             self.redis.zrem(keys.callbacks(self.prefix), job_id)
             return
@@ -127,6 +132,7 @@ class Deliverer:
             ok, why = False, type(exc).__name__
         with self.redis.pipeline(transaction=False) as pipe:
             pipe.hset(record_key, "callback_attempts", attempt)
+            pipe.pexpire(record_key, max(record_ms, keep * 1000))
             if ok:
                 pipe.hset(record_key, "callback_status", "delivered")
                 pipe.zrem(keys.callbacks(self.prefix), job_id)
