@@ -104,6 +104,20 @@ def test_unknown_ids_bad_lanes_bad_deadlines_and_disallowed_callbacks_are_4xx(se
     assert "CALLBACK_HOSTS" in bad["host"].json()["error"]
 
 
+def test_an_async_request_refused_partway_leaves_none_of_its_jobs_to_run(service):
+    """Three images in one asynchronous request, room for two on the queue: 503, and the two jobs already queued
+    are cancelled (the client holds no id to collect them): the worker drops them unrun."""
+    url, _ = service.start_web(MAX_QUEUE_LENGTH=2)  # no worker yet
+    files = [("image", (f"g{n}.png", grey_png(n))) for n in (1, 2, 3)]
+    refused = requests.post(url + "/predict", files=files, headers=ASYNC, timeout=30)
+    assert refused.status_code == 503 and "full" in refused.json()["error"], refused.text
+    client = service.redis_server.client()
+    assert client.llen(keys.queue(service.prefix)) == 2
+    worker = service.start_worker()
+    wait_until(lambda: worker.log_text().count(" job.cancelled ") == 2, timeout=60)
+    assert " job.done " not in worker.log_text()
+
+
 def test_a_cancelled_job_is_never_run(service):
     url, _ = service.start_web()
     first, second = (submit(url, grey_png(n), name="g.png").json()["id"] for n in (11, 12))

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import redis
 from flask import Blueprint, Response, g, jsonify, request
 
 from imgq import settings
@@ -154,9 +155,20 @@ def blueprint(routes: Routes) -> Blueprint:
         callback = callbacks.check_url(form.fields["callback_url"]) if "callback_url" in form.fields else ""
         all_pixels = [prepare_image(data, route.input_size) for data in form.images]  # a bad one refuses them all
         owner = g.get("client") or "unknown"
-        ids = [classify.submit_async(route.queue, route.records, pixels, owner, timeout, lane, callback,
-                                     tracing.trace_id(), g.get("share"))
-               for pixels in all_pixels]
+        ids: list[str] = []
+        try:
+            for pixels in all_pixels:
+                ids.append(classify.submit_async(route.queue, route.records, pixels, owner, timeout, lane, callback,
+                                                 tracing.trace_id(), g.get("share")))
+        except BaseException:
+            # All or none: a client told of an error (queue full, over its share) holds no ids to collect, so
+            # the jobs already queued for this request are cancelled (a worker drops them unrun).
+            for job_id in ids:
+                try:
+                    route.records.cancel(job_id)
+                except redis.RedisError:
+                    pass
+            raise
         metrics.ASYNC_SUBMITTED.labels(lane).inc(len(ids))
         g.done_fields = {"jobs": ",".join(ids), "lane": lane}
         response = jsonify(success=True, id=ids[0], status="queued",
