@@ -145,6 +145,16 @@ def test_wrong_method_and_path_answer_json(web):
     assert requests.get(url + "/predict", timeout=5).status_code == 405
     assert requests.get(url + "/predict", timeout=5).json()["success"] is False
     assert requests.get(url + "/nowhere", timeout=5).status_code == 404
+    # Under the protocols' paths, the protocols' own error shape: {"error": ...} and no "success".
+    for wrong in (requests.post(url + "/v2/models/standin", timeout=5), requests.get(url + "/v2/nowhere", timeout=5)):
+        assert wrong.status_code in (404, 405) and "error" in wrong.json() and "success" not in wrong.json()
+
+
+def test_a_compressed_upload_is_415_not_read_as_plain(web):
+    url, _ = web
+    response = requests.post(url + "/predict", files={"image": ("a.png", grey_png(4))},
+                             headers={"Content-Encoding": "gzip"}, timeout=30)
+    assert response.status_code == 415 and "compressed" in response.json()["error"]
 
 
 def test_server_still_serves_after_all_of_it(web):

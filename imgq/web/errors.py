@@ -21,6 +21,7 @@ from imgq.observe.logutil import log
 
 # Blueprints whose clients expect {"error": ...} (KServe / Triton / TF Serving clients read that field).
 PROTOCOL_BLUEPRINTS = ("protocol_v2", "tfserving")
+PROTOCOL_PATHS = ("/v2/", "/v1/")
 
 
 def course_body(status: int, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -46,7 +47,10 @@ def short(text: str, limit: int = MESSAGE_MAX) -> str:
 
 def answer(exc: ServiceError) -> Response:
     """The answer for `exc` in the shape of the current request's protocol."""
-    build = protocol_body if request.blueprint in PROTOCOL_BLUEPRINTS else course_body
+    # Werkzeug's own 404 and 405 come before any blueprint: the path says which protocol was spoken.
+    protocol = request.blueprint in PROTOCOL_BLUEPRINTS or \
+        (request.blueprint is None and request.path.startswith(PROTOCOL_PATHS))
+    build = protocol_body if protocol else course_body
     message = short(str(exc))
     if exc.status < 500:
         log("request.rejected", level="WARNING", id=g.get("request_id"), status=exc.status, error=message)

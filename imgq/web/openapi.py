@@ -113,7 +113,7 @@ def document() -> dict[str, Any]:
                     "label": {"type": "string"}, "probability": {"type": "number"}}}},
                 "timings": {"type": "object"}}}),
                 "202": _json(job, "Accepted (Prefer: respond-async): the jobs are queued; Location names the first"),
-                **_errors(C, 400, 401, 413, 429, 500, 503, 504)}}},
+                **_errors(C, 400, 401, 413, 415, 429, 500, 503, 504)}}},
         "/jobs/{job_id}": {
             "parameters": [{"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}],
             "get": {"summary": "An asynchronous job: its result when done (until RESULT_TTL), else its status",

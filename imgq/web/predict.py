@@ -121,6 +121,8 @@ def blueprint(routes: Routes) -> Blueprint:
         route = routes.get(request.args.get("model"))  # ?model=<name>; the first served model by default
         queue, waiter, input_size = route.queue, route.waiter, route.input_size
         asynchronous = wants_async()
+        if request.headers.get("Content-Encoding", "identity").strip().lower() not in ("", "identity"):
+            raise BadRequest("compressed request bodies are not accepted", 415)
         form = upload.read_form(request, settings.MAX_REQUEST_IMAGES)  # not request.files: see upload.py
         if not form.images:
             raise BadRequest("no file in the multipart field 'image' (try: curl -F image=@photo.jpg ...)")
