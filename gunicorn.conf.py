@@ -19,6 +19,7 @@ import warnings
 
 import gunicorn.util
 from gunicorn.glogging import Logger
+from gunicorn.http.errors import ParseException
 
 from imgq.observe import logutil
 from imgq import settings
@@ -109,7 +110,7 @@ class BodyDeadline:
             return self.app(environ, start_response)
         want = int(length) if not chunked else limit + 1
         call_off = _read_deadline(sock, self.gevent)
-        body, complete = io.BytesIO(), False
+        body, complete, malformed = io.BytesIO(), False, None
         try:
             while body.tell() < want:
                 chunk = environ["wsgi.input"].read(min(65536, want - body.tell()))
@@ -117,14 +118,20 @@ class BodyDeadline:
                     break
                 body.write(chunk)
             complete = body.tell() == want if not chunked else body.tell() <= limit
+        except ParseException as exc:  # the client's chunked framing is wrong: say so, not "too slow"
+            malformed = str(exc)[:200] or type(exc).__name__
         except Exception:  # the reader's "no more data" when the socket was shut mid-chunk
             complete = False
         finally:
             call_off()
         if not complete:
-            status = "413 Request Entity Too Large" if chunked and body.tell() > limit else "408 Request Timeout"
-            message = (f"upload larger than MAX_UPLOAD_BYTES ({limit} bytes)" if status.startswith("413") else
-                       f"the request body did not arrive within BODY_TIMEOUT ({settings.BODY_TIMEOUT:g} s)")
+            if malformed:
+                status, message = "400 Bad Request", f"the chunked body is malformed ({malformed})"
+            elif chunked and body.tell() > limit:
+                status, message = "413 Request Entity Too Large", f"upload larger than MAX_UPLOAD_BYTES ({limit} bytes)"
+            else:
+                status = "408 Request Timeout"
+                message = f"the request body did not arrive within BODY_TIMEOUT ({settings.BODY_TIMEOUT:g} s)"
             logutil.log("request.incomplete", level="WARNING", status=int(status[:3]),
                         content_length=length or "chunked")
             payload = json.dumps({"success": False, "error": message}).encode()

@@ -67,6 +67,22 @@ def test_a_chunked_upload_over_the_cap_is_refused_with_413(web):
     assert status == 413 and b"MAX_UPLOAD_BYTES" in body
 
 
+def test_a_malformed_chunk_is_a_400_at_once_not_a_408(web):
+    parts = urllib.parse.urlsplit(web)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        conn.putrequest("POST", "/predict")
+        conn.putheader("Content-Type", "multipart/form-data; boundary=XyZ")
+        conn.putheader("Transfer-Encoding", "chunked")
+        conn.endheaders()
+        conn.send(b"zz\r\nnot a chunk size\r\n0\r\n\r\n")
+        response = conn.getresponse()
+        status, body = response.status, response.read()
+    finally:
+        conn.close()
+    assert status == 400 and b"chunked body is malformed" in body, body
+
+
 @pytest.mark.parametrize("body, content_type, words", [
     (b"--XyZ\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n\r\nPNG...",
      "multipart/form-data; boundary=XyZ", b"multipart"),                      # never closed
