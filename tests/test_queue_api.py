@@ -104,6 +104,19 @@ def test_unknown_ids_bad_lanes_bad_deadlines_and_disallowed_callbacks_are_4xx(se
     assert "CALLBACK_HOSTS" in bad["host"].json()["error"]
 
 
+def test_a_job_whose_record_says_cancelled_is_never_run(service):
+    """A DELETE that lands between a worker's cancel check and its record update leaves a record that says
+    cancelled and no mark to find (set here by hand, the race made certain): the worker drops the job."""
+    url, _ = service.start_web()  # no worker yet
+    job_id = submit(url, grey_png(21), name="g.png").json()["id"]
+    service.redis_server.client().hset(keys.job(job_id, service.prefix), "status", "cancelled")
+    worker = service.start_worker()
+    wait_until(lambda: "job.cancelled worker=" in worker.log_text() and job_id in worker.log_text(), timeout=60)
+    gone = requests.get(f"{url}/jobs/{job_id}", timeout=10)
+    assert gone.status_code == 410 and gone.json()["status"] == "cancelled", gone.text
+    assert " job.done " not in worker.log_text()
+
+
 def test_an_async_request_refused_partway_leaves_none_of_its_jobs_to_run(service):
     """Three images in one asynchronous request, room for two on the queue: 503, and the two jobs already queued
     are cancelled (the client holds no id to collect them): the worker drops them unrun."""

@@ -415,10 +415,14 @@ class Worker:
             log("worker.cancel_check_failed", level="WARNING", worker=self.id, error=str(exc)[:200])
             cancelled = [False] * len(jobs)
         try:
-            self._advance_records([(job, alive) for job, alive in zip(jobs, keep) if job.get("async")] +
-                                  [(job, False) for job in batch["expired_async"]])
+            ended = self._advance_records([(job, alive) for job, alive in zip(jobs, keep) if job.get("async")] +
+                                          [(job, False) for job in batch["expired_async"]])
         except REDIS_ERRORS as exc:  # GET /jobs/<id> says queued a little longer; the result settles it
             log("worker.records_lost", level="WARNING", worker=self.id, jobs=len(jobs), error=str(exc)[:200])
+            ended = set()
+        # A DELETE between the cancel check and the records' advance left no mark to find, but a record
+        # that ended already (cancelled): that job is not run either.
+        cancelled = [c or job["id"] in ended for job, c in zip(jobs, cancelled)]
         batch["expired"] += keep.count(False)
         batch["cancelled"] = sum(c and k for c, k in zip(cancelled, keep))
         wanted = [k and not c for k, c in zip(keep, cancelled)]
@@ -436,21 +440,26 @@ class Worker:
         batch["jobs"] = [job for job, ok in zip(jobs, wanted) if ok]
         batch["pixels"] = batch["pixels"][np.array(wanted)] if batch["jobs"] else None
 
-    def _advance_records(self, jobs: list[tuple[dict[str, Any], bool]]) -> None:
+    def _advance_records(self, jobs: list[tuple[dict[str, Any], bool]]) -> set[str]:
         """The records of the asynchronous jobs about to run say running (or expired: alive False, and their
         callbacks are scheduled: the job has ended), in one pipeline where the client allows scripts in one.
-        Nothing for synchronous jobs."""
+        Returns the ids of the jobs about to run whose record had ended already (cancelled). Nothing for
+        synchronous jobs."""
         if not jobs:
-            return
+            return set()
+        inline = connection.scripts_in_pipelines(self._quick)
         with self._quick.pipeline(transaction=False) as pipe:
-            scripts = pipe if connection.scripts_in_pipelines(self._quick) else self._quick
+            scripts = pipe if inline else self._quick
+            direct = [self.records.advance(job["id"], "running" if alive else "expired", pipe=scripts)
+                      for job, alive in jobs]
             for job, alive in jobs:
-                self.records.advance(job["id"], "running" if alive else "expired", pipe=scripts)
                 if not alive and job.get("callback"):
                     callbacks.schedule(pipe, job["id"], self.queue.prefix)
-            pipe.execute()
+            answers = pipe.execute()
         if any(not alive and job.get("callback") for job, alive in jobs):
             self.callbacks.nudge()
+        advanced = answers[:len(jobs)] if inline else direct
+        return {job["id"] for (job, alive), answer in zip(jobs, advanced) if alive and answer == -1}
 
     def _writer_loop(self) -> None:
         # Two model threads may finish batches out of order; results are written in the order taken, which
