@@ -153,8 +153,8 @@ return cancelled
 # dead-letter list (capped) and its client gets an error result at once, through the same SET + keyspace
 # notification as any result (an asynchronous job's record says failed, and its callback is scheduled). All
 # in one script, so a job is never both requeued and dead-lettered and no count is lost when two live workers
-# reap at once. An idle worker beats every HEARTBEAT_INTERVAL and
-# finds no dead peer: then this is SET + SMEMBERS + one EXISTS per peer.
+# reap at once. An idle worker beats every HEARTBEAT_INTERVAL and finds no dead peer: then this is SET +
+# SMEMBERS + one EXISTS per peer.
 # Returns {requeued count, dead-lettered id, ...}.
 _BEAT = _JOB_FIELD + """
 if not redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2], 'GET') then

@@ -13,9 +13,6 @@ unit lost with a crashed process is not lost for good; a refused push does not k
 """
 from __future__ import annotations
 
-from typing import Any
-
-
 from imgq import settings
 from imgq.jobs import keys
 
@@ -35,11 +32,10 @@ def carried(share: ClientShare | None) -> str | None:
 class ClientShare:
     """One client's share: its counter's key and cap, for the push script and the give-backs."""
 
-    def __init__(self, client: Any, prefix: str, client_id: str, cap: int | None = None) -> None:
-        self.redis, self.key = client, keys.share(client_id, prefix)
+    def __init__(self, prefix: str, client_id: str, cap: int | None = None) -> None:
+        self.key = keys.share(client_id, prefix)
         self.cap = settings.CLIENT_MAX_QUEUED if cap is None else cap
 
     @staticmethod
     def ttl() -> int:
         return int(2 * max(settings.REQUEST_TIMEOUT, settings.ASYNC_TIMEOUT)) + 1
-

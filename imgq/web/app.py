@@ -58,7 +58,7 @@ def create_app() -> Flask:
 
     tracing.install(app)  # every later hook and log line has the request's id
     _install_access_log(app)
-    auth.install(app, base.redis, settings.KEY_PREFIX)  # API keys, each client's share, Host check, headers
+    auth.install(app, settings.KEY_PREFIX)  # API keys, each client's share, Host check, headers
     errors.install(app)
     metrics.install(app, routes)
     app.register_blueprint(page.blueprint(base.redis, base.prefix))  # GET / for browsers, GET /activity

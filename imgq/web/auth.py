@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Any
 
 from flask import Flask, Response, g, request
 
@@ -63,7 +62,7 @@ def _key_of(header: str | None) -> bytes | None:
     return value.strip().encode() if scheme.lower() == "bearer" and value.strip() else None
 
 
-def install(app: Flask, redis_client: Any, prefix: str) -> None:
+def install(app: Flask, prefix: str) -> None:
     keys = configured_keys()
     hosts = allowed_hosts()
 
@@ -85,7 +84,7 @@ def install(app: Flask, redis_client: Any, prefix: str) -> None:
                 raise Unauthorized("that API key is not accepted")
             client = "key:" + hashlib.sha256(given).hexdigest()[:16]
         g.client = client
-        g.share = ClientShare(redis_client, prefix, client)
+        g.share = ClientShare(prefix, client)
 
     @app.after_request
     def security_headers(response: Response) -> Response:

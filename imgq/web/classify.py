@@ -192,10 +192,10 @@ def _unclaim(queue: JobQueue, digest: str | None) -> None:
 
 def _deduplicated(queue: JobQueue, waiter: ResultWaiter, pixels: np.ndarray, job_id: str, deadline: float,
                   share: ClientShare | None, lane: str, outputs: str | None) -> Pending:
-    """DEDUP=1: a recent result for the same pixels, model and outputs (the protocols want the probability
-    vector, /predict does not: RESULT_CACHE_TTL), else the job in flight for
-    them (this request waits for it too), else this request's own job becomes the one others join: a Pending
-    with this `job_id` and its `digest`, not pushed yet. Costs a SHA-256 of the pixels and one or two round
+    """DEDUP=1: a recent result for the same pixels, model and outputs (RESULT_CACHE_TTL), else the job in
+    flight for them (this request waits for it too), else this request's own job becomes the one others join:
+    a Pending with this `job_id` and its `digest`, not pushed yet. The outputs count because the protocols want
+    the probability vector, which /predict's results lack. Costs a SHA-256 of the pixels and one or two round
     trips; nothing at all with DEDUP off."""
     hasher = hashlib.sha256(f"{settings.MODEL}|{outputs or ''}|{pixels.shape}|".encode())
     hasher.update(np.ascontiguousarray(pixels).data)  # SHA-256 (hardware-assisted here): ~0.3 ms for 150 KB
