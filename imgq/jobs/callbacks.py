@@ -2,7 +2,8 @@
 
     submission  the web server checks the URL (http or https, its host in CALLBACK_HOSTS) and keeps it in
                 the job's record (records.py)
-    job ends    the worker that wrote the result schedules a delivery: ZADD {prefix}:callbacks now <id>
+    job ends    the script that writes the result schedules a delivery: ZADD {prefix}:callbacks now <id>
+                (queue.py's _COMPLETE; _BEAT for a dead-lettered job; an expired one when a worker drops it)
     delivery    a worker's callbacks thread claims what is due (a script moves its score a lease ahead, so
                 a claim that dies with its process comes due again), POSTs the result JSON with
                 `X-Signature: sha256=<hex HMAC-SHA256 of the body under CALLBACK_SECRET>` and its id in the

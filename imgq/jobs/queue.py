@@ -92,13 +92,23 @@ end
 # each job's first bytes, its id). A list that does not match (a peer took this worker for dead and
 # requeued its jobs meanwhile) is left alone and the script returns -1: the worker then removes its jobs by
 # value. ARGV[3] = -1: delete the whole list (a worker holding one batch at a time).
-# The answered jobs need no attempt count any more (KEYS[2], the attempts hash: see _BEAT).
-# KEYS[1]: in-flight list, KEYS[2]: attempts. ARGV: result key prefix, ttl, n, first head, last head, then
-# id, result pairs.
+# The answered jobs need no attempt count any more (KEYS[2], the attempts hash: see _BEAT). An asynchronous
+# job's record ends in the same step (done or failed, unless it ended already) and its callback is scheduled,
+# so no result is ever written without them, whatever becomes of the worker after.
+# KEYS[1]: in-flight list, KEYS[2]: attempts, KEYS[3]: callbacks schedule. ARGV: result key prefix, ttl, n,
+# first head, last head, record key prefix, now, then (id, result, the record's end status or '') triples.
 _COMPLETE = """
-for i = 6, #ARGV, 2 do
+for i = 8, #ARGV, 3 do
   redis.call('SET', ARGV[1] .. ARGV[i], ARGV[i + 1], 'EX', ARGV[2])
   redis.call('HDEL', KEYS[2], ARGV[i])
+  if ARGV[i + 2] ~= '' then
+    local record = ARGV[6] .. ARGV[i]
+    local status = redis.call('HGET', record, 'status')
+    if status == 'queued' or status == 'running' then
+      redis.call('HSET', record, 'status', ARGV[i + 2])
+      if (redis.call('HGET', record, 'callback') or '') ~= '' then redis.call('ZADD', KEYS[3], ARGV[7], ARGV[i]) end
+    end
+  end
 end
 local n = tonumber(ARGV[3])
 if n < 0 then return redis.call('DEL', KEYS[1]) end
@@ -387,11 +397,12 @@ class JobQueue:
         return [bool(n) for n in answers]
 
     def complete(self, worker_id: str, results: dict[str, str], ttl: float | None = None,
-                 taken: list[bytes] | None = None) -> None:
+                 taken: list[bytes] | None = None, ends: dict[str, str] | None = None) -> None:
         """Write every result (job id → JSON) with a TTL and drop the answered jobs from the in-flight list,
         in one script call. taken: the batch's raw jobs as take_batch returned them, when the worker holds
         more than one batch (only these are dropped; they must be the oldest in the list). Without it the
-        whole in-flight list is deleted (a worker that holds one batch at a time)."""
+        whole in-flight list is deleted (a worker that holds one batch at a time). ends: the asynchronous
+        jobs' records' end status (job id → done or failed), set and their callbacks scheduled in that call."""
         ttl = settings.RESULT_TTL if ttl is None else ttl
         inflight = keys.inflight(worker_id, self.prefix)
         if taken is None:
@@ -400,10 +411,10 @@ class JobQueue:
             head = [len(taken), taken[0][:HEAD_BYTES], taken[-1][:HEAD_BYTES]]
         else:
             head = [0, b"", b""]
-        args = [keys.result("", self.prefix), int(ttl), *head]
+        args = [keys.result("", self.prefix), int(ttl), *head, keys.job("", self.prefix), round(time.time(), 3)]
         for job_id, text in results.items():
-            args += (job_id, text)
-        if self._complete(keys=[inflight, self.attempts_key], args=args) == -1:
+            args += (job_id, text, (ends or {}).get(job_id, ""))
+        if self._complete(keys=[inflight, self.attempts_key, keys.callbacks(self.prefix)], args=args) == -1:
             # Rare: the list changed under us. Remove exactly our jobs, wherever they are; a crash before this
             # leaves them in flight, to be run again (their results were written: the rerun's are never read).
             with self.redis.pipeline(transaction=False) as pipe:

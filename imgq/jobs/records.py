@@ -9,9 +9,10 @@ A job submitted with `Prefer: respond-async` gets a hash `{prefix}:job:{id}` bes
     callback   the URL to POST the result to when it ends (empty: none)
     callback_status, callback_attempts   pending | delivered | failed, and how many POSTs were tried
 
-The result itself is the worker's `result:{id}` key, as for every job; GET /jobs/<id> reads it without
-deleting it, so it answers until RESULT_TTL. The record lives until then too (its TTL is set at submission:
-the job's deadline plus RESULT_TTL). Status changes only ever go forward, and only on a record that exists
+The result itself is the worker's `result:{id}` key, as for every job, written by the same script that ends
+the record (queue.py's _COMPLETE); GET /jobs/<id> reads it without deleting it, so it answers until
+RESULT_TTL. The record lives until then too (its TTL is set at submission: the job's deadline plus
+RESULT_TTL). Status changes only ever go forward, and only on a record that exists
 (a script checks), so a late worker never brings back a record that expired or a job that was cancelled.
 
 A cancel is a key `{prefix}:cancel:{id}` the worker looks for before it runs a job (queued or taken ahead);

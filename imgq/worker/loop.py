@@ -485,7 +485,8 @@ class Worker:
             log("batch.failed", level="ERROR", worker=self.id, error=repr(exc))
             batch = item[0]
             self._write({job["id"]: message.make_result(job["id"], error="the worker failed on this batch")
-                         for job in batch["jobs"]}, batch["raws"])
+                         for job in batch["jobs"]}, batch["raws"],
+                        {job["id"]: "failed" for job in batch["jobs"] if job.get("async")})
         finally:
             with self._state:
                 self._unanswered -= 1
@@ -509,8 +510,10 @@ class Worker:
                                                     getattr(self.model, "top_k", 5)), **extra)
             log("job.done", level="DEBUG", worker=self.id, id=job["id"], **_trace(job), batch=len(good),
                 queue_ms=queue_ms, inference_ms=inference_ms)
-        self._write(results, batch["raws"])
-        self._settle_async(good, probabilities is not None)
+        ends = {job["id"]: "done" if probabilities is not None else "failed" for job in good if job.get("async")}
+        self._write(results, batch["raws"], ends)
+        if any(job.get("callback") for job in good):
+            self.callbacks.nudge()
         try:  # the results are written: nothing below may make the writer answer this batch again
             metrics.record_batch(self.queue, self.model.name, len(good), inference_ms / 1000 if good else 0.0,
                                  [max(taken - job.get("enqueued", taken), 0.0) for job in good],
@@ -521,28 +524,7 @@ class Worker:
         except Exception as exc:
             log("metrics.lost", level="WARNING", worker=self.id, jobs=len(good), error=repr(exc)[:200])
 
-    def _settle_async(self, jobs: list[dict[str, Any]], ok: bool) -> None:
-        """The asynchronous jobs of a written batch: their records say done (or failed), and those with a
-        callback are scheduled for delivery. Nothing for a batch of synchronous jobs."""
-        settled = [job for job in jobs if job.get("async")]
-        if not settled:
-            return
-        try:
-            inline = connection.scripts_in_pipelines(self.queue.redis)
-            with self.queue.redis.pipeline(transaction=False) as pipe:
-                for job in settled:
-                    self.records.advance(job["id"], "done" if ok else "failed",
-                                         pipe=pipe if inline else self.queue.redis)
-                    if job.get("callback"):
-                        callbacks.schedule(pipe, job["id"], self.queue.prefix)
-                pipe.execute()
-        except REDIS_ERRORS as exc:  # the results are written; GET /jobs/<id> answers from them anyway
-            log("worker.records_lost", level="WARNING", worker=self.id, jobs=len(settled), error=str(exc)[:200])
-            return
-        if any(job.get("callback") for job in settled):
-            self.callbacks.nudge()
-
-    def _write(self, results: dict[str, str], raws: list[bytes]) -> None:
+    def _write(self, results: dict[str, str], raws: list[bytes], ends: dict[str, str] | None = None) -> None:
         # Results are worth a retry while their clients may still wait; the in-flight list keeps the jobs
         # safe meanwhile (a restarted Redis has lost them anyway, and their clients got a 503).
         # A batch given up on stays at the head of the in-flight list; it is dropped with the next batch
@@ -552,7 +534,7 @@ class Worker:
         outage = self._write_outage
         while True:
             try:
-                self.queue.complete(self.id, results, taken=taken)
+                self.queue.complete(self.id, results, taken=taken, ends=ends)
                 self._abandoned = []
                 outage.ok()
                 return
