@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from imgq import settings
 from imgq.errors import QueueFull, TooManyRequests
 from imgq.jobs import keys
+from imgq.jobs.records import END_FUNCTION
 from imgq.jobs.shares import GIVE_BACK_FUNCTION, ClientShare
 
 if TYPE_CHECKING:
@@ -97,18 +98,11 @@ end
 # so no result is ever written without them, whatever becomes of the worker after.
 # KEYS[1]: in-flight list, KEYS[2]: attempts, KEYS[3]: callbacks schedule. ARGV: result key prefix, ttl, n,
 # first head, last head, record key prefix, now, then (id, result, the record's end status or '') triples.
-_COMPLETE = """
+_COMPLETE = END_FUNCTION + """
 for i = 8, #ARGV, 3 do
   redis.call('SET', ARGV[1] .. ARGV[i], ARGV[i + 1], 'EX', ARGV[2])
   redis.call('HDEL', KEYS[2], ARGV[i])
-  if ARGV[i + 2] ~= '' then
-    local record = ARGV[6] .. ARGV[i]
-    local status = redis.call('HGET', record, 'status')
-    if status == 'queued' or status == 'running' then
-      redis.call('HSET', record, 'status', ARGV[i + 2])
-      if (redis.call('HGET', record, 'callback') or '') ~= '' then redis.call('ZADD', KEYS[3], ARGV[7], ARGV[i]) end
-    end
-  end
+  if ARGV[i + 2] ~= '' then end_record(ARGV[6] .. ARGV[i], ARGV[i + 2], KEYS[3], ARGV[7], ARGV[i]) end
 end
 local n = tonumber(ARGV[3])
 if n < 0 then return redis.call('DEL', KEYS[1]) end
@@ -166,7 +160,7 @@ return cancelled
 # reap at once. An idle worker beats every HEARTBEAT_INTERVAL and finds no dead peer: then this is SET +
 # SMEMBERS + one EXISTS per peer.
 # Returns {requeued count, dead-lettered id, ...}.
-_BEAT = _JOB_FIELD + """
+_BEAT = _JOB_FIELD + END_FUNCTION + """
 if not redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2], 'GET') then
   redis.call('SADD', KEYS[1], ARGV[1])
 end
@@ -188,14 +182,7 @@ for _, worker in ipairs(redis.call('SMEMBERS', KEYS[1])) do
         if id then
           redis.call('SET', ARGV[7] .. id, cjson.encode({id = id, error = reason, dead_letter = true,
                                                         attempts = n}), 'EX', ARGV[8])
-          local record = ARGV[13] .. id  -- an asynchronous job's record ends failed, and its callback tells
-          local status = redis.call('HGET', record, 'status')
-          if status == 'queued' or status == 'running' then
-            redis.call('HSET', record, 'status', 'failed')
-            if (redis.call('HGET', record, 'callback') or '') ~= '' then
-              redis.call('ZADD', KEYS[8], ARGV[10], id)
-            end
-          end
+          end_record(ARGV[13] .. id, 'failed', KEYS[8], ARGV[10], id)
         end
         table.insert(dead, id or field)
       else

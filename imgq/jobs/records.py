@@ -50,6 +50,19 @@ return current
 """
 
 
+# For the worker's scripts (queue.py): end an asynchronous job's record, unless it has ended already or there
+# is none (a synchronous job), and schedule its callback when it has one. Every script that ends a job uses it.
+END_FUNCTION = """
+local function end_record(record, status, schedule, now, id)
+  local current = redis.call('HGET', record, 'status')
+  if current == 'queued' or current == 'running' then
+    redis.call('HSET', record, 'status', status)
+    if (redis.call('HGET', record, 'callback') or '') ~= '' then redis.call('ZADD', schedule, now, id) end
+  end
+end
+"""
+
+
 def decoded(raw: dict[bytes, bytes]) -> dict[str, str]:
     """A record as HGETALL answers it, in text."""
     return {k.decode(): v.decode() for k, v in raw.items()}
