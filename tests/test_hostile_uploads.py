@@ -35,24 +35,34 @@ def _small_jpeg():
     return out.getvalue()
 
 
-def png_chunks(count):
-    """A valid 8x8 PNG with `count` tiny private chunks before its pixels."""
+def _png_with(image, inserted):
+    """`image` as a PNG with `inserted` bytes right after its header chunk (IHDR), before anything else."""
     out = io.BytesIO()
-    Image.new("RGB", (8, 8), (1, 2, 3)).save(out, "PNG")
+    image.save(out, "PNG")
     data = out.getvalue()
     ihdr_end = 8 + 12 + 13
-    chunk = struct.pack(">I4s", 1, b"prIv") + b"x" + struct.pack(">I", zlib.crc32(b"prIvx"))
-    return data[:ihdr_end] + chunk * count + data[ihdr_end:]
+    return data[:ihdr_end] + inserted + data[ihdr_end:]
 
 
-def gif_comments(count):
+def _gif_with(inserted):
+    """An 8x8 GIF with `inserted` bytes between its header (and colour table) and its first block."""
     out = io.BytesIO()
     Image.new("P", (8, 8)).save(out, "GIF")
     data = out.getvalue()
     flags = data[10]
     start = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
+    return data[:start] + inserted + data[start:]
+
+
+def png_chunks(count):
+    """A valid 8x8 PNG with `count` tiny private chunks before its pixels."""
+    chunk = struct.pack(">I4s", 1, b"prIv") + b"x" + struct.pack(">I", zlib.crc32(b"prIvx"))
+    return _png_with(Image.new("RGB", (8, 8), (1, 2, 3)), chunk * count)
+
+
+def gif_comments(count):
     comment = b"\x21\xfe\x01c\x00"  # comment extension: one sub-block of one byte, then the terminator
-    return data[:start] + comment * count + data[start:]
+    return _gif_with(comment * count)
 
 
 @pytest.mark.parametrize("make, kind", [(lambda n: exif_flood(n), "segments"), (png_chunks, "chunks"),
@@ -136,22 +146,13 @@ def _slow_jpeg(side=6000):
 def padded_png(empty_chunks, level=7):
     """A 1x1 grey PNG with `empty_chunks` empty IDAT chunks before its one real IDAT: valid, and far bigger
     than its one pixel needs."""
-    out = io.BytesIO()
-    Image.new("RGB", (1, 1), (level, level, level)).save(out, "PNG")
-    data = out.getvalue()
-    ihdr_end = 8 + 12 + 13
     empty = struct.pack(">I4s", 0, b"IDAT") + struct.pack(">I", zlib.crc32(b"IDAT"))
-    return data[:ihdr_end] + empty * empty_chunks + data[ihdr_end:]
+    return _png_with(Image.new("RGB", (1, 1), (level, level, level)), empty * empty_chunks)
 
 
 def gif_junk(count):
     """An 8x8 GIF with `count` stray bytes between its header and its image (Pillow skips them one by one)."""
-    out = io.BytesIO()
-    Image.new("P", (8, 8)).save(out, "GIF")
-    data = out.getvalue()
-    flags = data[10]
-    start = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
-    return data[:start] + b"\x00" * count + data[start:]
+    return _gif_with(b"\x00" * count)
 
 
 @pytest.mark.parametrize("make", [lambda n: b"\xff\xd8" + b"\xff" * n + CASTLE_BYTES[2:],  # fill bytes

@@ -130,8 +130,7 @@ def test_an_async_poison_job_ends_failed_and_its_callback_says_so(service):
     try:
         failed = collect(url, job_id, timeout=60)
         assert failed.status_code == 502 and failed.json()["status"] == "failed", failed.text
-        wait_until(lambda: any(i == job_id for i, _, _ in receiver.got), timeout=60)
+        body, ok = receiver.one_for(job_id)
     finally:
         receiver.stop()
-    [(body, ok)] = [(body, ok) for i, body, ok in receiver.got if i == job_id]
     assert ok and body["status"] == "failed" and body["result"]["dead_letter"] is True

@@ -178,6 +178,12 @@ class Receiver:
         if self.server:
             self.server.shutdown()
 
+    def one_for(self, job_id, timeout=60):
+        """(body, signature ok) of the one callback for `job_id`, once it came."""
+        wait_until(lambda: any(i == job_id for i, _, _ in self.got), timeout=timeout)
+        [(body, ok)] = [(body, ok) for i, body, ok in self.got if i == job_id]
+        return body, ok
+
 
 def test_a_receiver_down_for_5_s_still_gets_every_callback_signed(service):
     secret = "s3cret-for-the-test"
@@ -215,10 +221,9 @@ def test_an_async_job_whose_deadline_passes_on_the_queue_ends_expired_and_its_ca
     try:
         late = collect(url, job_id, timeout=60)
         assert late.status_code == 504 and late.json()["status"] == "expired", late.text
-        wait_until(lambda: any(i == job_id for i, _, _ in receiver.got), timeout=60)
+        body, ok = receiver.one_for(job_id)
     finally:
         receiver.stop()
-    [(body, ok)] = [(body, ok) for i, body, ok in receiver.got if i == job_id]
     assert ok and body["status"] == "expired" and body["result"] is None
 
 
@@ -235,10 +240,9 @@ def test_a_callback_delivered_after_result_ttl_still_carries_the_result(service)
     time.sleep(4)  # the receiver is down this long, past RESULT_TTL
     receiver.start()
     try:
-        wait_until(lambda: any(i == job_id for i, _, _ in receiver.got), timeout=60)
+        body, ok = receiver.one_for(job_id)
     finally:
         receiver.stop()
-    [(body, ok)] = [(body, ok) for i, body, ok in receiver.got if i == job_id]
     assert ok and body["status"] == "done" and body["result"]["predictions"][0]["label"] == standin_label(8)
     assert service.redis_server.client().ttl(keys.job(job_id, service.prefix)) > 0
 
